@@ -1,0 +1,62 @@
+"""The R³M task suite as Gymnasium environments.
+
+``import envs`` registers the families and their env ids; then ``gymnasium.make("sudoku-v0")``.
+Add your own task with ``envs.register_task`` (see the README's plug-in guide).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from envs.base import (
+    SPLITS,
+    Instance,
+    TaskFamily,
+    list_families,
+    make_family,
+    register_family,
+    split_of,
+)
+from envs.text_env import TextTaskEnv
+
+__all__ = [
+    "ENV_IDS", "SPLITS", "Instance", "TaskFamily", "TextTaskEnv", "list_families", "make_family",
+    "register_env", "register_family", "register_task", "split_of",
+]
+
+# family name -> (module, family class, env class)
+_BUILTIN = {
+    "sudoku": ("envs.families.sudoku", "SudokuFamily", "SudokuEnv"),
+    "arithmetic": ("envs.families.arithmetic", "ArithmeticFamily", "ArithmeticEnv"),
+    "listops": ("envs.families.listops", "ListOpsFamily", "ListOpsEnv"),
+    "logic": ("envs.families.logic", "LogicFamily", "LogicEnv"),
+    "dsl": ("envs.families.dsl", "DslFamily", "DslEnv"),
+    "memory": ("envs.families.memory", "MemoryFamily", "MemoryEnv"),
+    "instruct": ("envs.families.instruct", "InstructFamily", "InstructEnv"),
+}
+ENV_IDS: dict[str, str] = {}  # env id -> family name, for every text env registered here
+
+
+def register_env(env_id: str, entry_point: Any = "envs.text_env:TextTaskEnv", *, family: str, **kwargs) -> None:
+    """``gymnasium.register`` that refuses to overwrite an existing id (Gymnasium only warns)."""
+    if env_id in gym.registry:
+        raise ValueError(f"env id {env_id!r} is already registered")
+    gym.register(id=env_id, entry_point=entry_point, kwargs={"family": family, **kwargs})
+    ENV_IDS[env_id] = family
+
+
+def register_task(name: str, family: str | type[TaskFamily], env_id: str | None = None, **env_kwargs) -> str:
+    """Register a user task family and its text env (``{name}-v0`` by default); returns the env id."""
+    register_family(name, family)
+    env_id = env_id or f"{name}-v0"
+    register_env(env_id, family=name, **env_kwargs)
+    return env_id
+
+
+for _name, (_module, _family_cls, _env_cls) in _BUILTIN.items():
+    register_family(_name, f"{_module}:{_family_cls}")
+    register_env(f"{_name}-v0", f"{_module}:{_env_cls}", family=_name)
+
+gym.register(id="sudoku-grid-v0", entry_point="envs.sudoku_grid:SudokuGridEnv")
