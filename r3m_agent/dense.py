@@ -1,0 +1,95 @@
+"""Dense Transformer baseline: the Stage 0 model and the parameter-matched / larger baselines.
+
+Same blocks, tokenizer, modes and output as R3M (``ModelOutput`` with S = 1), so every
+training and evaluation path runs both models unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from r3m_agent.layers import (
+    DEFAULT_TOOLS, Block, ConfigBase, GroupedModule, ModelOutput, RMSNorm, answer_part, generate_tokens,
+    init_weights, pool, prepare, rotary,
+)
+from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class DenseConfig(ConfigBase):
+    vocab_size: int = VOCAB_SIZE
+    """Token embeddings; at least the tokenizer's vocabulary."""
+    d_model: int = 128
+    """Residual width."""
+    n_layers: int = 4
+    """Transformer blocks."""
+    n_heads: int = 4
+    """Attention heads; d_model / n_heads must be even (rotary)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width = round(mlp_ratio * d_model); fine-tunes parameter matching."""
+    rope_base: float = 10000.0
+    """Rotary embedding base."""
+    tool_names: tuple[str, ...] = DEFAULT_TOOLS
+    """Tool head classes after "answer", in this order."""
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_trunk(self.d_model, self.n_heads, self.vocab_size, self.tool_names)
+        if self.n_layers < 1 or self.mlp_ratio <= 0:
+            raise ValueError(f"DenseConfig: need n_layers >= 1 and mlp_ratio > 0, got {self.n_layers}, {self.mlp_ratio}")
+
+    @property
+    def mlp_hidden(self) -> int:
+        return max(1, round(self.mlp_ratio * self.d_model))
+
+
+class DenseTransformer(GroupedModule):
+    def __init__(self, cfg: DenseConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or DenseConfig()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.mlp_hidden) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tool_head = nn.Linear(cfg.d_model, 1 + len(cfg.tool_names))
+        init_weights(self)
+        for blk in self.blocks:  # GPT-2: scale residual projections by 1/sqrt(2 n_layers)
+            for proj in (blk.attn.proj, blk.mlp.down):
+                nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
+
+    def _group_modules(self) -> dict[str, list]:
+        return {"prelude": [self.embed], "core": [self.blocks], "readout": [self.norm, self.head],
+                "tool": [self.tool_head]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                mode: str = "causal", answer_len: int | None = None) -> ModelOutput:
+        b = prepare(input_ids, attention_mask, mode, answer_len)
+        rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
+        h = self.embed(b.ids)
+        for blk in self.blocks:
+            h = blk(h, b.attn_mask, rope)
+        h = self.norm(h)
+        logits = self.head(answer_part(h, b))
+        B = h.shape[0]
+        ones = torch.ones(B, 1, device=h.device)
+        return ModelOutput(
+            logits=logits, step_logits=logits[None], halt_probs=ones,
+            steps=torch.ones(B, dtype=torch.long, device=h.device), writes=torch.zeros(B, device=h.device),
+            write_probs=None, tool_logits=self.tool_head(pool(h, b)), carry=None, hidden=h,
+        )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
+                 eos_id: int | None = EOS_ID, generator: torch.Generator | None = None) -> torch.Tensor:
+        """New tokens [B, N] (PAD after each row's EOS); see ``layers.generate_tokens``."""
+        def step(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self(ids, mask).logits[:, -1]
+
+        new, _, _ = generate_tokens(step, input_ids, attention_mask, max_new_tokens, temperature, top_k,
+                                    eos_id, generator)
+        return new

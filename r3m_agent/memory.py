@@ -1,0 +1,159 @@
+"""Episodic memory (slots in an explicit carry) and semantic memory (slow learned key-values).
+
+Episodic: M slots of width d per sequence. At each refinement step a gate g = sigmoid(w.pool(h)+b)
+decides a hard write (g > 0.5) of W pool(h) into the oldest slot (FIFO); the straight-through
+estimator (Bengio et al. 2013) passes the gradient of the soft gate, so the gate trains. Every
+token reads the slots by attention, with a learned null key whose value is zero, so an empty
+memory reads exactly zero. The slots live in a ``Carry`` that goes in and comes out of every
+call, so the memory persists across the turns of an episode and is reset between episodes.
+
+Semantic: a few hundred learned key-value pairs read by attention and added residually, its
+output projection zero-initialised so switching it on leaves a trained model unchanged
+(the LoRA trick, Hu et al. 2021); it is trained alone in the consolidation stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from r3m_agent.layers import RMSNorm
+
+
+@dataclass
+class Carry:
+    """Episodic-memory state of a batch: ``slots`` [B, M, d], ``valid`` [B, M], ``ptr`` [B].
+
+    ``ptr`` is the next slot to write: the first empty one, or the oldest once full.
+    """
+
+    slots: torch.Tensor
+    valid: torch.Tensor
+    ptr: torch.Tensor
+
+    @property
+    def count(self) -> torch.Tensor:
+        return self.valid.sum(dim=-1)
+
+    def detach(self) -> Carry:
+        """Cut the graph between turns (truncated backpropagation through time)."""
+        return Carry(self.slots.detach(), self.valid, self.ptr)
+
+    def to(self, device: torch.device | str) -> Carry:
+        return Carry(self.slots.to(device), self.valid.to(device), self.ptr.to(device))
+
+    def select(self, index: torch.Tensor) -> Carry:
+        """Rows ``index`` of the batch (e.g. the episodes still running)."""
+        return Carry(self.slots[index], self.valid[index], self.ptr[index])
+
+    def in_order(self, row: int) -> torch.Tensor:
+        """Row ``row``'s valid slots, oldest first: [count, d]."""
+        M = self.valid.shape[1]
+        order = (torch.arange(M, device=self.ptr.device) + self.ptr[row]) % M
+        return self.slots[row, order][self.valid[row, order]]
+
+
+def empty_carry(batch_size: int, mem_slots: int, d_model: int, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> Carry:
+    return Carry(
+        torch.zeros(batch_size, mem_slots, d_model, device=device, dtype=dtype),
+        torch.zeros(batch_size, mem_slots, dtype=torch.bool, device=device),
+        torch.zeros(batch_size, dtype=torch.long, device=device),
+    )
+
+
+def reset_carry(carry: Carry | None, done: torch.Tensor) -> Carry | None:
+    """Empty the memory of the rows where ``done`` (finished episodes); keep the others."""
+    if carry is None:
+        return None
+    done = done.to(carry.valid.device).bool()
+    return Carry(
+        torch.where(done[:, None, None], torch.zeros_like(carry.slots), carry.slots),
+        carry.valid & ~done[:, None],
+        torch.where(done, torch.zeros_like(carry.ptr), carry.ptr),
+    )
+
+
+def write_budget_penalty(write_probs: torch.Tensor | None, budget: float) -> torch.Tensor:
+    """Mean over the batch of max(0, expected writes - budget), from the soft gates [B, S]."""
+    if write_probs is None:
+        return torch.zeros(())
+    return F.relu(write_probs.float().sum(dim=1) - budget).mean()
+
+
+class EpisodicMemory(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, mem_slots: int, write_bias_init: float) -> None:
+        super().__init__()
+        self.d_model, self.n_heads, self.mem_slots = d_model, n_heads, mem_slots
+        self.gate = nn.Linear(d_model, 1)
+        self.content = nn.Linear(d_model, d_model, bias=False)
+        self.read_norm = RMSNorm(d_model)
+        self.slot_norm = RMSNorm(d_model)
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.o = nn.Linear(d_model, d_model, bias=False)
+        self.null_key = nn.Parameter(torch.zeros(d_model))
+        self.write_bias_init = write_bias_init
+
+    def reset_parameters(self) -> None:
+        """Called after the model's generic init: the gate bias sets the initial write rate."""
+        nn.init.constant_(self.gate.bias, self.write_bias_init)
+        nn.init.normal_(self.null_key, 0.0, 0.02)
+
+    def write(self, carry: Carry, pooled: torch.Tensor) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+        """One gated FIFO write per row. Returns (new carry, hard writes [B], soft gate [B])."""
+        soft = torch.sigmoid(self.gate(pooled).float().squeeze(-1))
+        hard = soft > 0.5
+        onehot = F.one_hot(carry.ptr, self.mem_slots).bool()
+        target = onehot & hard[:, None]
+        value = self.content(pooled).to(carry.slots.dtype)[:, None, :]
+        # forward: exact hard write; backward: d slots / d gate = value - old slot (straight-through)
+        zero_with_grad = (onehot * (soft - soft.detach())[:, None]).to(carry.slots.dtype)[..., None]
+        slots = torch.where(target[..., None], value, carry.slots) + zero_with_grad * (value - carry.slots)
+        valid = carry.valid | target
+        ptr = (carry.ptr + hard.long()) % self.mem_slots
+        return Carry(slots, valid, ptr), hard, soft
+
+    def read(self, x: torch.Tensor, carry: Carry) -> torch.Tensor:
+        """Attention from every token of ``x`` [B, T, d] to the valid slots (plus the null slot)."""
+        B, T, D = x.shape
+        H, Dh = self.n_heads, D // self.n_heads
+        q = self.q(self.read_norm(x)).view(B, T, H, Dh).transpose(1, 2)
+        k, v = self.kv(self.slot_norm(carry.slots.to(x.dtype))).chunk(2, dim=-1)
+        k = torch.cat([self.null_key.to(k.dtype).expand(B, 1, D), k], dim=1)
+        v = torch.cat([torch.zeros_like(v[:, :1]), v], dim=1)
+        k = k.view(B, -1, H, Dh).transpose(1, 2)
+        v = v.view(B, -1, H, Dh).transpose(1, 2)
+        ok = torch.cat([torch.ones_like(carry.valid[:, :1]), carry.valid], dim=1)[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ok)
+        return self.o(y.transpose(1, 2).reshape(B, T, D))
+
+
+class SemanticMemory(nn.Module):
+    """Slow key-value memory shared by all sequences (Lample et al. 2019 style, without product keys)."""
+
+    def __init__(self, d_model: int, n_heads: int, slots: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm = RMSNorm(d_model)
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.keys = nn.Parameter(torch.zeros(slots, d_model))
+        self.values = nn.Parameter(torch.zeros(slots, d_model))
+        self.o = nn.Linear(d_model, d_model, bias=False)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.keys, 0.0, 1.0)
+        nn.init.normal_(self.values, 0.0, 0.02)
+        nn.init.zeros_(self.o.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        H, Dh = self.n_heads, D // self.n_heads
+        q = self.q(self.norm(x)).view(B, T, H, Dh).transpose(1, 2)
+        k = self.keys.to(q.dtype).view(-1, H, Dh).transpose(0, 1).expand(B, H, -1, Dh)
+        v = self.values.to(q.dtype).view(-1, H, Dh).transpose(0, 1).expand(B, H, -1, Dh)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(B, T, D))

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+
+from r3m_agent import R3M, R3MConfig, halting_distribution, halting_kl, ponder_loss, threshold_steps
+from r3m_agent.halting import geometric_prior
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_distribution_by_hand_and_sums_to_one():
+    p = halting_distribution(torch.tensor([[0.2, 0.5, 0.9]]))
+    torch.testing.assert_close(p, torch.tensor([[0.2, 0.4, 0.4]]))  # last step takes the remainder
+    lambdas = torch.rand(64, 9, generator=torch.Generator().manual_seed(0))
+    for S in (1, 2, 9):
+        p = halting_distribution(lambdas[:, :S])
+        assert (p >= 0).all()
+        torch.testing.assert_close(p.sum(1), torch.ones(64))
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.5, 0.9, 1.0])
+def test_threshold_steps_match_cumulative_sum(threshold):
+    p = halting_distribution(torch.rand(200, 7, generator=torch.Generator().manual_seed(1)) * 0.6)
+    steps = threshold_steps(p, threshold)
+    for row in range(p.shape[0]):
+        cum, want = 0.0, p.shape[1]
+        for k in range(p.shape[1]):
+            cum += p[row, k].item()
+            if cum >= threshold:
+                want = k + 1
+                break
+        assert steps[row].item() == want
+    assert len(set(steps.tolist())) > 1 or threshold == 1.0  # rows differ: the check is not vacuous
+    with pytest.raises(ValueError):
+        threshold_steps(p, 0.0)
+
+
+def test_kl_zero_at_prior_and_ponder_loss_by_hand():
+    prior = geometric_prior(6, 0.3)
+    torch.testing.assert_close(prior[1] / prior[0], torch.tensor(0.7))
+    p = prior.expand(4, 6)
+    assert halting_kl(p, 0.3).abs().max() < 1e-6
+    q = halting_distribution(torch.full((4, 6), 0.8))
+    assert (halting_kl(q, 0.3) > 0.1).all()
+    losses = torch.arange(6.0)[:, None].expand(6, 4)  # [S, B]: loss k at step k
+    out = ponder_loss(losses, q, lambda_p=0.3, beta=0.5)
+    expected_rec = sum(q[0, k].item() * k for k in range(6))
+    assert math.isclose(out.reconstruction.item(), expected_rec, rel_tol=1e-5)
+    assert math.isclose(out.loss.item(), expected_rec + 0.5 * out.kl.item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="must be"):
+        ponder_loss(losses.T, q, 0.3, 0.5)
+
+
+def model_with_spread_halting():
+    torch.manual_seed(0)
+    model = R3M(R3MConfig(d_model=32, n_heads=2, mem_slots=4, semantic_slots=0, K=6)).eval()
+    with torch.no_grad():  # rows halt at different steps
+        model.halting.proj.weight.normal_(0.0, 1.0)
+        model.halting.proj.bias.fill_(-1.0)
+    return model
+
+
+def test_initial_bias_avoids_halting_collapse():
+    torch.manual_seed(0)
+    model = R3M(R3MConfig(d_model=32, n_heads=2, K=8))
+    out = model(torch.randint(9, 100, (16, 6)))
+    torch.testing.assert_close(out.halt_probs.sum(1), torch.ones(16))
+    assert out.halt_probs[:, 0].max() < 0.1  # sigmoid(-3) ~ 0.05: halting at step 1 is rare at first
+
+
+@pytest.mark.parametrize("mode", ["causal", "fill"])
+def test_halt_selects_threshold_step(mode):
+    model = model_with_spread_halting()
+    fill = {"mode": "fill", "answer_len": 3} if mode == "fill" else {}
+    ids = torch.randint(9, 100, (24, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(ids, halt=True, halt_threshold=0.5, **fill)
+    steps = threshold_steps(out.halt_probs, 0.5)
+    assert torch.equal(out.steps, steps) and len(set(steps.tolist())) > 1
+    for row in range(ids.shape[0]):
+        torch.testing.assert_close(out.logits[row], out.step_logits[steps[row] - 1, row], atol=0, rtol=0)
+    early = steps < 6  # rows that halt before K: a batch of them exits early
+    with torch.no_grad():
+        exit_early = model(ids[early], halt=True, halt_threshold=0.5, early_exit=True, **fill)
+    assert exit_early.step_logits.shape[0] == int(steps[early].max()) < 6
+    assert torch.equal(exit_early.steps, steps[early])
+    torch.testing.assert_close(exit_early.logits, out.logits[early])
+    torch.testing.assert_close(exit_early.halt_probs.sum(1), torch.ones(int(early.sum())))
