@@ -38,6 +38,8 @@ def test_threshold_steps_match_cumulative_sum(threshold):
                 break
         assert steps[row].item() == want
     assert len(set(steps.tolist())) > 1 or threshold == 1.0  # rows differ: the check is not vacuous
+    exact = torch.tensor([[0.25, 0.25, 0.5], [0.1, 0.0, 0.9]])  # "reaches" includes equality
+    assert threshold_steps(exact, 0.5).tolist() == [2, 3] and threshold_steps(exact, 0.1).tolist() == [1, 1]
     with pytest.raises(ValueError):
         threshold_steps(p, 0.0)
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig
+from r3m_agent.layers import prepare
 
 ATOL = 1e-5
 
@@ -63,6 +64,21 @@ def test_causal_logits_ignore_future_tokens(name):
         a, b = model(ids, **kw), model(changed, **kw)
     torch.testing.assert_close(a.logits[:, : t + 1], b.logits[:, : t + 1], atol=ATOL, rtol=0)
     assert (a.logits[:, t + 1 :] - b.logits[:, t + 1 :]).abs().max() > 1e-3  # the test can fail
+    assert ((a.tool_logits - b.tool_logits).abs().amax(-1) > 1e-5).all()  # decision point: the last token
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("mode", ["causal", "fill"])
+def test_all_pad_row_stays_finite(name, mode):
+    build, kw = MODELS[name]
+    model = build()
+    fill = {"mode": "fill", "answer_len": 2} if mode == "fill" else {}
+    ids, mask = tokens(2, 5), torch.tensor([[False] * 5, [False, False, True, True, True]])
+    b = prepare(ids, mask, fill.get("mode", "causal"), fill.get("answer_len"))
+    assert b.attn_mask.any(dim=-1).all()  # no query row with nothing to attend to (NaN softmax)
+    with torch.no_grad():
+        out = model(ids, mask, **fill, **kw)
+    assert all(torch.isfinite(t).all() for t in (out.logits, out.tool_logits, out.halt_probs, out.hidden))
 
 
 def padded_batch(seqs, side, pad_id=0):

@@ -55,9 +55,15 @@ def test_gate_trains_through_straight_through_estimator():
     assert mem.gate.bias.grad.abs() > 0
 
 
-def test_empty_memory_reads_zero():
-    mem = memory(0.0)
-    assert mem.read(torch.randn(2, 3, D), empty_carry(2, M, D)).abs().max() == 0
+def test_reads_see_only_valid_slots():
+    mem = memory(10.0)
+    x = torch.randn(2, 3, D)
+    assert mem.read(x, empty_carry(2, M, D)).abs().max() == 0  # an empty memory reads exactly zero
+    carry, _, _ = mem.write(empty_carry(2, M, D), torch.randn(2, D))
+    read = mem.read(x, carry)
+    assert read.abs().max() > 0
+    carry.slots[:, 1:] = torch.randn(2, M - 1, D)  # junk in slots never written must not be read
+    torch.testing.assert_close(mem.read(x, carry), read, atol=0, rtol=0)
 
 
 def model(gate_bias, **kw):
