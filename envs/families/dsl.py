@@ -20,12 +20,14 @@ Levels (length = operations in the drawn program; shown examples, held-out examp
 
 At levels 1-2 the answer is the program ``dsl_search`` finds first (the shortest, first in
 vocabulary order: a function of the prompt, which helps imitation) and the expert
-demonstration calls the tool. From length 3 on, one search costs ~10^4 nodes (length 3,
-~20 ms) to ~10^5-10^7 (lengths 4-5, past the registered 200k budget), too slow to run for
-every generated instance, so at levels 3-5 the answer is the drawn program and the expert
-answers without the tool (a policy may still call it). Levels 3-5 guarantee only that no
-program of length <= 2 fits (levels 4-5 may have a length-3 or -4 solution) and leave a small
-chance that another program fits the shown examples but not the held-out ones.
+demonstration calls the tool. A deeper search costs too much to run for every generated
+instance (env resets regenerate, and a test-split instance takes ~5 draws): median ~3.6k
+nodes (~15 ms) at length 3, ~30k at 4, ~50k at 5 with 40% past the 200k budget
+(``bench/bench_dsl.py``). So at levels 3-5 the answer is the drawn program and the expert
+answers without the tool (a policy may still call it). Levels 3-5 guarantee
+only that no program of length <= 2 fits (levels 4-5 may have a length-3 or -4 solution) and
+leave a small chance that another program fits the shown examples but not the held-out ones
+(the bench's "generalized" column: 20/20 at level 3, 19/20 at 4).
 """
 
 from __future__ import annotations
@@ -192,8 +194,8 @@ class DslEnv(TextTaskEnv):
     ``sort|map(*2)|take(3)`` (grammar in ``verifiers/dsl.py``). Or a tool call
     ``<call>dsl_search dsl: [3,1,2]->[6,4,2]; ...</call>`` whose args are the prompt verbatim
     and whose result is the first (shortest) program fitting the examples, or an error such as
-    ``budget exceeded``. The expert calls it at levels 1-3 and answers with its result; at
-    levels 4-5 it answers directly (the search would exceed its budget).
+    ``budget exceeded``. The expert calls it at levels 1-2 and answers with its result; at
+    levels 3-5 it answers directly (see the module docstring).
 
     ## Reward
     1 if the program reproduces every shown and held-out example (9-12 in all), else 0; with
