@@ -1,0 +1,139 @@
+"""Sudoku: fill a 9x9 grid; every instance is a random symmetry of a verified bank puzzle.
+
+The bank (``envs/data/sudoku_bank.txt``) holds puzzles made by this suite's own generator
+(``python -m envs.families.sudoku_gen``), each with a unique solution. An instance picks a bank
+entry of its level and applies a random solution-preserving transform: transpose or not, a band
+order and row orders within bands, a stack order and column orders within stacks, and a digit
+relabelling (2 * 1296^2 * 9! transforms). The instance key is the bank entry, so a test puzzle
+is a transform of a test bank entry only; bank entries are pairwise non-isomorphic.
+"""
+
+from __future__ import annotations
+
+from itertools import permutations, product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.base import Instance, TaskFamily
+from envs.families.sudoku_gen import BANK_PATH, LEVELS, Entry, read_bank
+from envs.text_env import TextTaskEnv
+from verifiers import Verdict
+from verifiers.sudoku import verify
+
+PREFIX = "sudoku:"
+_PERM3 = tuple(permutations(range(3)))
+# the 1296 row (or column) orders that keep bands (stacks) together: band order x order within each band
+LINE_PERMS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(band * 3 + within[k][i] for k, band in enumerate(bands) for i in range(3))
+    for bands in _PERM3
+    for within in product(_PERM3, repeat=3)
+)
+LINE_PERMS_X9: tuple[tuple[int, ...], ...] = tuple(tuple(9 * r for r in p) for p in LINE_PERMS)
+_FACTORIALS = (40320, 5040, 720, 120, 24, 6, 2, 1, 1)
+
+
+def transform_indices(row_perm: int, col_perm: int, transpose: bool) -> list[int]:
+    """Source cell of each target cell: ``new[i] = old[idx[i]]`` for one symmetry of the grid."""
+    if transpose:  # new[r][c] = old[cols[c]][rows[r]]
+        return [r + c9 for r in LINE_PERMS[row_perm] for c9 in LINE_PERMS_X9[col_perm]]
+    return [r9 + c for r9 in LINE_PERMS_X9[row_perm] for c in LINE_PERMS[col_perm]]
+
+
+def digit_table(code: int) -> dict[int, int]:
+    """``str.translate`` table for the digit relabelling with Lehmer code ``code`` in [0, 9!)."""
+    pool = list("123456789")
+    image = []
+    for f in _FACTORIALS:
+        q, code = divmod(code, f)
+        image.append(pool.pop(q))
+    return str.maketrans("123456789", "".join(image))
+
+
+class SudokuFamily(TaskFamily):
+    """9x9 Sudoku with a unique solution.
+
+    Prompt: ``"sudoku:"`` + 81 characters, row-major, ``.`` for blanks (position-aligned, no
+    separators). Answer: the 81 digits of the solution (whitespace ignored). Tool:
+    ``sudoku_solver`` with the 81-character puzzle as args; its output is the answer.
+
+    Levels (``rounds`` = rounds of simultaneous naked + hidden single placement that solve the
+    puzzle, -1 when singles get stuck and search is needed; ``bt_nodes`` = placements of a plain
+    MRV backtracker exhausting the tree; medians from the committed bank):
+
+    1. 45-50 givens, singles-solvable in 2-4 rounds (equal shares of 2, 3, 4); bt_nodes ~34.
+    2. 36-44 givens, singles-solvable in 5-8 rounds (equal shares); bt_nodes ~45.
+    3. 30-35 givens, unique (random removal); mostly singles-solvable in 4-10 rounds, ~8% need
+       search; bt_nodes ~50.
+    4. 25-29 givens, unique; a third need search, the rest 5-18 rounds; bt_nodes ~160.
+    5. 21-24 givens, minimal (no given can be removed) and never singles-solvable; bt_nodes ~570.
+
+    ``instance.data``: ``puzzle``, ``solution``, ``givens``, ``rounds``, ``bt_nodes``.
+    """
+
+    name = "sudoku"
+    tool = "sudoku_solver"
+    answer_len = 81
+    max_prompt_chars = len(PREFIX) + 81
+    max_answer_chars = 81
+
+    def __init__(self, bank_path: str | Path = BANK_PATH):
+        self.bank_path = Path(bank_path)
+        self._bank: dict[int, list[Entry]] | None = None
+
+    @property
+    def bank(self) -> dict[int, list[Entry]]:
+        """Bank entries by level, loaded on first use."""
+        if self._bank is None:
+            bank: dict[int, list[Entry]] = {level: [] for level in LEVELS}
+            for entry in read_bank(self.bank_path):
+                bank[entry.level].append(entry)
+            self._bank = bank
+        return self._bank
+
+    def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
+        entries = self.bank[difficulty]
+        i, row_perm, col_perm, transpose, relabel = rng.integers(
+            0, (len(entries), 1296, 1296, 2, 362880)
+        ).tolist()
+        entry = entries[i]
+        idx = transform_indices(row_perm, col_perm, bool(transpose))
+        table = digit_table(relabel)
+        puzzle = "".join([entry.puzzle[k] for k in idx]).translate(table)
+        solution = "".join([entry.solution[k] for k in idx]).translate(table)
+        data: dict[str, Any] = {"puzzle": puzzle, "solution": solution, "givens": entry.givens,
+                                "rounds": entry.rounds, "bt_nodes": entry.bt_nodes}
+        return Instance(self.name, difficulty, PREFIX + puzzle, solution, f"sudoku-bank:{difficulty}:{i}", data)
+
+    def verify(self, instance: Instance, answer: str) -> Verdict:
+        return verify(instance.data["puzzle"], answer)
+
+    def tool_args(self, instance: Instance) -> str:
+        return instance.data["puzzle"]
+
+
+class SudokuEnv(TextTaskEnv):
+    """Solve one 9x9 Sudoku (see ``SudokuFamily`` for the difficulty levels).
+
+    ## Observation
+    ``Text``: ``"sudoku:"`` followed by the 81 cells row-major, digits for givens and ``.`` for
+    blanks, e.g. ``sudoku:53..7....6..195...`` (88 characters); then any tool calls and results.
+
+    ## Action
+    ``Text``: the final answer, the 81 digits of the filled grid row-major (whitespace ignored);
+    or ``<call>sudoku_solver PUZZLE</call>`` with the 81-character puzzle, whose result is the
+    81-digit solution (or ``error: ...``).
+
+    ## Reward
+    1.0 if the answer is a valid completion (keeps every given, every row, column and box holds
+    1-9), else 0.0. With ``partial_credit=True``: the fraction of the 27 rows/columns/boxes that
+    are valid, 0 when the answer is malformed or changes a given. Tool calls: 0.
+
+    ## Episode End
+    Terminated after the final answer; truncated (reward 0) after more than ``call_budget``
+    tool calls. Arguments and ``reset`` options are those of ``TextTaskEnv``.
+    """
+
+    def __init__(self, family: str | TaskFamily = "sudoku", **kwargs: Any):
+        super().__init__(family, **kwargs)
