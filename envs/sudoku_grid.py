@@ -40,7 +40,8 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     ``difficulty`` (1-5, None draws a level per instance), ``split`` ("train"/"test"),
     ``data_seed``; ``reset(options={"difficulty", "split", "index"})`` overrides them for one
     episode, as in ``TextTaskEnv``. ``info``: difficulty, split, filled (cells filled by
-    moves), and at the end ``correct``, ``score`` and ``reason``.
+    moves), and at the end ``correct``, ``score`` and ``reason``. ``expert_actions()`` lists
+    the moves that fill the remaining empty cells with the solution.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -55,7 +56,7 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
         self.observation_space = spaces.Box(0, 9, (81,), np.int64)
         self.action_space = spaces.Discrete(729)
         self._board = np.zeros(81, np.int64)
-        self._puzzle = "." * 81
+        self._puzzle = self._solution = "." * 81
         self._difficulty, self._split, self._filled = 1, split, 0
         self._done = True
 
@@ -69,8 +70,10 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
         if index is None:
             index = int(self.np_random.integers(0, 2**62))
         self._split = opts.get("split", self.split)
-        inst = self.family.instance(self._split, int(index), opts.get("difficulty", self.difficulty), self.data_seed)
+        level = opts.get("difficulty", self.difficulty)
+        inst = self.family.instance(self._split, int(index), level, self.data_seed)
         self._puzzle = inst.data["puzzle"]
+        self._solution = inst.answer
         self._difficulty = inst.difficulty
         self._board = np.array([0 if ch == "." else int(ch) for ch in self._puzzle], np.int64)
         self._filled = 0
@@ -87,6 +90,12 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
         used[2, _BOX[filled], digits] = True
         taken = used[0, _ROW] | used[1, _COL] | used[2, _BOX]
         return ~taken[:, 1:] & ~filled[:, None]
+
+    def expert_actions(self) -> list[int]:
+        """The moves that fill the current board's empty cells with the solution, row-major."""
+        if self._done:
+            raise RuntimeError("call reset() before expert_actions()")
+        return [i * 9 + int(self._solution[i]) - 1 for i in np.flatnonzero(self._board == 0).tolist()]
 
     def action_masks(self) -> np.ndarray:
         """bool[729]: the valid actions (all False once the episode is over)."""
@@ -109,12 +118,14 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
             self._done = True
             verdict = verify(self._puzzle, "".join(map(str, self._board.tolist())))
             reward = 1.0 if verdict.correct else 0.0
-            return self._board.copy(), reward, True, False, self._info(verdict.correct, verdict.score, verdict.reason)
+            info = self._info(verdict.correct, verdict.score, verdict.reason)
+            return self._board.copy(), reward, True, False, info
         free = self._free()
         empty = self._board == 0
         if not free[empty].any(axis=1).all():
             self._done = True
-            return self._board.copy(), 0.0, True, False, self._info(False, 0.0, "dead end: an empty cell has no valid digit")
+            info = self._info(False, 0.0, "dead end: an empty cell has no valid digit")
+            return self._board.copy(), 0.0, True, False, info
         return self._board.copy(), 0.0, False, False, self._info()
 
     def _info(self, correct: bool | None = None, score: float = 0.0, reason: str = "") -> dict[str, Any]:
@@ -126,4 +137,5 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        return "\n".join("".join(str(v) if v else "." for v in self._board[r * 9 : r * 9 + 9]) for r in range(9))
+        cells = "".join(str(v) if v else "." for v in self._board.tolist())
+        return "\n".join(cells[r * 9 : r * 9 + 9] for r in range(9))

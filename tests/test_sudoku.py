@@ -10,6 +10,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import envs
 import tools
@@ -88,14 +90,15 @@ def test_bank_sample_unique_and_stats_recomputed():
             assert bt_nodes(_grid(e.puzzle)) == e.bt_nodes
 
 
-def test_bank_builder_is_deterministic(tmp_path):
-    cfg = BankConfig(seed=3, counts=(3, 4, 1, 1, 1), out=str(tmp_path / "a.txt"))
+def test_bank_builder_is_deterministic_and_reproduces_the_committed_bank(tmp_path):
+    cfg = BankConfig(counts=(3, 4, 2, 1, 1), out=str(tmp_path / "bank.txt"))  # the committed seed
     bank, _ = build_bank(cfg)
     write_bank(bank, cfg.out, cfg.seed)
     assert read_bank(cfg.out) == bank == build_bank(cfg)[0]
-    assert [e.level for e in bank] == [1, 1, 1, 2, 2, 2, 2, 3, 4, 5]
-    for e in bank:
-        assert _count(_grid(e.puzzle)) == 1 and _valid_solution(e.puzzle, e.solution)
+    assert [e.level for e in bank] == [1, 1, 1, 2, 2, 2, 2, 3, 3, 4, 5]
+    # each level's first entries (per rounds value where quotas apply) are those of the full build
+    assert set(bank) <= set(BANK)
+    assert bank[7:9] == FAMILY.bank[3][:2] and bank[9] == FAMILY.bank[4][0] and bank[10] == FAMILY.bank[5][0]
 
 
 def test_singles_rounds_is_simultaneous():
@@ -161,7 +164,8 @@ def test_expert_and_garbage_through_env():
                 assert terminated and reward == 1.0 and info["correct"]
             env.reset(options=opts)
             wrong = list(env.expert_actions(False)[0])
-            blanks = [k for k, ch in enumerate(env.family.instance(opts["split"], i, level).data["puzzle"]) if ch == "."]
+            puzzle = env.family.instance(opts["split"], i, level).data["puzzle"]
+            blanks = [k for k, ch in enumerate(puzzle) if ch == "."]
             wrong[blanks[0]], wrong[blanks[1]] = wrong[blanks[1]], wrong[blanks[0]]
             if wrong[blanks[0]] == wrong[blanks[1]]:
                 wrong[blanks[0]] = str(int(wrong[blanks[0]]) % 9 + 1)
@@ -257,12 +261,36 @@ def test_solver_errors_and_budget():
         broken = e.puzzle[:k] + d + e.puzzle[k + 1 :]
         r = solve(broken, 10**6)
         assert r.ok == (_count(_grid(broken), 1) == 1), (broken, r.error)
-        assert _valid_solution(broken, r.output) if r.ok else ("no solution" in r.error or "conflicting" in r.error)
+        if r.ok:
+            assert _valid_solution(broken, r.output)
+        else:
+            assert "no solution" in r.error or "conflicting" in r.error
     assert _search_exhausted_case(FAMILY.bank[5][:5])
     r = solve(FAMILY.bank[5][1].puzzle, 3)
     assert not r.ok and r.error.startswith("budget exceeded") and r.cost == 3
     assert solve("." * 81, 10**6).ok  # the empty grid has solutions too
     assert solve(FAMILY.bank[1][0].solution, 10).output == FAMILY.bank[1][0].solution
+
+
+_GRIDS = st.lists(st.sampled_from("123456789" + "." * 40), min_size=81, max_size=81).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(_GRIDS, st.text(max_size=120), st.text(alphabet="0123456789. \n", max_size=100)))
+def test_solver_fuzz(args):
+    r = solve(args, 20_000)
+    assert 0 <= r.cost <= 20_000
+    if r.ok:
+        assert _valid_solution("".join(args.split()), r.output)
+    else:
+        assert r.error and not r.output
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_GRIDS, st.text(max_size=100)), st.text(max_size=200))
+def test_verify_fuzz(puzzle, answer):
+    v = verify(puzzle, answer)
+    assert 0.0 <= v.score <= 1.0 and (not v.correct or v.score == 1.0) and isinstance(v.reason, str)
 
 
 def _search_exhausted_case(entries) -> bool:

@@ -143,7 +143,9 @@ def _hidden_singles(k: int, needed, domains, assignments, singles: list) -> bool
 def _presolve(grid: list[int]) -> list[set[int] | None] | None:
     """Candidates of blank cells after naked + hidden singles on the givens (fills ``grid`` in
     place); None if the givens contradict each other."""
-    cand: list[set[int] | None] = [None if grid[i] else set(_ALL - {grid[j] for j in PEERS[i]}) for i in range(81)]
+    cand: list[set[int] | None] = [
+        None if grid[i] else set(_ALL - {grid[j] for j in PEERS[i]}) for i in range(81)
+    ]
     changed = True
     while changed:
         changed = False
@@ -208,7 +210,8 @@ def solve(args: str, budget: int = 200_000) -> ToolResult:
         except _BudgetExceeded:
             return ToolResult.fail(f"budget exceeded ({budget} checks)", search.checks)
         if solution is None:
-            return ToolResult.fail(f"no solution (search exhausted after {search.checks} checks)", search.checks)
+            error = f"no solution (search exhausted after {search.checks} checks)"
+            return ToolResult.fail(error, search.checks)
         for i, d in solution.items():
             grid[i] = d
     answer = "".join(map(str, grid))

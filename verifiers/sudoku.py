@@ -22,10 +22,14 @@ from verifiers import RIGHT, Verdict, never_raises, wrong
 ROWS: tuple[tuple[int, ...], ...] = tuple(tuple(r * 9 + c for c in range(9)) for r in range(9))
 COLS: tuple[tuple[int, ...], ...] = tuple(tuple(r * 9 + c for r in range(9)) for c in range(9))
 BOXES: tuple[tuple[int, ...], ...] = tuple(
-    tuple((br * 3 + i) * 9 + bc * 3 + j for i in range(3) for j in range(3)) for br in range(3) for bc in range(3)
+    tuple((br * 3 + i) * 9 + bc * 3 + j for i in range(3) for j in range(3))
+    for br in range(3)
+    for bc in range(3)
 )
 UNITS: tuple[tuple[int, ...], ...] = ROWS + COLS + BOXES
-CELL_UNITS: tuple[tuple[int, ...], ...] = tuple(tuple(k for k, u in enumerate(UNITS) if i in u) for i in range(81))
+CELL_UNITS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(k for k, u in enumerate(UNITS) if i in u) for i in range(81)
+)
 PEERS: tuple[tuple[int, ...], ...] = tuple(
     tuple(sorted({j for k in CELL_UNITS[i] for j in UNITS[k]} - {i})) for i in range(81)
 )

@@ -104,7 +104,8 @@ class SudokuFamily(TaskFamily):
         solution = "".join([entry.solution[k] for k in idx]).translate(table)
         data: dict[str, Any] = {"puzzle": puzzle, "solution": solution, "givens": entry.givens,
                                 "rounds": entry.rounds, "bt_nodes": entry.bt_nodes}
-        return Instance(self.name, difficulty, PREFIX + puzzle, solution, f"sudoku-bank:{difficulty}:{i}", data)
+        key = f"sudoku-bank:{difficulty}:{i}"
+        return Instance(self.name, difficulty, PREFIX + puzzle, solution, key, data)
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
         return verify(instance.data["puzzle"], answer)

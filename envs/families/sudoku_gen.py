@@ -156,7 +156,8 @@ def random_full_grid(rnd: random.Random) -> list[int]:
 
 
 def _unique_without(grid: list[int], cell: int, digit: int) -> bool:
-    """Does ``grid`` (unique solution with ``digit`` at blank ``cell``) stay unique? No other digit fits there."""
+    """Is ``grid`` (unique solution, with ``digit`` at the blank ``cell``) still unique? Yes iff no
+    other digit at ``cell`` leads to a solution."""
     c = [FULL] * 81
     c[cell] = FULL & ~BIT[digit]
     queue = []
@@ -344,14 +345,16 @@ def grid_invariant(solution: str) -> tuple:
 
 
 # -- the bank -------------------------------------------------------------------------------
+def _arg(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class BankConfig:
-    seed: int = dataclasses.field(default=20_251_126, metadata={"help": "root seed; the bank is a pure function of it"})
-    counts: tuple[int, ...] = dataclasses.field(
-        default=(2000, 2000, 1000, 1000, 1000), metadata={"help": "entries per level 1..5"}
-    )
-    out: str = dataclasses.field(default=str(BANK_PATH), metadata={"help": "bank file to write"})
-    workers: int = dataclasses.field(default=1, metadata={"help": "processes (the result does not depend on it)"})
+    seed: int = _arg(20_251_126, "root seed; the bank is a pure function of it and counts")
+    counts: tuple[int, ...] = _arg((2000, 2000, 1000, 1000, 1000), "entries per level 1..5")
+    out: str = _arg(str(BANK_PATH), "bank file to write")
+    workers: int = _arg(1, "processes (the result does not depend on it)")
 
 
 def _attempt(job: tuple[int, int, int]) -> Entry | None:
@@ -452,11 +455,12 @@ def main(cfg: BankConfig) -> dict:
 def parse_args(argv: list[str] | None = None) -> BankConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     for f in dataclasses.fields(BankConfig):
+        kind = {"type": type(f.default)}
         if isinstance(f.default, tuple):
-            parser.add_argument(f"--{f.name}", type=int, nargs=len(f.default), default=f.default, help=f.metadata["help"])
-        else:
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata["help"])
-    return BankConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+            kind = {"type": int, "nargs": len(f.default)}
+        parser.add_argument(f"--{f.name}", default=f.default, help=f.metadata["help"], **kind)
+    parsed = vars(parser.parse_args(argv))
+    return BankConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in parsed.items()})
 
 
 if __name__ == "__main__":
