@@ -64,9 +64,9 @@ class SudokuFamily(TaskFamily):
 
     1. 45-50 givens, singles-solvable in 2-4 rounds (equal shares of 2, 3, 4); bt_nodes ~34.
     2. 36-44 givens, singles-solvable in 5-8 rounds (equal shares); bt_nodes ~45.
-    3. 30-35 givens, unique (random removal); mostly singles-solvable in 4-10 rounds, ~8% need
-       search; bt_nodes ~50.
-    4. 25-29 givens, unique; a third need search, the rest 5-18 rounds; bt_nodes ~160.
+    3. 30-35 givens, unique (random removal order); 92% singles-solvable in 3-13 rounds (mostly
+       4-9), 8% need search; bt_nodes ~50.
+    4. 25-29 givens, unique; a third need search, the rest take 4-18 rounds; bt_nodes ~160.
     5. 21-24 givens, minimal (no given can be removed) and never singles-solvable; bt_nodes ~570.
 
     ``instance.data``: ``puzzle``, ``solution``, ``givens``, ``rounds``, ``bt_nodes``.
