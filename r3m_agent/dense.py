@@ -33,6 +33,9 @@ class DenseConfig(ConfigBase):
     """MLP hidden width = round(mlp_ratio * d_model); fine-tunes parameter matching."""
     rope_base: float = 10000.0
     """Rotary embedding base."""
+    fill_anchor: int = 1024
+    """Fill mode: answer slots sit at positions fill_anchor + i (0: right after the prompt), so they
+    line up with content anchored at the prompt's start whatever the prompt's length."""
     tool_names: tuple[str, ...] = DEFAULT_TOOLS
     """Tool head classes after "answer", in this order."""
 
@@ -67,7 +70,7 @@ class DenseTransformer(GroupedModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 mode: str = "causal", answer_len: int | None = None) -> ModelOutput:
-        b = prepare(input_ids, attention_mask, mode, answer_len)
+        b = prepare(input_ids, attention_mask, mode, answer_len, self.cfg.fill_anchor)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         h = self.embed(b.ids)
         for blk in self.blocks:

@@ -23,6 +23,8 @@ class HaltingHead(nn.Module):
         self.bias_init = bias_init
 
     def reset_parameters(self) -> None:
+        # small weights: every row starts at sigmoid(bias_init), whatever its state
+        nn.init.normal_(self.proj.weight, 0.0, 0.02)
         nn.init.constant_(self.proj.bias, self.bias_init)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -128,8 +128,14 @@ class Batch(NamedTuple):
 
 
 def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
-            answer_len: int | None) -> Batch:
-    """Build masks and positions; in fill mode append ``answer_len`` mask tokens after the input."""
+            answer_len: int | None, fill_anchor: int = 0) -> Batch:
+    """Build masks and positions; in fill mode append ``answer_len`` mask tokens after the input.
+
+    ``fill_anchor`` > 0 gives the answer slots the fixed positions ``fill_anchor, fill_anchor+1, ...``
+    instead of continuing after the prompt, so with rotary attention the offset between answer
+    slot i and prompt position p no longer depends on the prompt's length: content anchored at
+    the prompt's start (a grid, a list) lines up with the slots whatever follows it.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if input_ids.dim() != 2:
@@ -152,6 +158,9 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=mask.device)
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    if n_answer and fill_anchor:
+        slots_at = torch.arange(fill_anchor, fill_anchor + n_answer, device=positions.device)
+        positions = torch.cat([positions[:, :-n_answer], slots_at.expand(positions.shape[0], -1)], dim=1)
     return Batch(input_ids, mask, allowed, positions, causal, n_answer)
 
 

@@ -100,6 +100,7 @@ class EpisodicMemory(nn.Module):
 
     def reset_parameters(self) -> None:
         """Called after the model's generic init: the gate bias sets the initial write rate."""
+        nn.init.normal_(self.gate.weight, 0.0, 0.02)
         nn.init.constant_(self.gate.bias, self.write_bias_init)
         nn.init.normal_(self.null_key, 0.0, 0.02)
 
