@@ -1,0 +1,149 @@
+"""The optimisation loop every phase of every script shares.
+
+``fit`` runs ``steps`` optimiser steps of a loss closure with warmup + cosine learning rate,
+gradient clipping, NaN/inf skipping, TensorBoard scalars, a progress bar with loss and
+throughput, and atomic checkpoints every ``ckpt_every`` steps. Re-entering ``fit`` for a phase
+whose checkpoint exists resumes it (or returns at once when it finished); because batches are
+a pure function of (seed, step), a resumed phase ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from r3m_agent.checkpoint import load_checkpoint, save_checkpoint
+from r3m_agent.logger import Logger, log
+from r3m_agent.training import LossOut, grad_norm, lr_at
+
+
+class Interrupted(Exception):
+    """Raised when a run's ``stop_after`` step budget is spent (tests simulate a killed run with it)."""
+
+
+@dataclass
+class Run:
+    """Where a run writes, and what it may spend."""
+
+    dir: Path
+    device: torch.device
+    tensorboard: bool = True
+    progress: bool = True
+    stop_after: int = 0  # >0: raise Interrupted after this many optimiser steps in this process
+    rank: int = 0
+    steps_taken: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def ckpt(self, phase: str) -> Path:
+        return self.dir / "ckpt" / f"{phase}.pt"
+
+    def logger(self, phase: str) -> Logger:
+        return Logger(str(self.dir), phase, tensorboard=self.tensorboard and self.main)
+
+
+@dataclass
+class FitState:
+    step: int = 0
+    done: bool = False
+    nan_steps: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class FitSpec:
+    steps: int
+    lr: float
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ckpt_every: int = 200
+    log_every: int = 25
+    samples_per_step: int = 1
+
+
+def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: FitSpec,
+        loss_fn: Callable[[int], LossOut], scalars_fn: Callable[[int, LossOut], dict] | None = None,
+        save_model: torch.nn.Module | None = None) -> FitState:
+    """Train ``phase`` to ``spec.steps`` steps (resuming from its checkpoint if one exists)."""
+    state = FitState()
+    path = run.ckpt(phase)
+    target = save_model if save_model is not None else model
+    if path.exists():
+        payload = load_checkpoint(path, target, optimizer, map_location=run.device)
+        state = FitState(**payload["extra"]["fit"])
+        if state.done:
+            return state
+        log.info(f"{phase}: resuming at step {state.step} from {path}")
+    logger = run.logger(phase)
+    bar = tqdm(total=spec.steps, initial=state.step, desc=phase, disable=not (run.progress and run.main),
+               dynamic_ncols=True, leave=False)
+    model.train()
+    t0, last_t, last_step = time.time(), time.time(), state.step
+    try:
+        while state.step < spec.steps:
+            if run.stop_after and run.steps_taken >= run.stop_after:
+                _save(path, target, optimizer, state)
+                raise Interrupted(f"{phase}: stopped after {run.steps_taken} steps (stop_after)")
+            lr = lr_at(state.step, spec.steps, spec.lr, spec.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            out = loss_fn(state.step)
+            optimizer.zero_grad(set_to_none=True)
+            norm = float("nan")
+            if math.isfinite(float(out.loss.detach())):
+                out.loss.backward()
+                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip))
+            if math.isfinite(norm):
+                optimizer.step()
+            else:  # skip the update: one bad batch must not poison the weights
+                state.nan_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+            state.grad_norms.append(norm)
+            state.losses.append(float(out.loss.detach()))
+            state.step += 1
+            run.steps_taken += 1
+            bar.update(1)
+            if state.step % spec.log_every == 0 or state.step == spec.steps:
+                now = time.time()
+                rate = (state.step - last_step) * spec.samples_per_step / max(now - last_t, 1e-9)
+                last_t, last_step = now, state.step
+                bar.set_postfix(loss=f"{state.losses[-1]:.3f}", samples_s=f"{rate:.0f}")
+                if run.main:
+                    logger.scalars(state.step, _scalars(out, lr, norm, state, rate, scalars_fn))
+            if state.step % spec.ckpt_every == 0 and state.step < spec.steps and run.main:
+                _save(path, target, optimizer, state)
+        state.done = True
+        state.seconds += time.time() - t0
+        if run.main:
+            _save(path, target, optimizer, state)
+    finally:
+        bar.close()
+        logger.close()
+    return state
+
+
+def _scalars(out: LossOut, lr: float, norm: float, state: FitState, rate: float,
+             scalars_fn: Callable[[int, LossOut], dict] | None) -> dict:
+    values = {"train/loss": float(out.loss.detach()), "train/token_loss": out.token_loss, "train/lr": lr,
+              "train/grad_norm": norm, "train/nan_steps": state.nan_steps, "train/samples_per_s": rate,
+              "tools/tool_loss": out.tool_loss, "memory/writes_per_sample": out.writes,
+              "memory/write_rate": out.write_rate}
+    for k, loss in enumerate(out.step_losses, start=1):
+        values[f"train/step_loss/{k:02d}"] = loss
+    if scalars_fn is not None:
+        values.update(scalars_fn(state.step, out))
+    return values
+
+
+def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: FitState) -> None:
+    save_checkpoint(path, model, optimizer, step=state.step, extra={"fit": asdict(state)})

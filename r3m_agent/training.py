@@ -1,0 +1,180 @@
+"""Pieces every training script shares: seeding, devices, optimisers, schedules, batches,
+the imitation loss, and checkpoints that let a killed run resume to the same result.
+
+Data are a pure function of (seed, step): the batch at step s is drawn from an rng seeded
+with (seed, s), so a resumed run sees exactly the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import envs
+from envs.text_env import TextTaskEnv
+from r3m_agent.data import IGNORE, CausalBatch, Example, FillBatch, collate_causal, collate_fill, episode_examples
+from r3m_agent.checkpoint import unwrap  # noqa: F401  (re-exported for scripts)
+from r3m_agent.r3m import R3M
+from r3m_agent.tokenizer import PAD_ID
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is False")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op on the CPU (where fp32 is both faster and exact)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on vectors (norms, biases, eta)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, step]))
+
+
+@dataclass
+class TaskSpec:
+    """How one family is trained and decoded."""
+
+    family: str
+    mode: str  # "fill" or "causal"
+    width: int  # fill slots / max payload tokens (incl. eos)
+    levels: tuple[int, ...]
+
+
+class BatchSource:
+    """Demonstration batches, one family per step (round robin), reproducible from (seed, step)."""
+
+    def __init__(self, specs: Sequence[TaskSpec], tool_names: Sequence[str], batch_size: int, seed: int,
+                 tool_fraction: float = 0.5):
+        self.specs, self.tool_names = list(specs), tuple(tool_names)
+        self.batch_size, self.seed, self.tool_fraction = batch_size, seed, tool_fraction
+        self._envs = {s.family: TextTaskEnv(s.family) for s in self.specs}
+
+    def examples(self, step: int, spec: TaskSpec) -> list[Example]:
+        rng = step_rng(self.seed, step, stream=1)
+        env = self._envs[spec.family]
+        out: list[Example] = []
+        while len(out) < self.batch_size:
+            use_tools = bool(env.family.tool) and rng.random() < self.tool_fraction
+            level = int(rng.choice(spec.levels))
+            out += episode_examples(env, int(rng.integers(2**62)), level, use_tools, self.tool_names)
+        return out[: self.batch_size]
+
+    def get(self, step: int) -> tuple[TaskSpec, FillBatch | CausalBatch]:
+        spec = self.specs[step % len(self.specs)]
+        ex = self.examples(step, spec)
+        return spec, (collate_fill(ex, spec.width) if spec.mode == "fill" else collate_causal(ex, spec.width))
+
+
+class LossOut(NamedTuple):
+    loss: torch.Tensor
+    token_loss: float
+    tool_loss: float
+    step_losses: list[float]  # mean loss at each supervised step (last entries = latest steps)
+    writes: float  # hard writes per sample in this call
+    write_rate: float  # fraction of refinement steps that wrote
+
+
+def model_kwargs(model: torch.nn.Module, K: int | None, grad_steps: int | None, halt: bool = False) -> dict:
+    return dict(K=K, grad_steps=grad_steps, halt=halt) if isinstance(model, R3M) else {}
+
+
+def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy [S, B] of each step's readout, averaged over each sample's target tokens."""
+    S, B = step_logits.shape[:2]
+    ce = F.cross_entropy(step_logits.float().flatten(0, 2), targets.repeat(S, 1, 1).flatten(),
+                         ignore_index=IGNORE, reduction="none").view(S, B, -1)
+    live = (targets != IGNORE).float()
+    return (ce * live).sum(-1) / live.sum(-1).clamp(min=1.0)
+
+
+def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
+                      K: int | None = None, grad_steps: int | None = None, halt: bool = False):
+    """(model output, token targets, tool logits at the decision point)."""
+    kw = model_kwargs(model, K, grad_steps, halt)
+    if spec.mode == "fill":
+        out = model(batch.ids, batch.mask, mode="fill", answer_len=batch.targets.shape[1], **kw)
+        return out, batch.targets, out.tool_logits
+    out = model(batch.ids, batch.mask, mode="causal", **kw)
+    targets = batch.targets
+    rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
+    tool_logits = _tool_logits_at(model, out.hidden, rows, batch.decision)
+    return out, targets, tool_logits
+
+
+def _tool_logits_at(model: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+    # Teacher forcing puts the payload after the decision point, so read the tool head at <sep>.
+    return model.tool_head(hidden[rows, positions])
+
+
+def imitation_loss(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
+                   K: int | None, grad_steps: int | None, tool_weight: float = 1.0) -> LossOut:
+    """Deep supervision: the mean token loss over every step that keeps a graph, plus the tool loss."""
+    out, targets, tool_logits = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps)
+    fill_targets = targets.masked_fill(targets == PAD_ID, PAD_ID) if spec.mode == "fill" else targets
+    per_step = per_sample_token_loss(out.step_logits, fill_targets).mean(1)  # [S]
+    supervised = per_step if grad_steps is None else per_step[-grad_steps:]
+    token_loss = supervised.mean()
+    tool_loss = F.cross_entropy(tool_logits.float(), batch.tool)
+    S = out.step_logits.shape[0]
+    write_rate = float(out.write_probs.gt(0.5).float().mean()) if out.write_probs is not None else 0.0
+    return LossOut(token_loss + tool_weight * tool_loss, float(token_loss.detach()), float(tool_loss.detach()),
+                   [float(x) for x in per_step.detach()], float(out.writes.float().mean()), write_rate)
+
+
+def grad_norm(model: torch.nn.Module) -> float:
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def ddp_info() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 without it)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def iterate_forever(it) -> Iterator:
+    while True:
+        yield from it
+
+
+def mapping_float(d: Mapping) -> dict:
+    return {k: float(v) for k, v in d.items()}
