@@ -44,7 +44,9 @@ class TextTaskEnv(gym.Env[str, str]):
     ``family``: a registered family name or a ``TaskFamily``; ``call_budget`` (default 4);
     ``tools_enabled``: True, False, or the tool names allowed; ``difficulty``: a level or
     None (drawn per instance); ``split``: "train" or "test"; ``data_seed``: the dataset seed.
-    ``reset(options={"difficulty", "split", "index"})`` overrides them for one episode.
+    ``reset(options={"difficulty", "split", "index"})`` overrides them for one episode;
+    ``reset(options={"instance": inst})`` plays a given ``Instance`` of this family instead (for
+    external evaluation sets; ``info["split"]`` is then "external").
     ``info`` carries family, difficulty, split, tool_calls and malformed_calls, and after an
     answer ``correct``, ``score`` and ``reason``. It never carries the oracle answer.
     """
@@ -84,16 +86,18 @@ class TextTaskEnv(gym.Env[str, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         opts = dict(options or {})
-        unknown = set(opts) - {"difficulty", "split", "index"}
+        unknown = set(opts) - {"difficulty", "split", "index", "instance"}
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; expected difficulty, split, index")
-        index = opts.get("index")
-        if index is None:
-            index = int(self.np_random.integers(0, 2**62))
-        self._instance = self.family.instance(
-            opts.get("split", self.split), int(index), opts.get("difficulty", self.difficulty), self.data_seed
-        )
-        self._split = opts.get("split", self.split)
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected difficulty, split, index, instance")
+        if opts.get("instance") is not None:
+            self._instance, self._split = self._external(opts["instance"]), "external"
+        else:
+            index = opts.get("index")
+            if index is None:
+                index = int(self.np_random.integers(0, 2**62))
+            self._split = opts.get("split", self.split)
+            self._instance = self.family.instance(
+                self._split, int(index), opts.get("difficulty", self.difficulty), self.data_seed)
         self._transcript = self._instance.prompt
         self._calls = self._malformed = 0
         self._done = False
@@ -130,6 +134,11 @@ class TextTaskEnv(gym.Env[str, str]):
             sanitize(result.transcript_text(), MAX_RESULT_CHARS)
         )
         return self._transcript, 0.0, False, False, self._info()
+
+    def _external(self, inst: Instance) -> Instance:
+        if not isinstance(inst, Instance) or inst.family != self.family.name:
+            raise ValueError(f"options['instance'] must be an Instance of family {self.family.name!r}")
+        return inst
 
     def _tool_allowed(self, name: str) -> bool:
         if isinstance(self.tools_enabled, bool):

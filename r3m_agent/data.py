@@ -6,8 +6,12 @@ it should take: a tool choice (0 = answer, i = tool i in the model's ``tool_name
 payload (the call's ARGS, or the answer text).
 
 Two layouts, matching the model's two decoding modes:
-- fill: ``<bos> transcript <sep>`` then ``width`` answer slots; the slot targets are the payload,
-  ``<eos>``, then ``<pad>`` (so decoding reads slots up to the first eos/pad);
+- fill: ``<bos> transcript <sep>`` then ``width`` answer slots. Right-aligned (the default) the
+  slot targets are ``<pad>...<pad> payload <eos>``: the payload ends at a fixed distance from the
+  transcript's end, where numbers' units digits, lists and tool results sit, so with rotary
+  attention an answer slot lines up with its source at a constant offset. Left-aligned they are
+  ``payload <eos> <pad>...`` (for content anchored at the prompt's start, with ``fill_anchor``).
+  Decoding drops pads and stops at the first eos;
 - causal: ``<bos> transcript <sep> payload <eos>``, next-token targets on the payload and eos;
   the tool head reads the ``<sep>`` position (the decision point).
 """
@@ -118,16 +122,22 @@ def _context_ids(context: str) -> list[int]:
     return [BOS_ID, *TOK.encode(context), SEP_ID]
 
 
-def collate_fill(examples: Sequence[Example], width: int) -> FillBatch:
-    """Left-padded contexts (the answer slots then line up at the end) and slot targets."""
+def fill_slots(payload: str, width: int, align: str = "right") -> list[int]:
+    """Slot targets for ``payload`` (truncated to fit), see the module docstring."""
+    pay = TOK.encode(payload)[: width - 1] + [EOS_ID]
+    pads = [PAD_ID] * (width - len(pay))
+    return pads + pay if align == "right" else pay + pads
+
+
+def collate_fill(examples: Sequence[Example], width: int, align: str = "right") -> FillBatch:
+    """Left-padded contexts (the answer slots then follow every row's last token) and slot targets."""
     ctx = [_context_ids(e.context) for e in examples]
     T = max(map(len, ctx))
     ids = torch.full((len(ctx), T), PAD_ID, dtype=torch.long)
     targets = torch.full((len(ctx), width), PAD_ID, dtype=torch.long)
     for i, (c, e) in enumerate(zip(ctx, examples)):
         ids[i, T - len(c):] = torch.tensor(c)
-        pay = TOK.encode(e.payload)[: width - 1] + [EOS_ID]
-        targets[i, : len(pay)] = torch.tensor(pay)
+        targets[i] = torch.tensor(fill_slots(e.payload, width, align))
     return FillBatch(ids, ids != PAD_ID, targets, _tensor(e.tool for e in examples),
                      _tensor(e.difficulty for e in examples))
 

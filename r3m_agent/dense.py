@@ -33,9 +33,9 @@ class DenseConfig(ConfigBase):
     """MLP hidden width = round(mlp_ratio * d_model); fine-tunes parameter matching."""
     rope_base: float = 10000.0
     """Rotary embedding base."""
-    fill_anchor: int = 1024
-    """Fill mode: answer slots sit at positions fill_anchor + i (0: right after the prompt), so they
-    line up with content anchored at the prompt's start whatever the prompt's length."""
+    fill_anchor: int = 0
+    """Fill mode: 0 puts the answer slots right after the prompt (for right-aligned answers); N > 0
+    puts them at positions N, N+1, ... so they line up with content anchored at the prompt's start."""
     tool_names: tuple[str, ...] = DEFAULT_TOOLS
     """Tool head classes after "answer", in this order."""
 

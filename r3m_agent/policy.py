@@ -2,8 +2,10 @@
 
 At a decision point the tool head picks "answer" or a tool; the token head then writes the
 payload (the call's ARGS or the answer). The action is ``<call>NAME PAYLOAD</call>`` or the
-payload itself. Payload tokens are restricted to the printable alphabet plus ``<eos>`` (so a
-policy can never emit a stray delimiter), and with tools off the head is masked to "answer".
+payload itself. Payload tokens are restricted to the printable alphabet plus ``<eos>`` (and, in
+fill mode, ``<pad>`` for the slots a shorter payload leaves empty; see ``r3m_agent.data``), so a
+policy can never emit a stray delimiter; with tools off the head is masked to "answer". A
+payload is every slot or token up to and including the first ``<eos>``.
 
 ``act`` samples (or takes the argmax) and returns the log-probability of what it chose;
 ``log_prob`` recomputes it for given choices with the same masks, K and halting, which is
@@ -27,11 +29,13 @@ TOK = Tokenizer()
 _PAYLOAD_OK = torch.zeros(len(TOKENS), dtype=torch.bool)
 _PAYLOAD_OK[[i for i, t in enumerate(TOKENS) if len(t) == 1]] = True
 _PAYLOAD_OK[EOS_ID] = True
+_FILL_OK = _PAYLOAD_OK.clone()
+_FILL_OK[PAD_ID] = True
 
 
 @dataclass
 class Decision:
-    """One decision per row. ``payload`` holds token ids up to and including eos, PAD after."""
+    """One decision per row. ``payload``: the chosen slots/tokens up to the first eos, PAD after."""
 
     actions: list[str]
     tool: torch.Tensor  # [B]
@@ -51,6 +55,7 @@ class Policy:
     width: int = 64
     K: int | None = None
     halt: bool = False
+    align: str = "right"  # fill: where payloads sit in their slots (as in training)
 
     @property
     def recurrent(self) -> bool:
@@ -80,9 +85,9 @@ class Policy:
             logits[:, 1:] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 
-    @staticmethod
-    def _payload_logp(logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logits.float().masked_fill(~_PAYLOAD_OK.to(logits.device), float("-inf")), dim=-1)
+    def _payload_logp(self, logits: torch.Tensor) -> torch.Tensor:
+        ok = (_FILL_OK if self.mode == "fill" else _PAYLOAD_OK).to(logits.device)
+        return F.log_softmax(logits.float().masked_fill(~ok, float("-inf")), dim=-1)
 
     def _fill(self, observations, carry):
         ids, mask = self.encode(observations)
@@ -156,7 +161,7 @@ class Policy:
             full_mask = torch.cat([mask, payload != PAD_ID], dim=1)
             logits = self.model(full, full_mask, **self._kw(carry)).logits[:, -n - 1 : -1]
             slot_lp = self._payload_logp(logits)
-        live = payload != PAD_ID
+        live = _live(payload)
         entropy = -(slot_lp.exp() * slot_lp.nan_to_num(neginf=0.0)).sum(-1)
         entropy = (entropy * live).sum(1) / live.sum(1).clamp(min=1)
         return _gather_tool(tool_lp, tool) + _payload_sum(slot_lp, payload), entropy
@@ -170,12 +175,17 @@ def _choose(logp: torch.Tensor, sample: bool, temperature: float, generator) -> 
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
+def _live(tokens: torch.Tensor) -> torch.Tensor:
+    """Slots up to and including the first eos: the part of the output that is the action."""
+    eos = (tokens == EOS_ID).long()
+    return (eos.cumsum(1) - eos) == 0
+
+
 def _truncate_at_eos(tokens: torch.Tensor) -> torch.Tensor:
     """Keep slots up to and including the first eos (an eos is forced in the last slot); PAD after."""
     tokens = tokens.clone()
     tokens[:, -1] = torch.where((tokens == EOS_ID).any(1), tokens[:, -1], EOS_ID)
-    after = (tokens == EOS_ID).long().cumsum(1) - (tokens == EOS_ID).long() > 0
-    return tokens.masked_fill(after, PAD_ID)
+    return tokens.masked_fill(~_live(tokens), PAD_ID)
 
 
 def _gather_tool(tool_lp: torch.Tensor, tool: torch.Tensor) -> torch.Tensor:
@@ -183,6 +193,6 @@ def _gather_tool(tool_lp: torch.Tensor, tool: torch.Tensor) -> torch.Tensor:
 
 
 def _payload_sum(slot_lp: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
-    live = payload != PAD_ID
+    live = _live(payload)
     picked = slot_lp.gather(2, payload.clamp(min=0)[..., None]).squeeze(-1)
     return torch.where(live, picked, 0.0).sum(1)

@@ -84,9 +84,9 @@ class R3MConfig(ConfigBase):
     """Cumulative halting probability at which inference stops (halt=True)."""
     rope_base: float = 10000.0
     """Rotary embedding base."""
-    fill_anchor: int = 1024
-    """Fill mode: answer slots sit at positions fill_anchor + i (0: right after the prompt), so they
-    line up with content anchored at the prompt's start whatever the prompt's length."""
+    fill_anchor: int = 0
+    """Fill mode: 0 puts the answer slots right after the prompt (for right-aligned answers); N > 0
+    puts them at positions N, N+1, ... so they line up with content anchored at the prompt's start."""
     tool_names: tuple[str, ...] = DEFAULT_TOOLS
     """Tool head classes after "answer", in this order."""
 

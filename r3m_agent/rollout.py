@@ -61,13 +61,25 @@ def make_vec(env_id: str, n: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
 
 
 def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int],
-                 options: dict[str, Any] | None = None, *, allow_tools: bool = True, sample: bool = False,
-                 temperature: float = 1.0, generator: torch.Generator | None = None) -> list[Episode]:
-    """One episode per seed on ``vec`` (whose size must equal len(seeds))."""
+                 options: dict[str, Any] | Sequence[dict[str, Any]] | None = None, *, allow_tools: bool = True,
+                 sample: bool = False, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> list[Episode]:
+    """One episode per seed on ``vec`` (whose size must equal len(seeds)).
+
+    ``options`` is passed to every sub-env's reset, or, as a list (sync vector envs only), one
+    dict per sub-env (e.g. ``{"instance": ...}`` to play the puzzles of an evaluation file).
+    """
     n = vec.num_envs
     if len(seeds) != n:
         raise ValueError(f"need {n} seeds for {n} envs, got {len(seeds)}")
-    obs, info = vec.reset(seed=list(seeds), options=options)
+    if isinstance(options, (list, tuple)):
+        if len(options) != n or not hasattr(vec, "envs"):
+            raise ValueError("per-env options need a sync vector env and one dict per sub-env")
+        pairs = [env.reset(seed=int(s), options=o) for env, s, o in zip(vec.envs, seeds, options)]
+        obs, infos = [p[0] for p in pairs], [p[1] for p in pairs]
+        info = {k: [d[k] for d in infos] for k in ("family", "difficulty")}
+    else:
+        obs, info = vec.reset(seed=list(seeds), options=options)
     episodes = [Episode(int(s), info["family"][i], int(info["difficulty"][i])) for i, s in enumerate(seeds)]
     live = np.ones(n, dtype=bool)
     carry = policy.model.initial_carry(n, policy.device) if policy.recurrent else None

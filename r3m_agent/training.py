@@ -77,6 +77,7 @@ class TaskSpec:
     mode: str  # "fill" or "causal"
     width: int  # fill slots / max payload tokens (incl. eos)
     levels: tuple[int, ...]
+    align: str = "right"  # fill: where the payload sits in its slots
 
 
 class BatchSource:
@@ -101,7 +102,7 @@ class BatchSource:
     def get(self, step: int) -> tuple[TaskSpec, FillBatch | CausalBatch]:
         spec = self.specs[step % len(self.specs)]
         ex = self.examples(step, spec)
-        return spec, (collate_fill(ex, spec.width) if spec.mode == "fill" else collate_causal(ex, spec.width))
+        return spec, (collate_fill(ex, spec.width, spec.align) if spec.mode == "fill" else collate_causal(ex, spec.width))
 
 
 class LossOut(NamedTuple):

@@ -273,7 +273,7 @@ def evaluate_models(cfg: Config, specs: list[TaskSpec], model: torch.nn.Module, 
     for spec in specs:
         results[spec.family] = {}
         for K in Ks:
-            policy = Policy(model, spec.mode, spec.width, K=K, halt=halt)
+            policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, align=spec.align)
             results[spec.family][K] = evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
                                                       levels=_eval_levels(cfg, spec.family),
                                                       allow_tools=allow_tools)
@@ -343,11 +343,11 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
         for spec in specs:
             levels = _train_levels(cfg, spec.family)
             kw = dict(n_per_level=cfg.eval_n, levels=_eval_levels(cfg, spec.family))
-            halted = evaluate_family(Policy(model, spec.mode, spec.width, K=cfg.k_train, halt=True), spec.family, **kw)
-            fixed = evaluate_family(Policy(model, spec.mode, spec.width, K=cfg.k_train), spec.family, **kw)
+            halted = evaluate_family(Policy(model, spec.mode, spec.width, K=cfg.k_train, halt=True, align=spec.align), spec.family, **kw)
+            fixed = evaluate_family(Policy(model, spec.mode, spec.width, K=cfg.k_train, align=spec.align), spec.family, **kw)
             train_eps = [e for e in halted.episodes if e.difficulty in levels]
             avg = _mean([e.steps for e in train_eps])
-            at_avg = evaluate_family(Policy(model, spec.mode, spec.width, K=max(1, round(avg))), spec.family, **kw)
+            at_avg = evaluate_family(Policy(model, spec.mode, spec.width, K=max(1, round(avg)), align=spec.align), spec.family, **kw)
             halting[spec.family] = {
                 "accuracy": accuracy_on(halted, levels), "avg_steps": avg, "fixed_k": cfg.k_train,
                 "fixed_k_accuracy": accuracy_on(fixed, levels), "steps_fraction": avg / cfg.k_train,

@@ -110,6 +110,16 @@ class SudokuFamily(TaskFamily):
     def verify(self, instance: Instance, answer: str) -> Verdict:
         return verify(instance.data["puzzle"], answer)
 
+    def from_puzzle(self, puzzle: str, solution: str, difficulty: int = 0, key: str = "external") -> Instance:
+        """An instance for an external puzzle (e.g. an evaluation CSV), ``0`` or ``.`` for blanks;
+        play it with ``env.reset(options={"instance": ...})``. Never used for training."""
+        puzzle = puzzle.strip().replace("0", ".")
+        if len(puzzle) != 81 or len(solution.strip()) != 81:
+            raise ValueError(f"puzzle and solution must have 81 cells, got {len(puzzle)} and {len(solution.strip())}")
+        data = {"puzzle": puzzle, "solution": solution.strip(), "givens": 81 - puzzle.count("."),
+                "rounds": -1, "bt_nodes": -1}
+        return Instance(self.name, difficulty, PREFIX + puzzle, solution.strip(), key, data)
+
     def tool_args(self, instance: Instance) -> str:
         return instance.data["puzzle"]
 
