@@ -6,12 +6,16 @@ fixed set of seeds, and summarises accuracy, refinement steps, memory writes and
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 import envs
+from envs.base import Instance
 from r3m_agent.policy import Policy
 from r3m_agent.rollout import Episode, make_vec, run_episodes
 
@@ -78,3 +82,39 @@ def summarize(episodes: Sequence[Episode], levels: Sequence[int]) -> FamilyEval:
         malformed_rate=mean(e.malformed_calls > 0 for e in episodes),
         episodes=list(episodes),
     )
+
+
+# External evaluation sets live beside the project (../shared/eval); R3M_EVAL_DIR overrides.
+EVAL_DIR = Path(os.environ.get("R3M_EVAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "eval"))
+SUDOKU_EVAL_DIR = EVAL_DIR / "sudoku"
+
+
+def load_sudoku_csv(path: str | Path, limit: int | None = None, seed: int = 0) -> list[Instance]:
+    """Instances for an external Sudoku CSV (``puzzle,solution,...``): evaluation only, never training.
+
+    With ``limit`` smaller than the file, a fixed sample of ``limit`` rows drawn with ``seed``.
+    """
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if limit is not None and limit < len(rows):
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+        rows = [rows[i] for i in keep]
+    fam = envs.make_family("sudoku")
+    return [fam.from_puzzle(r["puzzle"], r["solution"], key=f"{path.stem}:{i}") for i, r in enumerate(rows)]
+
+
+def evaluate_instances(policy: Policy, env_id: str, instances: Sequence[Instance], *, allow_tools: bool = False,
+                       batch_size: int = 100, env_kwargs: dict | None = None) -> FamilyEval:
+    """Greedy episodes on given instances (e.g. ``load_sudoku_csv``), through the env and its verifier."""
+    episodes: list[Episode] = []
+    kwargs = {"tools_enabled": allow_tools, **(env_kwargs or {})}
+    for start in range(0, len(instances), batch_size):
+        chunk = instances[start : start + batch_size]
+        vec = make_vec(env_id, len(chunk), **kwargs)
+        try:
+            episodes += run_episodes(policy, vec, list(range(start, start + len(chunk))),
+                                     [{"instance": inst} for inst in chunk], allow_tools=allow_tools)
+        finally:
+            vec.close()
+    return summarize(episodes, sorted({e.difficulty for e in episodes}))

@@ -73,8 +73,11 @@ class FitSpec:
 
 def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: FitSpec,
         loss_fn: Callable[[int], LossOut], scalars_fn: Callable[[int, LossOut], dict] | None = None,
-        save_model: torch.nn.Module | None = None) -> FitState:
-    """Train ``phase`` to ``spec.steps`` steps (resuming from its checkpoint if one exists)."""
+        save_model: torch.nn.Module | None = None, extra: dict | None = None) -> FitState:
+    """Train ``phase`` to ``spec.steps`` steps (resuming from its checkpoint if one exists).
+
+    ``extra`` (plain data, e.g. how each family is decoded) is stored in every checkpoint.
+    """
     state = FitState()
     path = run.ckpt(phase)
     target = save_model if save_model is not None else model
@@ -92,7 +95,7 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
     try:
         while state.step < spec.steps:
             if run.stop_after and run.steps_taken >= run.stop_after:
-                _save(path, target, optimizer, state)
+                _save(path, target, optimizer, state, extra)
                 raise Interrupted(f"{phase}: stopped after {run.steps_taken} steps (stop_after)")
             lr = lr_at(state.step, spec.steps, spec.lr, spec.warmup)
             for group in optimizer.param_groups:
@@ -121,11 +124,11 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
                 if run.main:
                     logger.scalars(state.step, _scalars(out, lr, norm, state, rate, scalars_fn))
             if state.step % spec.ckpt_every == 0 and state.step < spec.steps and run.main:
-                _save(path, target, optimizer, state)
+                _save(path, target, optimizer, state, extra)
         state.done = True
         state.seconds += time.time() - t0
         if run.main:
-            _save(path, target, optimizer, state)
+            _save(path, target, optimizer, state, extra)
     finally:
         bar.close()
         logger.close()
@@ -145,5 +148,6 @@ def _scalars(out: LossOut, lr: float, norm: float, state: FitState, rate: float,
     return values
 
 
-def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: FitState) -> None:
-    save_checkpoint(path, model, optimizer, step=state.step, extra={"fit": asdict(state)})
+def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: FitState,
+          extra: dict | None) -> None:
+    save_checkpoint(path, model, optimizer, step=state.step, extra={**(extra or {}), "fit": asdict(state)})

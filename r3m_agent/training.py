@@ -79,6 +79,14 @@ class TaskSpec:
     levels: tuple[int, ...]
     align: str = "right"  # fill: where the payload sits in its slots
 
+    def as_dict(self) -> dict:
+        return {"family": self.family, "mode": self.mode, "width": self.width, "levels": list(self.levels),
+                "align": self.align}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TaskSpec":
+        return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]), d.get("align", "right"))
+
 
 class BatchSource:
     """Demonstration batches, one family per step (round robin), reproducible from (seed, step)."""

@@ -256,12 +256,13 @@ def stage2_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
 
 # -- phases ----------------------------------------------------------------------------------
 def train_model(cfg: Config, run: Run, phase: str, model: torch.nn.Module, groups: tuple[str, ...],
-                steps: int, loss_fn, scalars_fn=None):
+                steps: int, loss_fn, scalars_fn=None, specs: list[TaskSpec] | None = None):
     model.set_trainable(groups)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     spec = FitSpec(steps, cfg.lr, min(cfg.warmup, max(1, steps // 5)), cfg.grad_clip, cfg.ckpt_every,
                    cfg.log_every, cfg.batch_size)
-    state = fit(run, phase, model, optimizer, spec, loss_fn, scalars_fn)
+    extra = {"specs": [s.as_dict() for s in specs or []], "phase": phase}
+    state = fit(run, phase, model, optimizer, spec, loss_fn, scalars_fn, extra=extra)
     model.eval()
     return state
 
@@ -290,7 +291,8 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
     seed_everything(cfg.seed)
     model = R3M(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train)).to(run.device)
     source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed, cfg.tool_fraction)
-    state = train_model(cfg, run, "stage1", model, STAGE_GROUPS[1], cfg.steps, stage1_loss(cfg, run, model, source))
+    state = train_model(cfg, run, "stage1", model, STAGE_GROUPS[1], cfg.steps, stage1_loss(cfg, run, model, source),
+                        specs=specs)
     _record_fit(metrics, "stage1", state)
     with torch.no_grad():
         curve = evaluate_models(cfg, specs, model, Ks=cfg.eval_ks)
@@ -320,7 +322,7 @@ def run_baseline(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics:
     model = DenseTransformer(dense_cfg).to(run.device)
     source = BatchSource(specs, dense_cfg.tool_names, cfg.batch_size, cfg.seed, cfg.tool_fraction)
     state = train_model(cfg, run, "dense", model, ("prelude", "core", "readout", "tool"), cfg.steps,
-                        dense_loss(run, model, source))
+                        dense_loss(run, model, source), specs=specs)
     _record_fit(metrics, "dense", state)
     with torch.no_grad():
         res = evaluate_models(cfg, specs, model, Ks=(None,))
@@ -336,7 +338,7 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
     source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed + 1, cfg.tool_fraction)
     loss_fn = stage2_loss(cfg, run, model, source)
     state = train_model(cfg, run, "stage2", model, STAGE_GROUPS[2], cfg.halt_steps, loss_fn,
-                        scalars_fn=lambda step, out: dict(loss_fn.last))
+                        scalars_fn=lambda step, out: dict(loss_fn.last), specs=specs)
     _record_fit(metrics, "stage2", state)
     halting, steps_by_level = {}, {}
     with torch.no_grad():
