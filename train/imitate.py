@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -101,6 +101,8 @@ class Config:
     """Stage-0 optimiser steps."""
     lm_preset: str = "cpu-small"
     """Stage 0: the dense LM is matched to this R3M preset's parameter count."""
+    lm_corpus: int = 20000
+    """Stage 0: instruct dialogues and generated sentences in the corpus (each), beside stdlib docstrings."""
     out: str = ""
     """Run directory (default runs/imitate-<time>)."""
     resume: bool = False
@@ -243,11 +245,11 @@ def stage2_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
             ponder = ponder_loss(step_losses, out.halt_probs, cfg.lambda_p, cfg.beta)
             tool_loss = torch.nn.functional.cross_entropy(tool_logits.float(), batch.tool)
         k = torch.arange(1, out.halt_probs.shape[1] + 1, device=out.halt_probs.device)
-        loss_fn.last = {"halt/expected_steps": float((out.halt_probs * k).sum(1).mean()),
+        loss_fn.last = {"halt/expected_steps": float((out.halt_probs.detach() * k).sum(1).mean()),
                         "halt/kl": float(ponder.kl), "halt/reconstruction": float(ponder.reconstruction)}
         write_rate = float(out.write_probs.gt(0.5).float().mean()) if out.write_probs is not None else 0.0
         return LossOut(ponder.loss + tool_loss, float(ponder.reconstruction), float(tool_loss),
-                       [float(x) for x in step_losses.mean(1).detach()], float(out.writes.float().mean()),
+                       [float(x) for x in step_losses.detach().mean(1)], float(out.writes.float().mean()),
                        write_rate)
 
     loss_fn.last = {}
@@ -370,7 +372,7 @@ def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
     seed_everything(cfg.seed)
     dense_cfg = dense_config_like(PRESETS[cfg.lm_preset], 1.0)
     model = DenseTransformer(dense_cfg).to(run.device)
-    batches = lm.LMBatches(lm.corpus(cfg.seed), block=128, batch_size=cfg.batch_size, seed=cfg.seed)
+    batches = lm.LMBatches(lm.corpus(cfg.seed, cfg.lm_corpus, cfg.lm_corpus), block=128, batch_size=cfg.batch_size, seed=cfg.seed)
 
     def loss_fn(step: int) -> LossOut:
         x, y = (t.to(run.device) for t in batches.get(step))
@@ -396,7 +398,7 @@ def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
 
 # -- reporting -------------------------------------------------------------------------------
 def _record_fit(metrics: dict, phase: str, state) -> None:
-    finite = [g for g in state.grad_norms if g == g and g != float("inf")]
+    finite = [g for g in state.grad_norms if math.isfinite(g)]
     metrics.setdefault("fit", {})[phase] = {
         "steps": state.step, "seconds": state.seconds, "final_loss": _mean(state.losses[-50:]),
         "grad_norm": {"mean": _mean(finite), "max": max(finite, default=0.0)}, "nan_steps": state.nan_steps,
@@ -501,8 +503,8 @@ def main(cfg: Config) -> dict:
         log.info(str(exc))
         return {"interrupted": True, "run_dir": str(run.dir)}
     metrics["warnings"] = warnings_for(cfg, metrics)
-    metrics["grad_norm"] = {"mean": _mean(g for g in metrics.pop("_grad_norms", []) if g == g),
-                            "max": max((g for g in metrics.get("_grad_norms", []) if g == g), default=0.0)}
+    norms = [g for g in metrics.pop("_grad_norms", []) if math.isfinite(g)]
+    metrics["grad_norm"] = {"mean": _mean(norms), "max": max(norms, default=0.0)}
     return finish(cfg, run, metrics)
 
 

@@ -1,0 +1,86 @@
+"""train/imitate.py: in-process smoke runs, resume, determinism, CLI and metrics keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r3m_agent.config import parse_config
+from train import imitate
+
+TINY = dict(families=("arithmetic",), levels=(1,), steps=12, halt_steps=4, batch_size=8, eval_n=3,
+            eval_ks=(1, 2), k_train=2, ckpt_every=5, log_every=4, tensorboard=False, progress=False, threads=1)
+
+
+def run(tmp_path, name, **kw):
+    cfg = imitate.Config(**{**TINY, "out": str(tmp_path / name), **kw})
+    return imitate.main(cfg)
+
+
+def _strip(metrics: dict) -> dict:
+    """Metrics that must be identical between equivalent runs (timings and paths differ)."""
+    m = json.loads(json.dumps(metrics, default=str))
+    m.pop("config", None)
+    for phase in m.get("fit", {}).values():
+        phase.pop("seconds", None)
+    return m
+
+
+def test_stage_1_2_writes_metrics_plots_and_checkpoints(tmp_path):
+    metrics = run(tmp_path, "a", tensorboard=True)
+    out = tmp_path / "a"
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy_vs_k", "baseline_accuracy", "halting", "writes_per_sample", "grad_norm", "nan_steps",
+                "warnings", "results_table"):
+        assert key in saved, key
+    assert set(saved["accuracy_vs_k"]["arithmetic"]) == {"1", "2"}
+    assert all(0.0 <= a <= 1.0 for a in metrics["accuracy_vs_k"]["arithmetic"].values())
+    assert set(saved["halting"]["arithmetic"]) >= {"accuracy", "avg_steps", "fixed_k", "fixed_k_accuracy"}
+    assert set(saved["grad_norm"]) == {"mean", "max"} and saved["grad_norm"]["max"] > 0
+    for f in ("accuracy_vs_k.png", "halting_steps.png", "ckpt/stage1.pt", "ckpt/stage2.pt", "ckpt/dense.pt"):
+        assert (out / f).exists(), f
+    assert any((out / "tb").rglob("events.out.tfevents.*"))
+    assert {w["name"] for w in saved["warnings"]} <= {"no_k_helps", "overthinking", "halting_collapse",
+                                                      "write_spam", "nan", "grad_spikes"}
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    full = run(tmp_path, "full")
+    assert run(tmp_path, "cut", stop_after=7) == {"interrupted": True, "run_dir": str(tmp_path / "cut")}
+    assert run(tmp_path, "cut", stop_after=10, resume=True)["interrupted"]  # killed again, in the baseline
+    resumed = run(tmp_path, "cut", resume=True)
+    assert _strip(resumed) == _strip(full)
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
+    a, b = run(tmp_path, "s1", stage="1", baseline=False), run(tmp_path, "s2", stage="1", baseline=False)
+    assert _strip(a) == _strip(b)
+    c = run(tmp_path, "s3", stage="1", baseline=False, seed=1)
+    assert c["fit"]["stage1"]["final_loss"] != a["fit"]["stage1"]["final_loss"]
+
+
+def test_existing_run_dir_needs_resume(tmp_path):
+    run(tmp_path, "x", stage="1", baseline=False, steps=2)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tmp_path, "x", stage="1", baseline=False, steps=2)
+    with pytest.raises(ValueError, match="different config"):
+        run(tmp_path, "x", stage="1", baseline=False, steps=3, resume=True)
+
+
+def test_stage0_reports_generation_statistics(tmp_path):
+    metrics = run(tmp_path, "lm", stage="0", lm_steps=6, lm_preset="cpu-tiny", lm_corpus=200)
+    s0 = metrics["stage0"]
+    assert set(s0["generation"]) >= {"immediate_eos_rate", "distinct_1", "distinct_2", "longest_repeat_run"}
+    assert isinstance(s0["non_degenerate"], bool) and s0["samples"] and 0.0 <= s0["instruct_accuracy"] <= 1.0
+
+
+def test_cli_rejects_unknown_and_bad_flags(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(imitate.Config, ["--stepz", "3"])
+    assert "unknown option(s) --stepz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(imitate.Config, ["--stage", "7"])
+    assert "--stage" in capsys.readouterr().err
+    cfg = parse_config(imitate.Config, ["--families", "listops", "sudoku", "--steps", "5", "--baseline", "false"])
+    assert cfg.families == ("listops", "sudoku") and cfg.steps == 5 and cfg.baseline is False
