@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+import tools
 from r3m_agent import PRESETS, DenseTransformer, R3M, STAGE_GROUPS, dense_config_like, ponder_loss
 from r3m_agent import signals
 from r3m_agent.config import parse_config
@@ -289,9 +290,14 @@ def accuracy_on(ev, levels) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
+def r3m_config(cfg: Config):
+    """The preset at ``k_train``, with a tool-head class for every registered tool (user tools too)."""
+    return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, tool_names=tuple(tools.list_tools()))
+
+
 def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R3M:
     seed_everything(cfg.seed)
-    model = R3M(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train)).to(run.device)
+    model = R3M(r3m_config(cfg)).to(run.device)
     source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed, cfg.tool_fraction)
     state = train_model(cfg, run, "stage1", model, STAGE_GROUPS[1], cfg.steps, stage1_loss(cfg, run, model, source),
                         specs=specs)
