@@ -48,8 +48,12 @@ def env_id_of(family: str) -> str:
 
 def evaluate_family(policy: Policy, family: str, *, n_per_level: int, levels: Sequence[int] | None = None,
                     split: str = "test", allow_tools: bool = False, batch_size: int = 100,
-                    seed: int = EVAL_SEED, env_kwargs: dict | None = None) -> FamilyEval:
-    """Greedy episodes: ``n_per_level`` instances of each level (seeds ``seed + i``, same for every model)."""
+                    seed: int = EVAL_SEED, env_kwargs: dict | None = None,
+                    env_id: str | None = None) -> FamilyEval:
+    """Greedy episodes: ``n_per_level`` instances of each level (seeds ``seed + i``, same for every model).
+
+    ``env_id``: play this registered env of ``family`` (default: the family's first text env).
+    """
     fam = envs.make_family(family)
     levels = tuple(levels or fam.levels)
     episodes: list[Episode] = []
@@ -57,7 +61,7 @@ def evaluate_family(policy: Policy, family: str, *, n_per_level: int, levels: Se
     for level in levels:
         for start in range(0, n_per_level, batch_size):
             seeds = [seed + i for i in range(start, min(start + batch_size, n_per_level))]
-            vec = make_vec(env_id_of(family), len(seeds), **kwargs)
+            vec = make_vec(env_id or env_id_of(family), len(seeds), **kwargs)
             try:
                 episodes += run_episodes(policy, vec, seeds, {"split": split, "difficulty": level},
                                          allow_tools=allow_tools)
