@@ -1,0 +1,116 @@
+"""train/evaluate.py on tiny checkpoints saved in the test (R3M with specs, dense without)."""
+
+import json
+
+import pytest
+import torch
+
+from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig, save_checkpoint
+from r3m_agent.config import parse_config
+from r3m_agent.training import TaskSpec
+from train.evaluate import Config, main
+
+SUDOKU_SPEC = TaskSpec("sudoku", "fill", 82, (1,))
+TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=8, K=4)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    r3m = R3M(TINY)
+    save_checkpoint(d / "r3m.pt", r3m, step=7, extra={"specs": [SUDOKU_SPEC.as_dict()], "phase": "stage1"})
+    # the same model, but its tool head always chooses sudoku_solver
+    with torch.no_grad():
+        r3m.tool_head.weight.zero_()
+        r3m.tool_head.bias.fill_(-20.0)
+        r3m.tool_head.bias[1 + TINY.tool_names.index("sudoku_solver")] = 20.0
+    save_checkpoint(d / "caller.pt", r3m, extra={"specs": [SUDOKU_SPEC.as_dict()]})
+    save_checkpoint(d / "dense.pt", DenseTransformer(DenseConfig(d_model=32, n_heads=2, n_layers=1)))
+    (d / "junk.pt").write_bytes(b"not a checkpoint")
+    return d
+
+
+def run(tmp_path, **kw):
+    base = dict(n=2, levels=(1,), out=str(tmp_path / "out"), tensorboard=False, device="cpu")
+    return main(Config(**{**base, **kw}))
+
+
+def test_k_values_and_halting_give_imitate_keys(ckpts, tmp_path):
+    m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), k=(1, 3), halt=True)
+    assert set(m["accuracy_vs_k"]) == {"sudoku"} and set(m["accuracy_vs_k"]["sudoku"]) == {1, 3}
+    assert all(0.0 <= a <= 1.0 for a in m["accuracy_vs_k"]["sudoku"].values())
+    h = m["halting"]["sudoku"]
+    assert {"accuracy", "avg_steps", "fixed_k", "fixed_k_accuracy"} <= set(h)
+    assert h["fixed_k"] == 3 and 1.0 <= h["avg_steps"] <= 3.0  # halting is capped at the largest K
+    assert m["csv"] == {} and m["specs"]["sudoku"]["width"] == 82 and m["notes"] == []
+    assert m["writes_per_sample"] >= 0 and m["tool_call_rate"] == 0.0  # tools off by default
+    assert m["phase"] == "stage1" and m["step"] == 7
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk["accuracy_vs_k"]["sudoku"].keys() == {"1", "3"}
+    assert on_disk["halting"]["sudoku"]["fixed_k"] == 3
+    assert (tmp_path / "out" / "accuracy_vs_k.png").exists()
+
+
+def test_default_levels_are_training_levels_plus_next(ckpts, tmp_path):
+    m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), k=(1,), levels=())
+    assert set(m["accuracy_vs_k_by_level"]["sudoku"][1]) == {1, 2}
+
+
+def test_csv_subset_with_tools(ckpts, tmp_path):
+    m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), n=0, k=(2,), tools=True,
+            sudoku_csv=("norvig_top95",), csv_limit=3)
+    res = m["csv"]["norvig_top95"]
+    assert res["n"] == 3 and res["accuracy"] == 0.0  # untrained: runs, scores nothing
+    assert set(res["accuracy_vs_k"]) == {2}
+    assert {"accuracy", "avg_steps", "writes_per_sample", "tool_call_rate", "malformed_rate"} <= set(res)
+    assert m["tools"]["norvig_top95"]["enabled"] is True and m["accuracy_vs_k"] == {}
+
+
+def test_tools_flag_reaches_the_env(ckpts, tmp_path):
+    kw = dict(checkpoint=str(ckpts / "caller.pt"), k=(1,), sudoku_csv=("norvig_easy50",), csv_limit=2)
+    on = run(tmp_path, tools=True, **kw)
+    assert on["tool_call_rate"] == 1.0 and on["tools"]["sudoku"]["call_rate"] == 1.0
+    off = run(tmp_path, tools=False, **kw)
+    assert off["tool_call_rate"] == 0.0  # the tool head is masked to "answer"
+
+
+def test_dense_checkpoint_without_specs(ckpts, tmp_path):
+    m = run(tmp_path, checkpoint=str(ckpts / "dense.pt"), envs=("sudoku-v0",), k=(1, 2), halt=True,
+            sudoku_csv=("norvig_easy50",), csv_limit=2)
+    assert "accuracy_vs_k" not in m and "halting" not in m
+    assert set(m["baseline_accuracy"]) == {"sudoku"}
+    assert m["accuracy"]["sudoku"] == m["baseline_accuracy"]["sudoku"]
+    assert m["specs"]["sudoku"] == {"family": "sudoku", "mode": "fill", "width": 82,
+                                    "levels": [1, 2, 3, 4, 5], "align": "right"}
+    assert sum("no decoding spec" in n for n in m["notes"]) == 1  # env and CSV share the derived spec
+    assert any("--k is ignored" in n for n in m["notes"])
+    assert m["csv"]["norvig_easy50"]["n"] == 2 and "accuracy_vs_k" not in m["csv"]["norvig_easy50"]
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(checkpoint="/nonexistent/x.pt"), FileNotFoundError, "does not exist"),
+    (dict(checkpoint="junk.pt"), ValueError, "not a readable checkpoint"),
+    (dict(checkpoint="r3m.pt", envs=("nope-v0",)), ValueError, "unknown env id"),
+    (dict(checkpoint="r3m.pt", envs=("sudoku-grid-v0",)), ValueError, "not a text env"),
+    (dict(checkpoint="r3m.pt", sudoku_csv=("no_such_set",)), FileNotFoundError, "norvig_top95"),
+    (dict(checkpoint="r3m.pt", levels=(9,)), ValueError, "none of sudoku's levels"),
+    (dict(checkpoint="dense.pt"), ValueError, "nothing to evaluate"),
+])
+def test_clear_errors(ckpts, tmp_path, kw, err, match):
+    kw["checkpoint"] = kw["checkpoint"] if kw["checkpoint"].startswith("/") else str(ckpts / kw["checkpoint"])
+    with pytest.raises(err, match=match):
+        run(tmp_path, **kw)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_config_validation_and_cli():
+    with pytest.raises(ValueError, match="--checkpoint is required"):
+        Config()
+    with pytest.raises(ValueError, match="--k"):
+        Config(checkpoint="x", k=(0,))
+    argv = ["--checkpoint", "x.pt", "--k", "1", "4", "--sudoku-csv", "norvig_top95", "--tools", "on"]
+    cfg = parse_config(Config, argv)
+    assert cfg.k == (1, 4) and cfg.sudoku_csv == ("norvig_top95",) and cfg.tools is True
+    with pytest.raises(SystemExit):
+        parse_config(Config, ["--checkpoint", "x.pt", "--kk", "1"])

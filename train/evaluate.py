@@ -1,0 +1,330 @@
+"""Evaluate a checkpoint on registered text envs and on external Sudoku sets.
+
+    python train/evaluate.py --checkpoint runs/x/ckpt/stage1.pt --k 1 2 4 8
+    python train/evaluate.py --checkpoint runs/x/ckpt/stage2.pt --envs sudoku-v0 --halt true \\
+        --sudoku-csv norvig_top95 royle_sudoku17 --csv-limit 1000 --tools true
+
+Any checkpoint (R3M or the dense baseline; from imitation or RL) is played greedily through
+the envs, so every answer is scored by the same verifier that gives the training reward:
+- on each ``--envs`` id, ``--n`` test-split instances per level (seeded as in
+  ``r3m_agent.evaluation.evaluate_family``, so every model sees the same instances);
+- on each ``--sudoku-csv`` file (a name in ``../shared/eval/sudoku/`` or a path), played
+  through ``sudoku-v0`` with ``reset(options={"instance": ...})``, optionally a fixed-seed
+  sample of ``--csv-limit`` puzzles. These files are evaluation-only data: nothing reads them
+  for training or tuning, and this script never writes a checkpoint.
+R3M runs at each ``--k`` (and, with ``--halt``, with learned halting capped at the largest K);
+a dense model has no K and is evaluated once. Decoding (fill or causal, payload width,
+alignment) comes from the checkpoint's ``extra["specs"]``; a family missing there gets a
+default (fill, right-aligned, ``payload_width(family)``; instruct causal), noted in the output.
+
+``--out/metrics.json`` has imitate's shape: ``accuracy_vs_k`` (family -> K -> accuracy over the
+evaluated levels; R3M), ``baseline_accuracy`` (family -> accuracy; dense), ``halting`` (with
+``--halt``), ``writes_per_sample``, ``tools`` and ``tool_call_rate``, plus ``csv`` (file ->
+the same numbers), ``accuracy`` (family -> headline accuracy), ``specs`` and ``notes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+import envs
+from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint
+from r3m_agent.config import parse_config
+from r3m_agent.data import payload_width
+from r3m_agent.evaluation import (
+    SUDOKU_EVAL_DIR, FamilyEval, env_id_of, evaluate_family, evaluate_instances, load_sudoku_csv,
+)
+from r3m_agent.logger import Logger, log
+from r3m_agent.policy import Policy
+from r3m_agent.r3m import R3M
+from r3m_agent.training import TaskSpec, resolve_device
+
+SUDOKU_ENV = "sudoku-v0"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Evaluate a checkpoint on text envs (test split) and external Sudoku CSVs."""
+
+    checkpoint: str = ""
+    """Checkpoint file (.pt) to evaluate (required)."""
+    envs: tuple[str, ...] = ()
+    """Registered text env ids (default: the envs of the families in the checkpoint's specs)."""
+    levels: tuple[int, ...] = ()
+    """Levels to evaluate (default: the checkpoint's training levels plus the next harder one;
+    every level for a family without a spec). Levels a family lacks are skipped."""
+    n: int = 50
+    """Test-split instances per level and env (0: skip the envs, e.g. for CSVs only)."""
+    k: tuple[int, ...] = (1, 2, 4, 8)
+    """Refinement steps to evaluate R3M at (ignored for a dense model)."""
+    halt: bool = False
+    """Also evaluate with learned halting, capped at the largest --k (R3M only)."""
+    tools: bool = False
+    """Let the policy call tools (the env runs them through the tool registry)."""
+    sudoku_csv: tuple[str, ...] = ()
+    """External Sudoku CSVs: names in ../shared/eval/sudoku (e.g. norvig_top95) or paths."""
+    csv_limit: int = 0
+    """Puzzles per CSV: a fixed sample drawn with --csv-seed (0: the whole file)."""
+    csv_seed: int = 0
+    """Seed of the --csv-limit sample."""
+    batch_size: int = 100
+    """Episodes played at once."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    out: str = ""
+    """Output directory (default runs/evaluate-<time>)."""
+    tensorboard: bool = True
+    """Write the results as TensorBoard scalars under --out/tb."""
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("--checkpoint is required")
+        if not self.k or min(self.k) < 1:
+            raise ValueError(f"--k needs one or more values >= 1, got {self.k}")
+        if self.n < 0 or self.csv_limit < 0 or self.batch_size < 1:
+            raise ValueError("--n and --csv-limit must be >= 0 and --batch-size >= 1")
+
+
+@dataclass
+class Target:
+    """One evaluation set: a text env's test split or an external CSV."""
+
+    name: str
+    env_id: str
+    spec: TaskSpec
+    levels: tuple[int, ...] = ()
+    instances: list | None = None
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        payload = load_checkpoint(path, map_location=device)
+    except Exception as exc:  # a truncated file or something torch.load cannot read
+        raise ValueError(f"{path!r} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("model_class") not in MODELS:
+        raise ValueError(f"{path!r} is not an R3M/dense checkpoint (expected one written by save_checkpoint)")
+    model = model_from_checkpoint(path, map_location=device).eval()
+    return model, payload
+
+
+def saved_specs(payload: dict[str, Any]) -> dict[str, TaskSpec]:
+    extra = payload.get("extra") or {}
+    return {d["family"]: TaskSpec.from_dict(d) for d in extra.get("specs", [])}
+
+
+def spec_for(family: str, specs: dict[str, TaskSpec], notes: list[str]) -> TaskSpec:
+    if family in specs:
+        return specs[family]
+    levels = envs.make_family(family).levels
+    spec = TaskSpec(family, "causal" if family == "instruct" else "fill", payload_width(family), levels)
+    notes.append(f"{family}: no decoding spec in the checkpoint; using the default "
+                 f"(mode={spec.mode}, width={spec.width}, align={spec.align})")
+    specs[family] = spec  # derived (and noted) once per family
+    return spec
+
+
+def family_of(env_id: str) -> str:
+    if env_id in envs.ENV_IDS:
+        return envs.ENV_IDS[env_id]
+    if env_id in gym.registry:
+        raise ValueError(f"{env_id!r} is not a text env (sudoku-grid-v0 is evaluated by "
+                         f"train/sb3_baseline.py); text envs: {sorted(envs.ENV_IDS)}")
+    raise ValueError(f"unknown env id {env_id!r}; registered text envs: {sorted(envs.ENV_IDS)}")
+
+
+def eval_levels(cfg: Config, family: str, spec: TaskSpec, from_checkpoint: bool) -> tuple[int, ...]:
+    all_levels = envs.make_family(family).levels
+    if cfg.levels:
+        levels = tuple(lv for lv in cfg.levels if lv in all_levels)
+        if not levels:
+            raise ValueError(f"--levels {cfg.levels} has none of {family}'s levels {all_levels}")
+        return levels
+    if not from_checkpoint:
+        return tuple(all_levels)
+    harder = [lv for lv in all_levels if lv > max(spec.levels)]
+    return tuple(lv for lv in all_levels if lv in spec.levels) + tuple(harder[:1])
+
+
+def csv_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix != ".csv" and len(path.parts) == 1:
+        path = SUDOKU_EVAL_DIR / f"{name}.csv"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUDOKU_EVAL_DIR.glob("*.csv"))
+        raise FileNotFoundError(f"Sudoku CSV {name!r} not found (looked at {path}); "
+                                f"names in {SUDOKU_EVAL_DIR}: {known}")
+    return path
+
+
+def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Target]:
+    """Every evaluation set, validated before any evaluation runs. Env sets are named by family
+    (by env id when one family is asked for under several ids), CSV sets by file stem."""
+    saved = saved_specs(payload)
+    specs = dict(saved)
+    env_ids = (cfg.envs or tuple(env_id_of(f) for f in saved)) if cfg.n else ()
+    if not env_ids and not cfg.sudoku_csv:
+        raise ValueError("nothing to evaluate: the checkpoint names no families (or --n is 0); "
+                         "pass --envs and/or --sudoku-csv")
+    families = [family_of(e) for e in env_ids]
+    out = []
+    for env_id, fam in zip(env_ids, families):
+        spec = spec_for(fam, specs, notes)
+        name = fam if families.count(fam) == 1 else env_id
+        out.append(Target(name, env_id, spec, eval_levels(cfg, fam, spec, fam in saved)))
+    for name in cfg.sudoku_csv:
+        path = csv_path(name)
+        instances = load_sudoku_csv(path, limit=cfg.csv_limit or None, seed=cfg.csv_seed)
+        out.append(Target(path.stem, SUDOKU_ENV, spec_for("sudoku", specs, notes), instances=instances))
+    return out
+
+
+# -- evaluation ------------------------------------------------------------------------------
+def play(cfg: Config, model: torch.nn.Module, target: Target, K: int | None,
+         halt: bool = False) -> FamilyEval:
+    spec = target.spec
+    policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, align=spec.align)
+    if target.instances is not None:
+        return evaluate_instances(policy, target.env_id, target.instances, allow_tools=cfg.tools,
+                                  batch_size=cfg.batch_size)
+    return evaluate_family(policy, spec.family, n_per_level=cfg.n, levels=target.levels,
+                           allow_tools=cfg.tools, batch_size=cfg.batch_size, env_id=target.env_id)
+
+
+def evaluate_target(cfg: Config, model: torch.nn.Module, target: Target) -> dict[str, Any]:
+    """accuracy per K (or the dense model's one), halting, writes and tool use on one set."""
+    recurrent = isinstance(model, R3M)
+    curve = {K: play(cfg, model, target, K) for K in (sorted(set(cfg.k)) if recurrent else [None])}
+    top = curve[max(curve)] if recurrent else curve[None]
+    res: dict[str, Any] = {"n": len(top.episodes), "levels": list(target.levels) or sorted(top.by_level)}
+    if recurrent:
+        res["accuracy_vs_k"] = {K: ev.accuracy for K, ev in curve.items()}
+        res["accuracy_vs_k_by_level"] = {K: ev.by_level for K, ev in curve.items()}
+    headline = top
+    if recurrent and cfg.halt:
+        halted = play(cfg, model, target, max(cfg.k), halt=True)
+        at_avg = max(1, round(halted.steps))
+        at_avg_acc = (curve[at_avg] if at_avg in curve else play(cfg, model, target, at_avg)).accuracy
+        res["halting"] = {
+            "accuracy": halted.accuracy, "avg_steps": halted.steps, "fixed_k": max(cfg.k),
+            "fixed_k_accuracy": top.accuracy, "steps_fraction": halted.steps / max(cfg.k),
+            "fixed_at_avg_steps": at_avg, "fixed_at_avg_steps_accuracy": at_avg_acc,
+            "steps_by_level": halted.steps_by_level, "accuracy_by_level": halted.by_level}
+        headline = halted
+    res.update(accuracy=headline.accuracy, by_level=headline.by_level, avg_steps=headline.steps,
+               writes_per_sample=headline.writes, tool_call_rate=headline.tool_call_rate,
+               malformed_rate=headline.malformed_rate)
+    return res
+
+
+def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], is_csv: dict[str, bool]) -> dict:
+    """imitate's metrics.json shape from the per-set results."""
+    fams = {n: r for n, r in results.items() if not is_csv[n]}
+    m: dict[str, Any] = {"accuracy": {n: r["accuracy"] for n, r in fams.items()}}
+    if isinstance(model, R3M):
+        m["accuracy_vs_k"] = {n: r["accuracy_vs_k"] for n, r in fams.items()}
+        m["accuracy_vs_k_by_level"] = {n: r["accuracy_vs_k_by_level"] for n, r in fams.items()}
+        if cfg.halt:
+            m["halting"] = {n: r["halting"] for n, r in fams.items()}
+    else:
+        m["baseline_accuracy"] = dict(m["accuracy"])
+    m["csv"] = {n: r for n, r in results.items() if is_csv[n]}
+    m["writes_per_sample"] = _mean(r["writes_per_sample"] for r in results.values())
+    m["writes_per_sample_by_family"] = {n: r["writes_per_sample"] for n, r in fams.items()}
+    m["tools"] = {n: {"enabled": cfg.tools, "call_rate": r["tool_call_rate"],
+                      "malformed_rate": r["malformed_rate"]} for n, r in results.items()}
+    m["tool_call_rate"] = _mean(r["tool_call_rate"] for r in results.values())
+    return m
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+# -- reporting -------------------------------------------------------------------------------
+def results_table(results: dict[str, dict]) -> str:
+    ks = sorted({K for r in results.values() for K in r.get("accuracy_vs_k", {})})
+    halt = any("halting" in r for r in results.values())
+    head = ["set", "n", *(f"K={K}" for K in ks), *(["halting", "avg steps"] if halt else []),
+            "accuracy", "tool calls"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, r in results.items():
+        row = [name, str(r["n"]), *(f"{r['accuracy_vs_k'][K]:.3f}" if K in r.get("accuracy_vs_k", {}) else "-"
+                                    for K in ks)]
+        if halt:
+            h = r.get("halting")
+            row += [f"{h['accuracy']:.3f}", f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
+        row += [f"{r['accuracy']:.3f}", f"{r['tool_call_rate']:.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def log_scalars(cfg: Config, run_dir: Path, results: dict[str, dict]) -> None:
+    values = {}
+    for name, r in results.items():
+        values.update({f"eval/accuracy/{name}/K{K:02d}": a for K, a in r.get("accuracy_vs_k", {}).items()})
+        values[f"eval/accuracy/{name}"] = r["accuracy"]
+        values[f"tools/call_rate/{name}"] = r["tool_call_rate"]
+        values[f"memory/eval_writes_per_sample/{name}"] = r["writes_per_sample"]
+        if "halting" in r:
+            values.update({f"halt/accuracy/{name}": r["halting"]["accuracy"],
+                           f"halt/avg_steps/{name}": r["halting"]["avg_steps"]})
+    logger = Logger(str(run_dir), "evaluate", tensorboard=cfg.tensorboard)
+    logger.scalars(0, values)
+    logger.close()
+
+
+def main(cfg: Config) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model, payload = load_model(cfg.checkpoint, device)
+    notes: list[str] = []
+    if not isinstance(model, R3M):
+        notes.append(f"{payload['model_class']} has no refinement steps: --k is ignored"
+                     + ("; --halt does not apply" if cfg.halt else ""))
+    sets = targets(cfg, payload, notes)
+    for note in notes:
+        log.info(note)
+    run_dir = Path(cfg.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: dict[str, dict] = {}
+    with torch.no_grad():
+        for target in sets:
+            res = results[target.name] = evaluate_target(cfg, model, target)
+            log.info(f"{target.name}: accuracy {res['accuracy']:.3f} (n={res['n']})")
+    metrics: dict[str, Any] = {
+        "checkpoint": str(cfg.checkpoint), "model_class": payload["model_class"],
+        "phase": (payload.get("extra") or {}).get("phase"), "step": payload.get("step"),
+        "params": sum(p.numel() for p in model.parameters()), "device": str(device),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+        **collect(cfg, model, results, {t.name: t.instances is not None for t in sets}),
+        "specs": {t.name: t.spec.as_dict() for t in sets}, "notes": notes,
+        "seconds": time.perf_counter() - t0, "results_table": results_table(results)}
+    log_scalars(cfg, run_dir, results)
+    if metrics.get("accuracy_vs_k"):
+        from r3m_agent.plots import plot_accuracy_vs_k
+
+        plot_accuracy_vs_k(metrics["accuracy_vs_k"], {}, run_dir / "accuracy_vs_k.png")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(metrics["results_table"])
+    print(f"\nmetrics: {run_dir / 'metrics.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))
