@@ -49,8 +49,8 @@ def _parser_for(tp: Any) -> tuple[Any, dict[str, Any]]:
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         inner, kw = _parser_for(args[0])
         return (lambda s: None if s.lower() == "none" else inner(s)), kw
-    if tp is bool:
-        return _bool, {}
+    if tp is bool:  # a bare ``--flag`` means true; ``--flag false`` still works
+        return _bool, {"nargs": "?", "const": True}
     if origin is tuple:
         item = args[0] if args else str
         return _parser_for(item)[0], {"nargs": "*"}

@@ -15,7 +15,7 @@ what the policy-gradient update needs (a test checks the two agree).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,12 @@ class Decision:
     steps: torch.Tensor  # [B]
     writes: torch.Tensor  # [B]
     carry: Carry | None
+
+
+class Score(NamedTuple):
+    log_prob: torch.Tensor  # [B]
+    entropy: torch.Tensor  # [B] mean per payload token
+    expected_steps: torch.Tensor  # [B] sum_k k p_k under the halting distribution
 
 
 @dataclass
@@ -148,14 +154,24 @@ class Policy:
     def log_prob(self, observations: Sequence[str], carry: Carry | None, tool: torch.Tensor,
                  payload: torch.Tensor, *, allow_tools: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi(tool, payload | observation) [B], mean per-token entropy [B]), with gradients."""
+        scored = self.score(observations, carry, tool, payload, allow_tools=allow_tools)
+        return scored.log_prob, scored.entropy
+
+    def score(self, observations: Sequence[str], carry: Carry | None, tool: torch.Tensor,
+              payload: torch.Tensor, *, allow_tools: bool = True) -> Score:
+        """``log_prob``'s two values plus the expected refinement steps under the halting
+        distribution [B] (differentiable; the compute penalty of RL with halting on)."""
         tool, payload = tool.to(self.device), payload.to(self.device)
         if self.mode == "fill":
             out = self._fill(observations, carry)
             tool_lp = self._tool_logp(out.tool_logits, allow_tools)
             slot_lp = self._payload_logp(out.logits)
+            halt_probs = out.halt_probs
         else:
             ids, mask = self.encode(observations)
-            tool_lp = self._tool_logp(self.model(ids, mask, **self._kw(carry)).tool_logits, allow_tools)
+            first = self.model(ids, mask, **self._kw(carry))
+            tool_lp = self._tool_logp(first.tool_logits, allow_tools)
+            halt_probs = first.halt_probs
             n = payload.shape[1]
             full = torch.cat([ids, payload], dim=1)
             full_mask = torch.cat([mask, payload != PAD_ID], dim=1)
@@ -164,7 +180,9 @@ class Policy:
         live = _live(payload)
         entropy = -(slot_lp.exp() * slot_lp.nan_to_num(neginf=0.0)).sum(-1)
         entropy = (entropy * live).sum(1) / live.sum(1).clamp(min=1)
-        return _gather_tool(tool_lp, tool) + _payload_sum(slot_lp, payload), entropy
+        k = torch.arange(1, halt_probs.shape[1] + 1, device=halt_probs.device, dtype=torch.float32)
+        return Score(_gather_tool(tool_lp, tool) + _payload_sum(slot_lp, payload), entropy,
+                     (halt_probs.float() * k).sum(1))
 
 
 def _choose(logp: torch.Tensor, sample: bool, temperature: float, generator) -> torch.Tensor:
