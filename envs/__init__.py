@@ -35,6 +35,7 @@ _BUILTIN = {
     "dsl": ("envs.families.dsl", "DslFamily", "DslEnv"),
     "memory": ("envs.families.memory", "MemoryFamily", "MemoryEnv"),
     "instruct": ("envs.families.instruct", "InstructFamily", "InstructEnv"),
+    "prefix": ("envs.families.prefix", "PrefixFamily", "PrefixEnv"),
 }
 ENV_IDS: dict[str, str] = {}  # env id -> family name, for every text env registered here
 

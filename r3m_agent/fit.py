@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from r3m_agent.checkpoint import load_checkpoint, save_checkpoint
@@ -37,6 +38,7 @@ class Run:
     progress: bool = True
     stop_after: int = 0  # >0: raise Interrupted after this many optimiser steps in this process
     rank: int = 0
+    world: int = 1  # processes under torchrun (each trains on its own batches; rank 0 writes)
     steps_taken: int = 0
 
     @property
@@ -105,6 +107,7 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
             norm = float("nan")
             if math.isfinite(float(out.loss.detach())):
                 out.loss.backward()
+                average_gradients(model)
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip))
             if math.isfinite(norm):
                 optimizer.step()
@@ -135,6 +138,26 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
     return state
 
 
+def average_gradients(model: torch.nn.Module) -> None:
+    """Under torchrun, average gradients over processes (one flat all-reduce).
+
+    Done by hand rather than with DistributedDataParallel because a random number of refinement
+    steps leaves different parameters unused from one batch to the next (memory reads at K' = 1,
+    the halting head in stage 1), which DDP's bucketed reducer does not allow.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+        offset += g.numel()
+
+
 def _scalars(out: LossOut, lr: float, norm: float, state: FitState, rate: float,
              scalars_fn: Callable[[int, LossOut], dict] | None) -> dict:
     values = {"train/loss": float(out.loss.detach()), "train/token_loss": out.token_loss, "train/lr": lr,
@@ -143,6 +166,7 @@ def _scalars(out: LossOut, lr: float, norm: float, state: FitState, rate: float,
               "memory/write_rate": out.write_rate}
     for k, loss in enumerate(out.step_losses, start=1):
         values[f"train/step_loss/{k:02d}"] = loss
+    values.update(out.scalars or {})
     if scalars_fn is not None:
         values.update(scalars_fn(state.step, out))
     return values

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import envs
 from envs.text_env import TextTaskEnv
 from r3m_agent.data import IGNORE, CausalBatch, Example, FillBatch, collate_causal, collate_fill, episode_examples
-from r3m_agent.checkpoint import unwrap  # noqa: F401  (re-exported for scripts)
+from r3m_agent.checkpoint import unwrap
 from r3m_agent.r3m import R3M
 from r3m_agent.tokenizer import PAD_ID
 
@@ -120,10 +120,11 @@ class LossOut(NamedTuple):
     step_losses: list[float]  # mean loss at each supervised step (last entries = latest steps)
     writes: float  # hard writes per sample in this call
     write_rate: float  # fraction of refinement steps that wrote
+    scalars: dict | None = None  # anything else to log (e.g. halt/...)
 
 
 def model_kwargs(model: torch.nn.Module, K: int | None, grad_steps: int | None, halt: bool = False) -> dict:
-    return dict(K=K, grad_steps=grad_steps, halt=halt) if isinstance(model, R3M) else {}
+    return dict(K=K, grad_steps=grad_steps, halt=halt) if isinstance(unwrap(model), R3M) else {}
 
 
 def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch |
 def _tool_logits_at(model: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
                     positions: torch.Tensor) -> torch.Tensor:
     # Teacher forcing puts the payload after the decision point, so read the tool head at <sep>.
-    return model.tool_head(hidden[rows, positions])
+    return unwrap(model).tool_head(hidden[rows, positions])
 
 
 def imitation_loss(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,

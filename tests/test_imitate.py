@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,18 @@ def test_cli_rejects_unknown_and_bad_flags(capsys):
     assert "--stage" in capsys.readouterr().err
     cfg = parse_config(imitate.Config, ["--families", "listops", "sudoku", "--steps", "5", "--baseline", "false"])
     assert cfg.families == ("listops", "sudoku") and cfg.steps == 5 and cfg.baseline is False
+
+
+def test_torchrun_two_processes(tmp_path):
+    """The same script under torchrun (gloo on the CPU): gradients averaged, rank 0 writes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train/imitate.py",
+           "--stage", "1", "--families", "arithmetic", "--levels", "1", "--steps", "4", "--batch-size", "4",
+           "--eval-n", "2", "--eval-ks", "1", "--k-train", "2", "--baseline", "false", "--out", str(out),
+           "--progress", "false", "--tensorboard", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["fit"]["stage1"]["steps"] == 4

@@ -40,7 +40,7 @@ from r3m_agent.plots import plot_accuracy_vs_k, plot_halting_steps
 from r3m_agent.policy import Policy
 from r3m_agent.training import (
     BatchSource, LossOut, TaskSpec, imitation_forward, imitation_loss, make_optimizer, per_sample_token_loss,
-    resolve_device, seed_everything, step_rng,
+    ddp_info, resolve_device, seed_everything, step_rng,
 )
 
 
@@ -50,7 +50,7 @@ class Config:
 
     stage: str = "1,2"
     """Stages to run, comma separated: 0 (dense LM sanity), 1 (R3M, fixed K), 2 (adaptive halting)."""
-    families: tuple[str, ...] = ("listops",)
+    families: tuple[str, ...] = ("prefix",)
     """Task families to train and evaluate on (registered names)."""
     levels: tuple[int, ...] = (1, 2, 3)
     """Training levels; the test split is evaluated on these and on the next, harder level."""
@@ -116,8 +116,9 @@ class Config:
     """Write TensorBoard logs."""
     progress: bool = True
     """Show progress bars."""
-    threads: int = 0
-    """torch CPU threads (0: torch's default)."""
+    threads: int = 1
+    """torch CPU threads (0: torch's default). The CPU presets are small enough that one thread is
+    about as fast as two, and two threads on a busy 2-core machine were measured 40x slower."""
     stop_after: int = 0
     """Testing aid: stop (as if killed) after this many optimiser steps in this process."""
 
@@ -144,7 +145,19 @@ class Config:
 
 # -- set-up ----------------------------------------------------------------------------------
 def make_run(cfg: Config) -> Run:
-    out = Path(cfg.out or f"runs/imitate-{time.strftime('%Y%m%d-%H%M%S')}")
+    """The run folder and device; under torchrun, also the process group (one process per GPU)."""
+    rank, local_rank, world = ddp_info()
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    if world > 1 and not cfg.out:
+        raise ValueError("under torchrun pass --out (every process must write to the same run folder)")
+    out = Path(cfg.out or f"runs/imitate-{stamp}")
     saved = out / "config.json"
     if saved.exists() and not cfg.resume:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
@@ -154,9 +167,17 @@ def make_run(cfg: Config) -> Run:
                    if k not in ("resume", "stop_after", "progress", "threads") and old.get(k) != v}
         if changed:
             raise ValueError(f"--resume with a different config than {saved}: {changed}")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(_jsonable(cfg), indent=2))
-    return Run(out, resolve_device(cfg.device), cfg.tensorboard, cfg.progress, cfg.stop_after)
+    _barrier()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(_jsonable(cfg), indent=2))
+    _barrier()
+    return Run(out, device, cfg.tensorboard, cfg.progress, cfg.stop_after, rank=rank, world=world)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _jsonable(cfg: Config) -> dict:
@@ -233,10 +254,7 @@ def dense_loss(run: Run, model: DenseTransformer, source: BatchSource):
 
 
 def stage2_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
-    """PonderNet: sum_k p_k L_k + beta KL(p || Geometric(lambda_p)), plus the tool loss.
-
-    The returned closure keeps its latest halting numbers in ``.last`` for TensorBoard.
-    """
+    """PonderNet: sum_k p_k L_k + beta KL(p || Geometric(lambda_p)), plus the tool loss."""
     def loss_fn(step: int) -> LossOut:
         spec, batch = source.get(step)
         batch = type(batch)(*(t.to(run.device) for t in batch))
@@ -245,27 +263,29 @@ def stage2_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
             step_losses = per_sample_token_loss(out.step_logits, targets)  # [S, B]
             ponder = ponder_loss(step_losses, out.halt_probs, cfg.lambda_p, cfg.beta)
             tool_loss = torch.nn.functional.cross_entropy(tool_logits.float(), batch.tool)
-        k = torch.arange(1, out.halt_probs.shape[1] + 1, device=out.halt_probs.device)
-        loss_fn.last = {"halt/expected_steps": float((out.halt_probs.detach() * k).sum(1).mean()),
-                        "halt/kl": float(ponder.kl), "halt/reconstruction": float(ponder.reconstruction)}
+        p = out.halt_probs.detach()
+        k = torch.arange(1, p.shape[1] + 1, device=p.device)
+        halt = {"halt/expected_steps": float((p * k).sum(1).mean()), "halt/kl": float(ponder.kl.detach()),
+                "halt/reconstruction": float(ponder.reconstruction.detach())}
         write_rate = float(out.write_probs.gt(0.5).float().mean()) if out.write_probs is not None else 0.0
-        return LossOut(ponder.loss + tool_loss, float(ponder.reconstruction), float(tool_loss),
+        return LossOut(ponder.loss + tool_loss, halt["halt/reconstruction"], float(tool_loss.detach()),
                        [float(x) for x in step_losses.detach().mean(1)], float(out.writes.float().mean()),
-                       write_rate)
+                       write_rate, halt)
 
-    loss_fn.last = {}
     return loss_fn
 
 
 # -- phases ----------------------------------------------------------------------------------
 def train_model(cfg: Config, run: Run, phase: str, model: torch.nn.Module, groups: tuple[str, ...],
-                steps: int, loss_fn, scalars_fn=None, specs: list[TaskSpec] | None = None):
+                steps: int, make_loss, specs: list[TaskSpec] | None = None):
+    """Train ``groups`` of ``model`` for ``steps`` on the loss ``make_loss(model)`` builds
+    (under torchrun every process trains on its own batches and ``fit`` averages gradients)."""
     model.set_trainable(groups)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     spec = FitSpec(steps, cfg.lr, min(cfg.warmup, max(1, steps // 5)), cfg.grad_clip, cfg.ckpt_every,
-                   cfg.log_every, cfg.batch_size)
+                   cfg.log_every, cfg.batch_size * run.world)
     extra = {"specs": [s.as_dict() for s in specs or []], "phase": phase}
-    state = fit(run, phase, model, optimizer, spec, loss_fn, scalars_fn, extra=extra)
+    state = fit(run, phase, model, optimizer, spec, make_loss(model), extra=extra)
     model.eval()
     return state
 
@@ -298,10 +318,12 @@ def r3m_config(cfg: Config):
 def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R3M:
     seed_everything(cfg.seed)
     model = R3M(r3m_config(cfg)).to(run.device)
-    source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed, cfg.tool_fraction)
-    state = train_model(cfg, run, "stage1", model, STAGE_GROUPS[1], cfg.steps, stage1_loss(cfg, run, model, source),
-                        specs=specs)
+    source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed + 7919 * run.rank, cfg.tool_fraction)
+    state = train_model(cfg, run, "stage1", model, STAGE_GROUPS[1], cfg.steps,
+                        lambda net: stage1_loss(cfg, run, net, source), specs=specs)
     _record_fit(metrics, "stage1", state)
+    if not run.main:  # under torchrun, rank 0 evaluates and writes
+        return model
     with torch.no_grad():
         curve = evaluate_models(cfg, specs, model, Ks=cfg.eval_ks)
         with_tools = evaluate_models(cfg, specs, model, Ks=(cfg.k_train,), allow_tools=True)
@@ -328,10 +350,12 @@ def run_baseline(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics:
     seed_everything(cfg.seed)
     dense_cfg = dense_config_like(r3m_cfg, 1.0)
     model = DenseTransformer(dense_cfg).to(run.device)
-    source = BatchSource(specs, dense_cfg.tool_names, cfg.batch_size, cfg.seed, cfg.tool_fraction)
+    source = BatchSource(specs, dense_cfg.tool_names, cfg.batch_size, cfg.seed + 7919 * run.rank, cfg.tool_fraction)
     state = train_model(cfg, run, "dense", model, ("prelude", "core", "readout", "tool"), cfg.steps,
-                        dense_loss(run, model, source), specs=specs)
+                        lambda net: dense_loss(run, net, source), specs=specs)
     _record_fit(metrics, "dense", state)
+    if not run.main:
+        return
     with torch.no_grad():
         res = evaluate_models(cfg, specs, model, Ks=(None,))
     metrics["baseline_accuracy"] = {f: accuracy_on(r[None], _train_levels(cfg, f)) for f, r in res.items()}
@@ -343,11 +367,13 @@ def run_baseline(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics:
 
 
 def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
-    source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed + 1, cfg.tool_fraction)
-    loss_fn = stage2_loss(cfg, run, model, source)
-    state = train_model(cfg, run, "stage2", model, STAGE_GROUPS[2], cfg.halt_steps, loss_fn,
-                        scalars_fn=lambda step, out: dict(loss_fn.last), specs=specs)
+    source = BatchSource(specs, model.cfg.tool_names, cfg.batch_size, cfg.seed + 1 + 7919 * run.rank,
+                         cfg.tool_fraction)
+    state = train_model(cfg, run, "stage2", model, STAGE_GROUPS[2], cfg.halt_steps,
+                        lambda net: stage2_loss(cfg, run, net, source), specs=specs)
     _record_fit(metrics, "stage2", state)
+    if not run.main:
+        return
     halting, steps_by_level = {}, {}
     with torch.no_grad():
         for spec in specs:
@@ -378,17 +404,22 @@ def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
     seed_everything(cfg.seed)
     dense_cfg = dense_config_like(PRESETS[cfg.lm_preset], 1.0)
     model = DenseTransformer(dense_cfg).to(run.device)
-    batches = lm.LMBatches(lm.corpus(cfg.seed, cfg.lm_corpus, cfg.lm_corpus), block=128, batch_size=cfg.batch_size, seed=cfg.seed)
+    batches = lm.LMBatches(lm.corpus(cfg.seed, cfg.lm_corpus, cfg.lm_corpus), block=128, batch_size=cfg.batch_size,
+                           seed=cfg.seed + 7919 * run.rank)
 
-    def loss_fn(step: int) -> LossOut:
-        x, y = (t.to(run.device) for t in batches.get(step))
-        with _autocast(run):
-            logits = model(x).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        return LossOut(loss, float(loss.detach()), 0.0, [], 0.0, 0.0)
+    def make_loss(net):
+        def loss_fn(step: int) -> LossOut:
+            x, y = (t.to(run.device) for t in batches.get(step))
+            with _autocast(run):
+                logits = net(x).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            return LossOut(loss, float(loss.detach()), 0.0, [], 0.0, 0.0)
+        return loss_fn
 
-    state = train_model(cfg, run, "stage0", model, ("prelude", "core", "readout"), cfg.lm_steps, loss_fn)
+    state = train_model(cfg, run, "stage0", model, ("prelude", "core", "readout"), cfg.lm_steps, make_loss)
     _record_fit(metrics, "stage0", state)
+    if not run.main:
+        return
     completions = lm.sample_completions(model, lm.PROMPTS * 5, max_new_tokens=80, temperature=0.8, top_k=20,
                                         seed=cfg.seed)
     stats = lm.generation_stats(completions)
@@ -505,9 +536,12 @@ def main(cfg: Config) -> dict:
                 run_baseline(cfg, run, specs, model.cfg, metrics)
             if 2 in cfg.stages:
                 run_stage2(cfg, run, specs, model, metrics)
+            _barrier()
     except Interrupted as exc:
         log.info(str(exc))
         return {"interrupted": True, "run_dir": str(run.dir)}
+    if not run.main:
+        return {"rank": run.rank}
     metrics["warnings"] = warnings_for(cfg, metrics)
     norms = [g for g in metrics.pop("_grad_norms", []) if math.isfinite(g)]
     metrics["grad_norm"] = {"mean": _mean(norms), "max": max(norms, default=0.0)}
