@@ -1,0 +1,271 @@
+"""r3m_agent.rl and train/rl_verify.py: advantages, re-scoring, rewards, tool metrics, a tiny run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+import tools
+from envs.base import Instance, TaskFamily
+from r3m_agent import R3M, R3MConfig, rl, save_checkpoint
+from r3m_agent.config import parse_config
+from r3m_agent.policy import Policy
+from r3m_agent.rollout import Episode, Turn, make_vec, run_episodes
+from r3m_agent.tokenizer import EOS_ID, PAD_ID
+from r3m_agent.training import TaskSpec
+from verifiers import RIGHT, wrong
+
+TOY = "rltoy"
+
+
+class ToyFamily(TaskFamily):
+    """Echo a number; the calculator evaluates it (so a call returns the answer)."""
+
+    name = TOY
+    levels = (1, 2)
+    tool = "calculator"
+    max_prompt_chars = 16
+    max_answer_chars = 8
+
+    def generate(self, rng, difficulty):
+        n = str(int(rng.integers(1, 10 ** (difficulty + 1))))
+        return Instance(TOY, difficulty, f"n:{n}", n, n, {"n": n})
+
+    def verify(self, instance, answer):
+        return RIGHT if answer.strip() == instance.answer else wrong("different number")
+
+    def tool_args(self, instance):
+        return instance.data["n"]
+
+
+if TOY not in envs.list_families():
+    envs.register_task(TOY, ToyFamily)
+ENV = f"{TOY}-v0"
+SPEC = TaskSpec(TOY, "fill", 6, (1, 2))
+TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=0, K=2)
+
+
+def tiny_model(seed: int = 0, **kw) -> R3M:
+    torch.manual_seed(seed)
+    return R3M(dataclasses.replace(TINY, **kw)).eval()
+
+
+# -- advantages and the objective -----------------------------------------------------------------------
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0],
+                            [0.5, 0.5, 1.0, 0.0]])
+    adv, zero = rl.group_advantages(rewards, "grpo")
+    assert zero.tolist() == [False, True, True, False]
+    std = np.std([1, 0, 0, 0])
+    assert torch.allclose(adv[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / std, atol=1e-4)
+    assert adv[1].abs().sum() == 0 and adv[2].abs().sum() == 0
+    assert torch.allclose(adv.sum(1), torch.zeros(4), atol=1e-5)
+    loo, zero2 = rl.group_advantages(rewards, "rloo")
+    assert torch.equal(zero, zero2)
+    # r_i minus the mean of the other three
+    assert torch.allclose(loo[0], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]), atol=1e-6)
+    expected = torch.tensor([0.5 - 1.5 / 3, 0.5 - 1.5 / 3, 1.0 - 1.0 / 3, 0.0 - 2.0 / 3])
+    assert torch.allclose(loo[3], expected, atol=1e-6)
+    with pytest.raises(ValueError):
+        rl.group_advantages(torch.ones(4, 1))
+    with pytest.raises(ValueError):
+        rl.group_advantages(rewards, "ppo")
+
+
+def test_clipped_objective_ratio_one_and_clipping():
+    old = torch.tensor([-3.0, -5.0, -2.0])
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    n = torch.tensor([3, 5, 2])
+    new = old.clone().requires_grad_(True)
+    out = rl.clipped_objective(new, old, old, adv, n, clip=0.2, kl_coef=0.1)
+    assert out.ratio == pytest.approx(1.0) and out.kl == pytest.approx(0.0) and out.clip_fraction == 0.0
+    assert out.loss.item() == pytest.approx(-adv.mean().item())
+    out.loss.backward()
+    assert torch.allclose(new.grad, -adv / n / 3)  # d/dlogp of -s A / 3 actions at s = 1
+    far = (old + n * 1.0).requires_grad_(True)  # per-token log-ratio 1: ratio e, far outside the clip
+    out = rl.clipped_objective(far, old, old, adv, n, clip=0.2, kl_coef=0.0)
+    assert out.clip_fraction == 1.0
+    out.loss.backward()
+    assert far.grad[0] == 0 and far.grad[2] == 0 and far.grad[1] != 0  # only A < 0 pulls back
+    payload = torch.tensor([[5, 6, EOS_ID, PAD_ID], [PAD_ID, PAD_ID, 7, EOS_ID]])
+    assert rl.action_tokens(payload).tolist() == [4, 3]
+
+
+# -- re-scoring equals sampling ---------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["fill", "causal"])
+@pytest.mark.parametrize("allow_tools", [True, False])
+def test_recomputed_log_probs_equal_sampling_ones(mode, allow_tools):
+    model = tiny_model()
+    with torch.no_grad():
+        model.tool_head.bias[1 + list(model.cfg.tool_names).index("calculator")] += 3.0  # calls happen
+        model.memory.gate.bias += 5.0  # and memory writes
+    policy = Policy(model, mode, 6, K=2)
+    vec = make_vec(ENV, 6, call_budget=2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        eps = run_episodes(policy, vec, [0, 0, 0, 1, 1, 1], {"split": "train"}, allow_tools=allow_tools,
+                           sample=True, generator=gen)
+    vec.close()
+    if allow_tools:
+        assert any(len(e.turns) > 1 for e in eps)  # later turns carry memory written by earlier ones
+        assert any(t.carry.count.sum() > 0 for e in eps for t in e.turns)
+    else:
+        assert all(t.tool == 0 for e in eps for t in e.turns)
+    batch = rl.turn_batch(eps, [0.0] * len(eps))
+    new_lp, entropy = policy.log_prob(batch.observations, batch.carry, batch.tool, batch.payload,
+                                      allow_tools=allow_tools)
+    assert torch.allclose(new_lp.detach(), batch.old_lp, atol=1e-4), (new_lp, batch.old_lp)
+    assert torch.isfinite(entropy).all()
+    out = rl.clipped_objective(new_lp, batch.old_lp, batch.old_lp, torch.ones(len(batch)),
+                               rl.action_tokens(batch.payload), 0.2, 0.1)
+    assert out.ratio == pytest.approx(1.0, abs=1e-4) and out.clip_fraction == 0.0
+
+
+# -- rewards through the env: budget exceeded, malformed calls --------------------------------------
+def _always_call(tool: str = "calculator") -> Policy:
+    model = tiny_model()
+    with torch.no_grad():
+        model.tool_head.bias[1 + list(model.cfg.tool_names).index(tool)] += 50.0
+    return Policy(model, "fill", 6, K=1)
+
+
+@pytest.mark.parametrize("tools_enabled", [True, False])
+def test_budget_exceeded_and_malformed_rewards(tools_enabled):
+    budget, tc, mc = 2, 0.01, 0.1
+    vec = make_vec(ENV, 2, call_budget=budget, tools_enabled=tools_enabled)
+    with torch.no_grad():
+        eps = run_episodes(_always_call(), vec, [3, 4], {"split": "train"}, allow_tools=True)
+    vec.close()
+    for ep in eps:
+        assert ep.truncated and not ep.correct and ep.reason.startswith("call budget exceeded")
+        assert ep.tool_calls == budget + 1  # the call that broke the budget counts
+        # calls to a disabled tool are malformed; the budget-breaking call is never parsed
+        assert ep.malformed_calls == (0 if tools_enabled else budget)
+        expected = -(budget + 1) * tc - (0 if tools_enabled else budget) * mc
+        assert rl.shaped_reward(ep, tc, mc) == pytest.approx(expected)
+
+
+def test_correct_answer_with_one_call_scores_one_minus_call_cost():
+    ep = Episode(0, TOY, 1, reward=1.0, correct=True, tool_calls=1)
+    assert rl.shaped_reward(ep, 0.01, 0.1) == pytest.approx(0.99)
+    failed = Episode(0, reward=0.0, tool_calls=2, malformed_calls=1)
+    assert rl.shaped_reward(failed, 0.01, 0.1) == pytest.approx(-0.12)
+
+
+# -- tool precision / recall and distillation targets ----------------------------------------------
+def _episode(prompt: str, calls: list[tuple[str, str]], answer: str, correct: bool) -> Episode:
+    turns, obs = [], prompt
+    for call, result in calls:
+        turns.append(Turn(obs, None, 1, torch.tensor([EOS_ID]), 0.0, 1, 0.0))
+        obs = obs + call + tools.format_result(result)
+    from r3m_agent.tokenizer import Tokenizer
+
+    turns.append(Turn(obs, None, 0, torch.tensor(Tokenizer().encode(answer) + [EOS_ID]), 0.0, 1, 0.0))
+    return Episode(0, TOY, 1, reward=float(correct), correct=correct, tool_calls=len(calls), turns=turns)
+
+
+def test_tool_precision_recall_by_hand():
+    good = ("<call>calculator 12</call>", "12")
+    bad = ("<call>calculator 1+</call>", "error: unexpected end")
+    wrong_tool = ("<call>list_eval 12</call>", "12")
+    eps = [_episode("n:12", [good], "12", True),  # needed, made: good
+           _episode("n:12", [bad, good], "12", True),  # one good call, one wasted
+           _episode("n:7", [], "7", True),  # needed, not made
+           _episode("n:7", [wrong_tool], "7", False)]  # wrong tool: not a needed call
+    m = rl.tool_metrics(eps, "calculator")
+    assert m["calls"] == 4 and m["needed"] == 4
+    assert m["precision"] == pytest.approx(2 / 4) and m["recall"] == pytest.approx(2 / 4)
+    assert m["format_validity"] == pytest.approx(3 / 4) and m["call_rate"] == pytest.approx(3 / 4)
+    assert m["calls_per_solved"] == pytest.approx(3 / 3)
+    # no expert tool: a call is needed only where it turns a tool-free failure into success
+    no_tool = [_episode("n:1", [good], "12", True), _episode("n:2", [good], "12", True)]
+    alone = [_episode("n:1", [], "0", False), _episode("n:2", [], "12", True)]
+    m = rl.tool_metrics(no_tool, None, alone)
+    assert m["needed"] == 1 and m["precision"] == pytest.approx(1 / 2) and m["recall"] == 1.0
+
+
+def test_distill_examples_keep_verified_tool_answers_only():
+    eps = [_episode("n:12", [("<call>calculator 12</call>", "12")], "12", True),
+           _episode("n:12", [("<call>calculator 12</call>", "12")], "12", True),  # same instance again
+           _episode("n:5", [("<call>calculator 5+</call>", "error: x")], "5", True),  # no working call
+           _episode("n:6", [], "6", True),  # no call
+           _episode("n:8", [("<call>calculator 8</call>", "8")], "9", False)]  # not verified
+    ex = rl.distill_examples(eps)
+    assert [(e.context, e.tool, e.payload) for e in ex] == [("n:12", 0, "12")]
+
+
+def test_naked_singles_and_curriculum():
+    puzzle = "12345678." + "." * 72
+    assert rl.naked_singles(puzzle) == {8: "9"}
+    cur = rl.Curriculum((1, 2, 3))
+    for _ in range(10):
+        cur.update([1, 1, 3], [1.0, 1.0, 0.0])  # level 1 always solved, level 3 always failed
+    w = cur.weights()
+    assert w[1] > w[0] and w[1] > w[2]
+    assert rl.Curriculum(**json.loads(json.dumps(cur.state()))).weights().tolist() == w.tolist()
+
+
+# -- the script: a user-registered env, resume, CLI -------------------------------------------------
+def _init_ckpt(tmp_path):
+    path = tmp_path / "init.pt"
+    save_checkpoint(path, tiny_model(), extra={"specs": [SPEC.as_dict()]})
+    return str(path)
+
+
+def _cfg(tmp_path, name, **kw):
+    from train import rl_verify
+
+    base = dict(env=ENV, iterations=3, groups=2, group_size=4, minibatch=16, replay_batch=4, eval_n=2,
+                distill_n=8, distill_steps=2, warm_batch=4, warm_carry_steps=3, baselines=False,
+                tensorboard=False, progress=False, ckpt_every=1, out=str(tmp_path / name))
+    return rl_verify.Config(**{**base, **kw})
+
+
+def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_path):
+    from train import rl_verify
+
+    m = rl_verify.main(_cfg(tmp_path, "warm", warm_steps=3, iterations=2, baselines=True))
+    out = tmp_path / "warm"
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("reward_start", "reward_end", "success", "tool_precision", "tool_recall", "distill",
+                "baselines"):
+        assert key in saved, key
+    assert set(saved["success"]) >= {"with_tools", "without_tools"}
+    assert set(saved["distill"][TOY]) >= {"before", "after"}
+    assert {"r3m_with_tools", "r3m_without_tools", "dense_2x_no_tools"} <= set(saved["baselines"])
+    assert m["baselines"]["dense_2x_no_tools"]["params"] >= 2 * 0.99 * m["params"]
+    assert len(m["history"]) == 2 and m["rl_env_steps"] >= 2 * 8
+    for f in ("reward_curve.png", "ckpt/rl.pt", "ckpt/reference.pt", "warmstart/ckpt/stage1.pt"):
+        assert (out / f).exists(), f
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    from train import rl_verify
+
+    init = _init_ckpt(tmp_path)
+    kw = dict(init=init, distill=False, k=2)
+    full = rl_verify.main(_cfg(tmp_path, "full", **kw))
+    assert rl_verify.main(_cfg(tmp_path, "cut", stop_after=1, **kw))["interrupted"]
+    resumed = rl_verify.main(_cfg(tmp_path, "cut", resume=True, **kw))
+    drop = ("rl/seconds",)
+    strip = [{k: v for k, v in h.items() if k not in drop} for h in full["history"]]
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed["history"]] == strip
+    assert resumed["reward_end"] == full["reward_end"] and resumed["success"] == full["success"]
+    with pytest.raises(FileExistsError):
+        rl_verify.main(_cfg(tmp_path, "full", **kw))
+
+
+def test_cli_rejects_unknown_flags_and_unregistered_envs():
+    from train import rl_verify
+
+    with pytest.raises(SystemExit):
+        parse_config(rl_verify.Config, ["--no-such-flag", "1"])
+    with pytest.raises(SystemExit):
+        parse_config(rl_verify.Config, ["--env", "sudoku-grid-v0"])  # not a text env
+    cfg = parse_config(rl_verify.Config, ["--env", "arithmetic-v0", "--distill", "--levels", "1", "2"])
+    assert cfg.distill is True and cfg.levels == (1, 2) and cfg.family == "arithmetic"
