@@ -238,7 +238,8 @@ def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_pat
     assert set(saved["success"]) >= {"with_tools", "without_tools"}
     assert set(saved["distill"][TOY]) >= {"before", "after"}
     assert {"r3m_with_tools", "r3m_without_tools", "dense_2x_no_tools"} <= set(saved["baselines"])
-    assert m["baselines"]["dense_2x_no_tools"]["params"] >= 2 * 0.99 * m["params"]
+    assert m["baseline_details"]["dense_2x_no_tools"]["params"] >= 2 * 0.99 * m["params"]
+    assert all(0.0 <= v <= 1.0 for res in saved["baselines"].values() for v in res.values())
     assert len(m["history"]) == 2 and m["rl_env_steps"] >= 2 * 8
     for f in ("reward_curve.png", "ckpt/rl.pt", "ckpt/reference.pt", "warmstart/ckpt/stage1.pt"):
         assert (out / f).exists(), f
@@ -258,6 +259,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     assert resumed["reward_end"] == full["reward_end"] and resumed["success"] == full["success"]
     with pytest.raises(FileExistsError):
         rl_verify.main(_cfg(tmp_path, "full", **kw))
+
+
+def test_halting_run_penalises_expected_steps(tmp_path):
+    from train import rl_verify
+
+    m = rl_verify.main(_cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, iterations=2, distill=False,
+                            warm_carry_steps=0, group_size=2, groups=4))
+    logged = [h for h in m["history"] if "halt/expected_steps" in h]
+    assert logged and all(1.0 <= h["halt/expected_steps"] <= TINY.K for h in logged)
 
 
 def test_cli_rejects_unknown_flags_and_unregistered_envs():

@@ -1,11 +1,12 @@
 """Measurements of ``train/rl_verify.py``: before/after snapshots, external Sudoku sets, the
 distillation phase, the baselines, and the run's outputs (metrics.json, reward curve, table).
 
-Distillation targets. Arithmetic, list transforms and the other families: the verified answer of
-a tool-using episode becomes the tool-free target for its prompt. Sudoku: a tiny model cannot
-learn to solve whole grids in CPU-minutes, so what is distilled is the part of a tool result that
-is locally derivable: the cells of the verified solution that are naked singles of the puzzle
-(the only digit their row, column and box givens allow), on level-1 puzzles (45-50 givens). The
+Distillation targets, on the easiest trained level by default (``--distill-levels``). Arithmetic,
+list transforms and the other families: the verified answer of a tool-using episode becomes the
+tool-free target for its prompt. Sudoku: a tiny model cannot learn to solve whole grids in
+CPU-minutes, so what is distilled is the part of a tool result that is locally derivable: the
+cells of the verified solution that are naked singles of the puzzle (the only digit their row,
+column and box givens allow), on level-1 puzzles (45-50 givens). The
 loss is on those cells only and leaves the tool head alone (a partial grid is not an answer, so
 the policy keeps calling the solver); the report gives tool-free exact success (verifier) and the
 accuracy on those cells, before and after.
@@ -116,10 +117,10 @@ def report(cfg, run: Run, policy: Policy, spec: TaskSpec, state: dict, start: di
         "params": sum(p.numel() for p in policy.model.parameters()), "K": policy.K, "spec": spec.as_dict(),
         "reward_start": start["reward"], "reward_end": end["reward"],
         "pass1_start": start["pass@1"], "pass1_end": end["pass@1"],
-        "success": {"with_tools": end["with_tools"], "without_tools": end["without_tools"],
-                    "start": {"with_tools": start["with_tools"], "without_tools": start["without_tools"]},
-                    "by_level": {"with_tools": end["with_tools_by_level"],
-                                 "without_tools": end["without_tools_by_level"]}},
+        "success": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]},
+        "success_start": {"with_tools": start["with_tools"], "without_tools": start["without_tools"]},
+        "success_by_level": {"with_tools": end["with_tools_by_level"],
+                             "without_tools": end["without_tools_by_level"]},
         "tool_precision": end["tools"]["precision"], "tool_recall": end["tools"]["recall"],
         "tools": {"test": end["tools"], "start": start["tools"]},
         "iterations": state["iteration"], "rl_env_steps": env_steps, "warm_start_demonstrations": demos,
@@ -147,9 +148,7 @@ def distill_applies(cfg) -> bool:
 
 
 def distill_levels(cfg, trained: Sequence[int]) -> tuple[int, ...]:
-    if cfg.distill_levels:
-        return tuple(cfg.distill_levels)
-    return (1,) if cfg.family == "sudoku" else tuple(trained)
+    return tuple(cfg.distill_levels) if cfg.distill_levels else (min(trained),)
 
 
 def harvest(cfg, policy: Policy, levels: Sequence[int], batch: int = 64) -> list[Episode]:
@@ -240,14 +239,19 @@ def distill_batch(family: str, spec: TaskSpec, examples):
 
 
 # -- baselines -----------------------------------------------------------------------------------------
-def run_baselines(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int, levels: Sequence[int]) -> dict:
-    out = {"dense_2x_no_tools": dense_baseline(cfg, run, r3m_cfg, spec, budget, levels)}
+def run_baselines(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
+                  levels: Sequence[int]) -> tuple[dict, dict]:
+    """(name -> set -> success, name -> details such as parameters and the budget it got)."""
+    success, details = {}, {}
+    name = "dense_2x_no_tools"
+    success[name], details[name] = dense_baseline(cfg, run, r3m_cfg, spec, budget, levels)
     if cfg.family == "sudoku":
-        out["maskable_ppo"] = maskable_ppo(cfg, run, budget, levels)
-    return out
+        success["maskable_ppo"], details["maskable_ppo"] = maskable_ppo(cfg, run, budget, levels)
+    return success, details
 
 
-def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int, levels: Sequence[int]) -> dict:
+def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
+                   levels: Sequence[int]) -> tuple[dict, dict]:
     """A dense Transformer with 2x R3M's parameters, imitation without tools, ``budget`` demonstrations."""
     from r3m_agent import DenseTransformer, dense_config_like
 
@@ -272,23 +276,22 @@ def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int, levels: 
         if cfg.family == "sudoku" and cfg.external:
             for key, instances in external_sets().items():
                 res[key] = evaluate_instances(policy, cfg.env, instances, allow_tools=False).accuracy
-    res["params"] = sum(p.numel() for p in model.parameters())
-    res["demonstrations"] = steps * cfg.warm_batch
-    return res
+    details = {"params": sum(p.numel() for p in model.parameters()), "demonstrations": steps * cfg.warm_batch}
+    return res, details
 
 
-def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> dict:
+def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dict, dict]:
     try:
         from train import sb3_baseline
     except ImportError as exc:
         log.warning(f"MaskablePPO baseline unavailable: {exc}")
-        return {"error": str(exc)}
+        return {}, {"error": str(exc)}
     scfg = sb3_baseline.Config(timesteps=cfg.sb3_timesteps or budget, eval_levels=tuple(levels),
                                eval_n=cfg.eval_n, seed=cfg.seed, threads=cfg.threads or 1,
                                out=str(run.dir / "sb3"),
                                tensorboard=cfg.tensorboard)
     res = sb3_baseline.main(scfg)
-    return {**res["success"], "timesteps": scfg.timesteps}
+    return dict(res["success"]), {"timesteps": scfg.timesteps, "train_levels": list(scfg.levels)}
 
 
 # -- outputs ---------------------------------------------------------------------------------------------
@@ -319,11 +322,11 @@ def results_table(metrics: dict) -> str:
     for name, res in metrics["baselines"].items():
         cells = [f"{res[s]:.3f}" if isinstance(res.get(s), (int, float)) else "-" for s in sets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    s = metrics["success"]
+    s, s0 = metrics["success"], metrics["success_start"]
     lines += ["", f"reward (sampled, test): {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}; "
               f"pass@1 {metrics['pass1_start']:.3f} -> {metrics['pass1_end']:.3f}",
-              f"greedy success with tools: {s['start']['with_tools']:.3f} -> {s['with_tools']:.3f}; "
-              f"without tools: {s['start']['without_tools']:.3f} -> {s['without_tools']:.3f}",
+              f"greedy success with tools: {s0['with_tools']:.3f} -> {s['with_tools']:.3f}; "
+              f"without tools: {s0['without_tools']:.3f} -> {s['without_tools']:.3f}",
               f"tool precision {metrics['tool_precision']:.3f}, recall {metrics['tool_recall']:.3f} "
               "(test split)"]
     for fam, d in metrics.get("distill", {}).items():
