@@ -1,5 +1,6 @@
 """Verifier-feedback policy gradients: rewards, group advantages, the clipped objective with a KL
-to the reference policy, tool precision/recall, distillation targets and a level curriculum.
+to the reference policy, whole-episode imitation with the memory carried across turns (warm start
+and replay), tool precision/recall, distillation targets and a level curriculum.
 
 Reward of an episode (``shaped_reward``)::
 
@@ -32,7 +33,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-
 import torch.nn.functional as F
 
 import tools

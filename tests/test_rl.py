@@ -264,8 +264,9 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 def test_halting_run_penalises_expected_steps(tmp_path):
     from train import rl_verify
 
-    m = rl_verify.main(_cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, iterations=2, distill=False,
-                            warm_carry_steps=0, group_size=2, groups=4))
+    cfg = _cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, iterations=2, distill=False,
+               warm_carry_steps=0, group_size=2, groups=4)
+    m = rl_verify.main(cfg)
     logged = [h for h in m["history"] if "halt/expected_steps" in h]
     assert logged and all(1.0 <= h["halt/expected_steps"] <= TINY.K for h in logged)
 

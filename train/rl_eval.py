@@ -169,31 +169,43 @@ def harvest(cfg, policy: Policy, levels: Sequence[int], batch: int = 64) -> list
     return episodes
 
 
-def _tool_free(cfg, policy: Policy, levels: Sequence[int]) -> dict:
+def _tool_free(cfg, policy: Policy, levels: Sequence[int], called: Sequence[int] | None = None) -> dict:
+    """Tool-free and with-tools test success on ``levels``; ``called``: the test instances (indices)
+    on which the policy before distillation called a tool (default: this policy's own calls)."""
     with torch.no_grad():
         wo = evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=False,
                              env_id=cfg.env)
         w = evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=True,
                             env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
-    called = [i for i, e in enumerate(w.episodes) if e.tool_calls]
+    own = [i for i, e in enumerate(w.episodes) if e.tool_calls]
+    called = own if called is None else called
     out = {"tool_free": wo.accuracy, "with_tools": w.accuracy, "call_rate": w.tool_call_rate,
-           # of the instances the tool-using policy calls on, the share it now solves without the call
-           "unnecessary_calls": float(np.mean([wo.episodes[i].correct for i in called])) if called else 0.0}
+           # of the instances the pre-distillation policy called a tool on, the share solved without it
+           "unnecessary_calls": float(np.mean([wo.episodes[i].correct for i in called])) if called else 0.0,
+           "_called": own}
     if cfg.family == "sudoku":
         out["single_cell_accuracy"] = rl.single_cell_accuracy(wo.episodes)
     return out
 
 
 def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence[int]) -> dict:
+    """Distil verified tool answers of ``distill_levels`` into a copy of the policy.
+
+    The replay (expert episodes with calls) covers only the other trained levels: a prompt has one
+    set of payload slots, which a call fills with ARGS and an answer with the result, so replaying
+    calls on the distilled prompts would pull the same slots back to the call's arguments.
+    """
     levels = distill_levels(cfg, trained)
+    others = tuple(lv for lv in trained if lv not in levels)
     examples = rl.distill_examples(harvest(cfg, policy, levels))
     before = _tool_free(cfg, policy, levels)
     student = copy.deepcopy(policy.model)
     if not examples:
         log.warning("distillation: no verified tool-derived answers to distil")
         return {cfg.family: {"before": before["tool_free"], "after": before["tool_free"], "examples": 0}}
-    replay = rl.EpisodeSource(spec, student.cfg.tool_names, cfg.replay_batch, cfg.seed + 3,
-                              cfg.warm_tool_fraction)
+    replay = rl.EpisodeSource(dataclasses.replace(spec, levels=others or levels), student.cfg.tool_names,
+                              cfg.replay_batch, cfg.seed + 3, cfg.warm_tool_fraction)
+    replay_coef = cfg.distill_replay_coef if others else 0.0
     K = policy.K
     # a Sudoku target is partial (its single cells), not an answer, so it does not teach "answer now"
     tool_weight = 0.0 if cfg.family == "sudoku" else 1.0
@@ -204,9 +216,9 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
         batch = distill_batch(cfg.family, spec, chosen)
         batch = type(batch)(*(t.to(run.device) for t in batch))
         out = imitation_loss(student, spec, batch, K=K, grad_steps=None, tool_weight=tool_weight)
-        if cfg.replay_coef > 0:
+        if replay_coef > 0:
             replayed = rl.episode_imitation_loss(student, spec, replay.get(step), K)
-            out = out._replace(loss=out.loss + cfg.replay_coef * replayed.loss)
+            out = out._replace(loss=out.loss + replay_coef * replayed.loss)
         return out
 
     steps = cfg.distill_steps
@@ -214,10 +226,16 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
         FitSpec(steps, cfg.distill_lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2),
                 log_every=25, samples_per_step=cfg.warm_batch), loss_fn, extra={"specs": [spec.as_dict()]})
     student.eval()
-    after = _tool_free(cfg, dataclasses.replace(policy, model=student), levels)
+    distilled = dataclasses.replace(policy, model=student)
+    after = _tool_free(cfg, distilled, levels, called=before["_called"])
+    before.pop("_called")
+    after.pop("_called")
     res = {"before": before["tool_free"], "after": after["tool_free"], "levels": list(levels),
-           "examples": len(examples), "steps": steps,
+           "examples": len(examples), "steps": steps, "replay_levels": list(others),
            "before_detail": before, "after_detail": after}
+    if others:  # did the replay keep the tool use on the levels that were not distilled?
+        res["with_tools_other_levels"] = {"before": _split_eval(cfg, policy, others, True).accuracy,
+                                          "after": _split_eval(cfg, distilled, others, True).accuracy}
     return {cfg.family: res}
 
 

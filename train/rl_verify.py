@@ -1,11 +1,13 @@
 """Stage 3: policy gradients from the verifiers, with tools, distillation, and the baselines.
 
-    python train/rl_verify.py                          # sudoku-v0 from scratch, ~10 CPU-minutes
+    python train/rl_verify.py                          # sudoku-v0 from scratch, ~9 CPU-minutes
     python train/rl_verify.py --env arithmetic-v0      # imitation warm start, RL, distillation
     python train/rl_verify.py --env listops-v0 --init runs/imitate-X/ckpt/stage1.pt
 
-Without ``--init`` a short imitation warm start (``train/imitate.py``, stage 1, demonstrations
-with and without tool calls) gives the starting policy, so the command works alone. Each RL
+Without ``--init`` a short imitation warm start (``train/imitate.py``, stage 1, on tool-using
+demonstrations by default) gives the starting policy, so the command works alone; a short phase
+of whole-episode imitation then trains the turns with the memory carried across them, as the
+policy acts (``rl.episode_imitation_loss``). Each RL
 iteration samples G episodes of each of ``groups`` train instances (one ``reset`` seed per group)
 through the vectorized env, which runs the tool calls and the verifier; the rewards, the
 group-relative advantages and the clipped objective with its KL to the frozen starting policy
@@ -144,6 +146,8 @@ class Config:
     """Levels to distil and measure (empty: the easiest trained level, the realistic target)."""
     distill_lr: float = 2e-3
     """Distillation learning rate (warmup then cosine)."""
+    distill_replay_coef: float = 1.0
+    """Weight of the expert-episode replay loss during distillation (keeps the tool-using skills)."""
     baselines: bool = True
     """Train/evaluate the baselines (dense 2x without tools; MaskablePPO on Sudoku)."""
     dense_lr: float = 2e-3
@@ -235,7 +239,7 @@ def warm_start(cfg: Config, run: Run) -> Path:
                           grad_steps=min(2, cfg.k), warmup=max(1, cfg.warm_steps // 5),
                           tool_fraction=cfg.warm_tool_fraction, eval_n=5, eval_ks=(cfg.k,), baseline=False,
                           out=str(out), resume=(out / "config.json").exists(), tensorboard=cfg.tensorboard,
-                          progress=cfg.progress)
+                          progress=cfg.progress, threads=cfg.threads)
     log.info(f"warm start: {cfg.warm_steps} imitation steps on {cfg.family} -> {out}")
     imitate.main(icfg)
     return path
