@@ -31,6 +31,8 @@ class ModelOutput(NamedTuple):
     writes: [B] hard memory writes made in this call. write_probs: [B, S] soft write gates or None.
     tool_logits: [B, 1 + n_tools] at the decision point; index 0 = "answer", then cfg.tool_names.
     carry: the memory state after this call (R3M) or None. hidden: final hidden states [B, T', d].
+    drift: [B] mean squared change of the state in the last refinement step (R3M; None for dense):
+    zero at a fixed point, so penalising it discourages "overthinking" drift beyond training K.
     """
 
     logits: torch.Tensor
@@ -42,6 +44,7 @@ class ModelOutput(NamedTuple):
     tool_logits: torch.Tensor
     carry: Any
     hidden: torch.Tensor
+    drift: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):

@@ -126,6 +126,7 @@ class _Trace:
     hard: list[torch.Tensor] = field(default_factory=list)
     soft: list[torch.Tensor] = field(default_factory=list)
     carries: list[Carry] = field(default_factory=list)
+    drift: torch.Tensor | None = None
 
 
 class R3M(GroupedModule):
@@ -247,7 +248,7 @@ class R3M(GroupedModule):
         for k in range(K):
             keep_graph = grad_steps is None or k >= K - grad_steps
             with torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-                h = self._step(h, x, b, rope, carry if b.causal else current, use_semantic)
+                prev, h = h, self._step(h, x, b, rope, carry if b.causal else current, use_semantic)
                 pooled = pool(h, b)
                 trace.logits.append(self.head(self.readout_norm(answer_part(h, b))))
                 lam = self.halting(pooled)
@@ -262,6 +263,8 @@ class R3M(GroupedModule):
                 survive = survive * (1.0 - lam.detach())
                 if bool((1.0 - survive >= threshold).all()):
                     break
+        w = b.mask.to(h.dtype)
+        trace.drift = (((h - prev).float() ** 2).mean(-1) * w).sum(1) / w.sum(1).clamp(min=1.0)
         return trace, h
 
     def _finish(self, trace: _Trace, h: torch.Tensor, halt: bool, threshold: float) -> ModelOutput:
@@ -283,7 +286,7 @@ class R3M(GroupedModule):
         return ModelOutput(
             logits=step_logits[idx, rows], step_logits=step_logits, halt_probs=halt_probs, steps=steps,
             writes=writes, write_probs=write_probs, tool_logits=torch.stack(trace.tools)[idx, rows],
-            carry=carry, hidden=h,
+            carry=carry, hidden=h, drift=trace.drift,
         )
 
     @torch.no_grad()

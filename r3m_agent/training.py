@@ -22,6 +22,7 @@ import envs
 from envs.text_env import TextTaskEnv
 from r3m_agent.data import IGNORE, CausalBatch, Example, FillBatch, collate_causal, collate_fill, episode_examples
 from r3m_agent.checkpoint import unwrap
+from r3m_agent.memory import write_budget_penalty
 from r3m_agent.r3m import R3M
 from r3m_agent.tokenizer import PAD_ID
 
@@ -157,17 +158,26 @@ def _tool_logits_at(model: torch.nn.Module, hidden: torch.Tensor, rows: torch.Te
 
 
 def imitation_loss(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
-                   K: int | None, grad_steps: int | None, tool_weight: float = 1.0) -> LossOut:
-    """Deep supervision: the mean token loss over every step that keeps a graph, plus the tool loss."""
+                   K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
+                   tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
+                   drift_penalty: float = 0.0) -> LossOut:
+    """Token loss averaged over the last ``supervised_steps`` readouts (default: every step that
+    keeps a graph), plus the tool loss, plus (when ``write_penalty`` > 0) the episodic memory's
+    write-budget penalty, plus (when ``drift_penalty`` > 0) the state's change in the last step.
+    """
     out, targets, tool_logits = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps)
-    fill_targets = targets.masked_fill(targets == PAD_ID, PAD_ID) if spec.mode == "fill" else targets
-    per_step = per_sample_token_loss(out.step_logits, fill_targets).mean(1)  # [S]
-    supervised = per_step if grad_steps is None else per_step[-grad_steps:]
+    per_step = per_sample_token_loss(out.step_logits, targets).mean(1)  # [S]
+    last = supervised_steps if supervised_steps is not None else grad_steps
+    supervised = per_step if last is None else per_step[-last:]
     token_loss = supervised.mean()
     tool_loss = F.cross_entropy(tool_logits.float(), batch.tool)
-    S = out.step_logits.shape[0]
+    loss = token_loss + tool_weight * tool_loss
+    if write_penalty and out.write_probs is not None:
+        loss = loss + write_penalty * write_budget_penalty(out.write_probs, write_budget)
+    if drift_penalty and out.drift is not None:
+        loss = loss + drift_penalty * out.drift.mean()
     write_rate = float(out.write_probs.gt(0.5).float().mean()) if out.write_probs is not None else 0.0
-    return LossOut(token_loss + tool_weight * tool_loss, float(token_loss.detach()), float(tool_loss.detach()),
+    return LossOut(loss, float(token_loss.detach()), float(tool_loss.detach()),
                    [float(x) for x in per_step.detach()], float(out.writes.float().mean()), write_rate)
 
 

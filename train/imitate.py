@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import tools
+from envs import make_family
 from r3m_agent import PRESETS, DenseTransformer, R3M, STAGE_GROUPS, dense_config_like, ponder_loss
 from r3m_agent import signals
 from r3m_agent.config import parse_config
@@ -40,7 +41,7 @@ from r3m_agent.plots import plot_accuracy_vs_k, plot_halting_steps
 from r3m_agent.policy import Policy
 from r3m_agent.training import (
     BatchSource, LossOut, TaskSpec, imitation_forward, imitation_loss, make_optimizer, per_sample_token_loss,
-    ddp_info, resolve_device, seed_everything, step_rng,
+    autocast, ddp_info, resolve_device, seed_everything, step_rng,
 )
 
 
@@ -60,13 +61,13 @@ class Config:
     """cpu, cuda, cuda:N or auto. On CUDA the forward runs under bf16 autocast."""
     seed: int = 0
     """Seeds the model init and every batch (batches are a pure function of seed and step)."""
-    steps: int = 1500
+    steps: int = 3000
     """Stage-1 optimiser steps (the dense baseline gets the same number on the same batches)."""
     halt_steps: int = 300
     """Stage-2 optimiser steps (continuing from stage 1)."""
-    batch_size: int = 64
+    batch_size: int = 32
     """Demonstrations per step (one family per step, round robin)."""
-    lr: float = 2e-3
+    lr: float = 4e-3
     """Peak AdamW learning rate (warmup then cosine to 10%)."""
     warmup: int = 100
     """Warmup steps."""
@@ -77,13 +78,17 @@ class Config:
     k_train: int = 8
     """Largest number of refinement steps used in training."""
     grad_steps: int = 2
-    """Refinement steps per batch that keep gradients (the earlier ones run without)."""
+    """Most refinement steps per batch that keep gradients (the earlier ones run without)."""
     loss: str = "progressive"
-    """progressive (random K' <= k_train, supervise the last grad_steps) or all (every step of k_train)."""
+    """progressive (Deep Thinking: random steps without, then with gradients; the last readout
+    supervised) or all (k_train steps, every readout supervised)."""
     tool_fraction: float = 0.25
     """Fraction of demonstrations that use the family's tool (where one applies)."""
     write_penalty: float = 0.0
     """Weight of the episodic-memory write-budget penalty (0: off)."""
+    drift_penalty: float = 0.0
+    """Weight of the state's mean squared change in the last supervised step (0: off): pushes the
+    refinement toward a fixed point once the answer is found, against drift beyond k_train."""
     write_budget: float = 4.0
     """Expected writes per call allowed before the penalty applies."""
     lambda_p: float = 0.3
@@ -100,7 +105,7 @@ class Config:
     """Train and evaluate the parameter-matched dense baseline."""
     lm_steps: int = 1500
     """Stage-0 optimiser steps."""
-    lm_preset: str = "cpu-small"
+    lm_preset: str = "cpu-tiny"
     """Stage 0: the dense LM is matched to this R3M preset's parameter count."""
     lm_corpus: int = 20000
     """Stage 0: instruct dialogues and generated sentences in the corpus (each), beside stdlib docstrings."""
@@ -195,25 +200,19 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
 
 
 def _train_levels(cfg: Config, family: str) -> tuple[int, ...]:
-    from envs import make_family
-
     levels = tuple(lv for lv in cfg.levels if lv in make_family(family).levels)
     return levels or make_family(family).levels[:1]
 
 
 def _eval_levels(cfg: Config, family: str) -> tuple[int, ...]:
     """The training levels plus the next harder one (extrapolation), where the family has one."""
-    from envs import make_family
-
     all_levels, train = make_family(family).levels, _train_levels(cfg, family)
     harder = [lv for lv in all_levels if lv > max(train)]
     return train + tuple(harder[:1])
 
 
 def _autocast(run: Run):
-    from r3m_agent.training import autocast
-
-    return autocast(run.device)
+    return autocast(run.device, enabled=True)
 
 
 # -- losses ----------------------------------------------------------------------------------
@@ -221,26 +220,31 @@ def stage1_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
     def loss_fn(step: int) -> LossOut:
         spec, batch = source.get(step)
         batch = type(batch)(*(t.to(run.device) for t in batch))
-        if cfg.loss == "progressive":
-            K = int(step_rng(cfg.seed, step, stream=2).integers(1, cfg.k_train + 1))
-            grad_steps = min(cfg.grad_steps, K)
-        else:
-            K, grad_steps = cfg.k_train, None
+        K, grad_steps, supervised = progressive_schedule(cfg, step)
         with _autocast(run):
-            out = imitation_loss(model, spec, batch, K=K, grad_steps=grad_steps)
-            if cfg.write_penalty:
-                out = _with_write_penalty(cfg, model, spec, batch, out, K, grad_steps)
-        return out
+            return imitation_loss(model, spec, batch, K=K, grad_steps=grad_steps, supervised_steps=supervised,
+                                  write_penalty=cfg.write_penalty, write_budget=cfg.write_budget,
+                                  drift_penalty=cfg.drift_penalty)
 
     return loss_fn
 
 
-def _with_write_penalty(cfg, model, spec, batch, out: LossOut, K, grad_steps) -> LossOut:
-    from r3m_agent.memory import write_budget_penalty
+def progressive_schedule(cfg: Config, step: int) -> tuple[int, int | None, int | None]:
+    """(K, steps with gradients, supervised readouts) for one batch.
 
-    res, _, _ = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps)
-    penalty = write_budget_penalty(res.write_probs, cfg.write_budget)
-    return out._replace(loss=out.loss + cfg.write_penalty * penalty)
+    progressive (Bansal et al. 2022): n ~ U{0..k_train-1} steps without gradients from the
+    start, then m ~ U{1..k_train-n} steps with gradients (at most ``grad_steps``), and only the
+    last readout is supervised. The network learns to improve *any* state it produced itself,
+    and early exits are supervised rarely (exit 1 in 1/k_train^2 of batches), so it is not
+    pushed toward a one-pass shortcut whose later steps drift ("overthinking").
+    all: k_train steps, every readout supervised (deep supervision).
+    """
+    if cfg.loss == "all":
+        return cfg.k_train, None, None
+    rng = step_rng(cfg.seed, step, stream=2)
+    n = int(rng.integers(0, cfg.k_train))
+    m = int(rng.integers(1, cfg.k_train - n + 1))
+    return n + m, min(m, cfg.grad_steps), 1
 
 
 def dense_loss(run: Run, model: DenseTransformer, source: BatchSource):
