@@ -49,6 +49,12 @@ class Carry:
         """Rows ``index`` of the batch (e.g. the episodes still running)."""
         return Carry(self.slots[index], self.valid[index], self.ptr[index])
 
+    def put(self, index: torch.Tensor, rows: Carry) -> Carry:
+        """A copy with rows ``index`` replaced by ``rows`` (the inverse of ``select``)."""
+        slots, valid, ptr = self.slots.clone(), self.valid.clone(), self.ptr.clone()
+        slots[index], valid[index], ptr[index] = rows.slots.to(slots.dtype), rows.valid, rows.ptr
+        return Carry(slots, valid, ptr)
+
     def in_order(self, row: int) -> torch.Tensor:
         """Row ``row``'s valid slots, oldest first: [count, d]."""
         M = self.valid.shape[1]

@@ -162,54 +162,6 @@ class EpisodeSource:
         return out
 
 
-def episode_imitation_loss(model: torch.nn.Module, spec: TaskSpec, episodes: Sequence[Sequence[Example]],
-                           K: int | None) -> LossOut:
-    """Token + tool cross-entropy of every turn, each turn read with the memory the model wrote on the
-    episode's earlier turns (detached between turns), as ``run_episodes`` threads it when acting.
-
-    Per-turn imitation (``training.imitation_loss``) starts every turn from an empty memory; a model
-    trained only that way meets a memory at its second turn that it has never seen (measured on
-    Sudoku: answer-copy slot accuracy 100% without the carried memory, 56% with it).
-    """
-    device = next(model.parameters()).device
-    recurrent = isinstance(model, R3M) and model.memory is not None
-    carry = model.initial_carry(len(episodes), device) if recurrent else None
-    kw = {"K": K} if isinstance(model, R3M) else {}
-    token_sum = tool_sum = 0.0
-    count = writes = 0
-    for j in range(max(len(e) for e in episodes)):
-        rows = [i for i, e in enumerate(episodes) if len(e) > j]
-        index = torch.tensor(rows, device=device)
-        ex = [episodes[i][j] for i in rows]
-        row_carry = carry.select(index) if carry is not None else None
-        if spec.mode == "fill":
-            b = collate_fill(ex, spec.width, spec.align)
-            b = type(b)(*(t.to(device) for t in b))
-            out = model(b.ids, b.mask, mode="fill", answer_len=spec.width, carry=row_carry, **kw)
-            tool_logits = out.tool_logits
-        else:
-            b = collate_causal(ex, spec.width)
-            b = type(b)(*(t.to(device) for t in b))
-            out = model(b.ids, b.mask, mode="causal", carry=row_carry, **kw)
-            tool_logits = model.tool_head(out.hidden[torch.arange(len(rows), device=device), b.decision])
-        token_sum = token_sum + per_sample_token_loss(out.step_logits, b.targets).mean(0).sum()
-        tool_sum = tool_sum + F.cross_entropy(tool_logits.float(), b.tool, reduction="sum")
-        count += len(rows)
-        writes += int(out.writes.sum())
-        if carry is not None:
-            new = out.carry.detach()
-            carry = Carry(*(_put(getattr(carry, f), index, getattr(new, f))
-                            for f in ("slots", "valid", "ptr")))
-    token, tool = token_sum / count, tool_sum / count
-    return LossOut(token + tool, float(token.detach()), float(tool.detach()), [], writes / len(episodes), 0.0)
-
-
-def _put(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    full = full.clone()
-    full[index] = rows.to(full.dtype)
-    return full
-
-
 # -- tool use ----------------------------------------------------------------------------------------
 class CallRecord(NamedTuple):
     name: str | None  # None: the call did not parse

@@ -97,7 +97,7 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
                 int(dec.tool[j]), dec.payload[j].cpu(), float(dec.log_prob[j]), int(dec.steps[j]),
                 float(dec.writes[j])))
         if carry is not None and dec.carry is not None:
-            carry = _scatter(carry, index, dec.carry)
+            carry = carry.put(index, dec.carry)
         obs, reward, terminated, truncated, info = vec.step(tuple(actions))
         for i in rows:
             if terminated[i] or truncated[i]:
@@ -109,9 +109,3 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
                 ep.tool_calls, ep.malformed_calls = int(final["tool_calls"][i]), int(final["malformed_calls"][i])
                 live[i] = False
     return episodes
-
-
-def _scatter(carry: Carry, index: torch.Tensor, rows: Carry) -> Carry:
-    slots, valid, ptr = carry.slots.clone(), carry.valid.clone(), carry.ptr.clone()
-    slots[index], valid[index], ptr[index] = rows.slots.to(slots.dtype), rows.valid, rows.ptr
-    return Carry(slots, valid, ptr)

@@ -22,7 +22,8 @@ import envs
 from envs.text_env import TextTaskEnv
 from r3m_agent.data import IGNORE, CausalBatch, Example, FillBatch, collate_causal, collate_fill, episode_examples
 from r3m_agent.checkpoint import unwrap
-from r3m_agent.memory import write_budget_penalty
+from r3m_agent.layers import ModelOutput
+from r3m_agent.memory import Carry, write_budget_penalty
 from r3m_agent.r3m import R3M
 from r3m_agent.tokenizer import PAD_ID
 
@@ -98,20 +99,20 @@ class BatchSource:
         self.batch_size, self.seed, self.tool_fraction = batch_size, seed, tool_fraction
         self._envs = {s.family: TextTaskEnv(s.family) for s in self.specs}
 
-    def examples(self, step: int, spec: TaskSpec) -> list[Example]:
+    def episodes(self, step: int, spec: TaskSpec) -> list[list[Example]]:
+        """Whole expert episodes (one example per turn) holding at least ``batch_size`` turns."""
         rng = step_rng(self.seed, step, stream=1)
         env = self._envs[spec.family]
-        out: list[Example] = []
-        while len(out) < self.batch_size:
+        out: list[list[Example]] = []
+        while sum(map(len, out)) < self.batch_size:
             use_tools = bool(env.family.tool) and rng.random() < self.tool_fraction
             level = int(rng.choice(spec.levels))
-            out += episode_examples(env, int(rng.integers(2**62)), level, use_tools, self.tool_names)
-        return out[: self.batch_size]
+            out.append(episode_examples(env, int(rng.integers(2**62)), level, use_tools, self.tool_names))
+        return out
 
-    def get(self, step: int) -> tuple[TaskSpec, FillBatch | CausalBatch]:
+    def get(self, step: int) -> tuple[TaskSpec, list[list[Example]]]:
         spec = self.specs[step % len(self.specs)]
-        ex = self.examples(step, spec)
-        return spec, (collate_fill(ex, spec.width, spec.align) if spec.mode == "fill" else collate_causal(ex, spec.width))
+        return spec, self.episodes(step, spec)
 
 
 class LossOut(NamedTuple):
@@ -138,47 +139,91 @@ def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> t
 
 
 def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
-                      K: int | None = None, grad_steps: int | None = None, halt: bool = False):
-    """(model output, token targets, tool logits at the decision point)."""
+                      K: int | None = None, grad_steps: int | None = None, halt: bool = False,
+                      carry: Carry | None = None):
+    """(model output, token targets, tool logits at the decision point) for one turn."""
     kw = model_kwargs(model, K, grad_steps, halt)
+    if carry is not None:
+        kw["carry"] = carry
     if spec.mode == "fill":
         out = model(batch.ids, batch.mask, mode="fill", answer_len=batch.targets.shape[1], **kw)
         return out, batch.targets, out.tool_logits
     out = model(batch.ids, batch.mask, mode="causal", **kw)
-    targets = batch.targets
     rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
-    tool_logits = _tool_logits_at(model, out.hidden, rows, batch.decision)
-    return out, targets, tool_logits
-
-
-def _tool_logits_at(model: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
-                    positions: torch.Tensor) -> torch.Tensor:
     # Teacher forcing puts the payload after the decision point, so read the tool head at <sep>.
-    return unwrap(model).tool_head(hidden[rows, positions])
+    return out, batch.targets, unwrap(model).tool_head(out.hidden[rows, batch.decision])
 
 
-def imitation_loss(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
+class TurnOut(NamedTuple):
+    out: ModelOutput
+    targets: torch.Tensor
+    tool_logits: torch.Tensor
+    tool: torch.Tensor
+
+
+def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
+                    episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
+                    K: int | None = None, grad_steps: int | None = None, halt: bool = False) -> Iterator[TurnOut]:
+    """Run the turns of expert episodes in order, each read with the memory the model wrote on
+    the episode's earlier turns (detached between turns), exactly as ``run_episodes`` threads it
+    when the policy acts: a model trained turn by turn on an empty memory meets, at its second
+    turn, a memory it has never seen (measured on Sudoku with the solver: the answer-copy slots
+    fell from 100% to 56% correct). An already collated batch is one turn on an empty memory."""
+    device = next(model.parameters()).device
+    if isinstance(episodes, (FillBatch, CausalBatch)):
+        batch = type(episodes)(*(t.to(device) for t in episodes))
+        yield TurnOut(*imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, halt=halt), batch.tool)
+        return
+    base = unwrap(model)
+    carry = base.initial_carry(len(episodes), device) if isinstance(base, R3M) else None
+    for j in range(max(map(len, episodes))):
+        rows = [i for i, e in enumerate(episodes) if len(e) > j]
+        ex = [episodes[i][j] for i in rows]
+        batch = collate_fill(ex, spec.width, spec.align) if spec.mode == "fill" else collate_causal(ex, spec.width)
+        batch = type(batch)(*(t.to(device) for t in batch))
+        index = torch.tensor(rows, device=device)
+        row_carry = carry.select(index) if carry is not None else None
+        out, targets, tool_logits = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, halt=halt,
+                                                      carry=row_carry)
+        yield TurnOut(out, targets, tool_logits, batch.tool)
+        if carry is not None and out.carry is not None:
+            carry = carry.put(index, out.carry.detach())
+
+
+def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
+                   episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
                    K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
                    tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
                    drift_penalty: float = 0.0) -> LossOut:
-    """Token loss averaged over the last ``supervised_steps`` readouts (default: every step that
-    keeps a graph), plus the tool loss, plus (when ``write_penalty`` > 0) the episodic memory's
-    write-budget penalty, plus (when ``drift_penalty`` > 0) the state's change in the last step.
+    """Imitation of whole expert episodes (``imitation_turns``), averaged over turns.
+
+    Per turn: the token loss averaged over the last ``supervised_steps`` readouts (default: every
+    step that keeps a graph), plus the tool loss, plus (when ``write_penalty`` > 0) the episodic
+    memory's write-budget penalty, plus (when ``drift_penalty`` > 0) the state's change in the
+    last step. ``step_losses`` are the first turn's, for logging.
     """
-    out, targets, tool_logits = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps)
-    per_step = per_sample_token_loss(out.step_logits, targets).mean(1)  # [S]
     last = supervised_steps if supervised_steps is not None else grad_steps
-    supervised = per_step if last is None else per_step[-last:]
-    token_loss = supervised.mean()
-    tool_loss = F.cross_entropy(tool_logits.float(), batch.tool)
-    loss = token_loss + tool_weight * tool_loss
-    if write_penalty and out.write_probs is not None:
-        loss = loss + write_penalty * write_budget_penalty(out.write_probs, write_budget)
-    if drift_penalty and out.drift is not None:
-        loss = loss + drift_penalty * out.drift.mean()
-    write_rate = float(out.write_probs.gt(0.5).float().mean()) if out.write_probs is not None else 0.0
-    return LossOut(loss, float(token_loss.detach()), float(tool_loss.detach()),
-                   [float(x) for x in per_step.detach()], float(out.writes.float().mean()), write_rate)
+    total, token_sum, tool_sum, writes, write_rate, n = 0.0, 0.0, 0.0, 0.0, 0.0, 0
+    step_losses: list[float] = []
+    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps):
+        out, rows = turn.out, len(turn.tool)
+        per_step = per_sample_token_loss(out.step_logits, turn.targets).mean(1)  # [S]
+        token = (per_step if last is None else per_step[-last:]).mean()
+        tool = F.cross_entropy(turn.tool_logits.float(), turn.tool)
+        loss = token + tool_weight * tool
+        if write_penalty and out.write_probs is not None:
+            loss = loss + write_penalty * write_budget_penalty(out.write_probs, write_budget)
+        if drift_penalty and out.drift is not None:
+            loss = loss + drift_penalty * out.drift.mean()
+        total = total + rows * loss
+        token_sum += rows * float(token.detach())
+        tool_sum += rows * float(tool.detach())
+        writes += float(out.writes.float().sum())
+        if out.write_probs is not None:
+            write_rate += rows * float(out.write_probs.gt(0.5).float().mean())
+        step_losses = step_losses or [float(x) for x in per_step.detach()]
+        n += rows
+    return LossOut(total / n, token_sum / n, tool_sum / n, step_losses, writes / max(1, len(episodes)), write_rate / n)
 
 
 def grad_norm(model: torch.nn.Module) -> float:

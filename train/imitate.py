@@ -40,7 +40,7 @@ from r3m_agent.logger import Logger, log
 from r3m_agent.plots import plot_accuracy_vs_k, plot_halting_steps
 from r3m_agent.policy import Policy
 from r3m_agent.training import (
-    BatchSource, LossOut, TaskSpec, imitation_forward, imitation_loss, make_optimizer, per_sample_token_loss,
+    BatchSource, LossOut, TaskSpec, imitation_loss, imitation_turns, make_optimizer, per_sample_token_loss,
     autocast, ddp_info, resolve_device, seed_everything, step_rng,
 )
 
@@ -218,11 +218,10 @@ def _autocast(run: Run):
 # -- losses ----------------------------------------------------------------------------------
 def stage1_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
     def loss_fn(step: int) -> LossOut:
-        spec, batch = source.get(step)
-        batch = type(batch)(*(t.to(run.device) for t in batch))
+        spec, episodes = source.get(step)
         K, grad_steps, supervised = progressive_schedule(cfg, step)
         with _autocast(run):
-            return imitation_loss(model, spec, batch, K=K, grad_steps=grad_steps, supervised_steps=supervised,
+            return imitation_loss(model, spec, episodes, K=K, grad_steps=grad_steps, supervised_steps=supervised,
                                   write_penalty=cfg.write_penalty, write_budget=cfg.write_budget,
                                   drift_penalty=cfg.drift_penalty)
 
@@ -249,32 +248,37 @@ def progressive_schedule(cfg: Config, step: int) -> tuple[int, int | None, int |
 
 def dense_loss(run: Run, model: DenseTransformer, source: BatchSource):
     def loss_fn(step: int) -> LossOut:
-        spec, batch = source.get(step)
-        batch = type(batch)(*(t.to(run.device) for t in batch))
+        spec, episodes = source.get(step)
         with _autocast(run):
-            return imitation_loss(model, spec, batch, K=None, grad_steps=None)
+            return imitation_loss(model, spec, episodes, K=None, grad_steps=None)
 
     return loss_fn
 
 
 def stage2_loss(cfg: Config, run: Run, model: R3M, source: BatchSource):
-    """PonderNet: sum_k p_k L_k + beta KL(p || Geometric(lambda_p)), plus the tool loss."""
+    """PonderNet: sum_k p_k L_k + beta KL(p || Geometric(lambda_p)), plus the tool loss, per turn."""
     def loss_fn(step: int) -> LossOut:
-        spec, batch = source.get(step)
-        batch = type(batch)(*(t.to(run.device) for t in batch))
+        spec, episodes = source.get(step)
+        loss, n, halt, recon, tool_sum, writes = 0.0, 0, {"halt/expected_steps": 0.0, "halt/kl": 0.0}, 0.0, 0.0, 0.0
+        step_losses: list[float] = []
         with _autocast(run):
-            out, targets, tool_logits = imitation_forward(model, spec, batch, K=cfg.k_train, grad_steps=None)
-            step_losses = per_sample_token_loss(out.step_logits, targets)  # [S, B]
-            ponder = ponder_loss(step_losses, out.halt_probs, cfg.lambda_p, cfg.beta)
-            tool_loss = torch.nn.functional.cross_entropy(tool_logits.float(), batch.tool)
-        p = out.halt_probs.detach()
-        k = torch.arange(1, p.shape[1] + 1, device=p.device)
-        halt = {"halt/expected_steps": float((p * k).sum(1).mean()), "halt/kl": float(ponder.kl.detach()),
-                "halt/reconstruction": float(ponder.reconstruction.detach())}
-        write_rate = float(out.write_probs.gt(0.5).float().mean()) if out.write_probs is not None else 0.0
-        return LossOut(ponder.loss + tool_loss, halt["halt/reconstruction"], float(tool_loss.detach()),
-                       [float(x) for x in step_losses.detach().mean(1)], float(out.writes.float().mean()),
-                       write_rate, halt)
+            for turn in imitation_turns(model, spec, episodes, K=cfg.k_train, grad_steps=None):
+                rows, out = len(turn.tool), turn.out
+                per_sample = per_sample_token_loss(out.step_logits, turn.targets)  # [S, B]
+                ponder = ponder_loss(per_sample, out.halt_probs, cfg.lambda_p, cfg.beta)
+                tool_loss = torch.nn.functional.cross_entropy(turn.tool_logits.float(), turn.tool)
+                loss = loss + rows * (ponder.loss + tool_loss)
+                p = out.halt_probs.detach()
+                k = torch.arange(1, p.shape[1] + 1, device=p.device)
+                halt["halt/expected_steps"] += rows * float((p * k).sum(1).mean())
+                halt["halt/kl"] += rows * float(ponder.kl.detach())
+                recon += rows * float(ponder.reconstruction.detach())
+                tool_sum += rows * float(tool_loss.detach())
+                writes += float(out.writes.float().sum())
+                step_losses = step_losses or [float(x) for x in per_sample.detach().mean(1)]
+                n += rows
+        halt = {k: v / n for k, v in halt.items()}
+        return LossOut(loss / n, recon / n, tool_sum / n, step_losses, writes / len(episodes), 0.0, halt)
 
     return loss_fn
 

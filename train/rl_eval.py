@@ -213,11 +213,10 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
     def loss_fn(step: int) -> LossOut:
         rng = step_rng(cfg.seed, step, stream=DISTILL_BATCH_STREAM)
         chosen = [examples[i] for i in rng.integers(0, len(examples), size=cfg.warm_batch)]
-        batch = distill_batch(cfg.family, spec, chosen)
-        batch = type(batch)(*(t.to(run.device) for t in batch))
+        batch = distill_batch(cfg.family, spec, chosen)  # collated: one turn, empty memory
         out = imitation_loss(student, spec, batch, K=K, grad_steps=None, tool_weight=tool_weight)
         if replay_coef > 0:
-            replayed = rl.episode_imitation_loss(student, spec, replay.get(step), K)
+            replayed = imitation_loss(student, spec, replay.get(step), K=K, grad_steps=None)
             out = out._replace(loss=out.loss + replay_coef * replayed.loss)
         return out
 
@@ -280,9 +279,8 @@ def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
     steps = max(1, math.ceil(budget / cfg.warm_batch))
 
     def loss_fn(step: int) -> LossOut:
-        s, batch = source.get(step)
-        batch = type(batch)(*(t.to(run.device) for t in batch))
-        return imitation_loss(model, s, batch, K=None, grad_steps=None)
+        s, episodes = source.get(step)
+        return imitation_loss(model, s, episodes, K=None, grad_steps=None)
 
     fit(run, "dense2x", model, make_optimizer(model, cfg.dense_lr, 0.01),
         FitSpec(steps, cfg.dense_lr, warmup=max(1, min(100, steps // 5)), ckpt_every=max(1, steps // 4),

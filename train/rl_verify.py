@@ -7,7 +7,7 @@
 Without ``--init`` a short imitation warm start (``train/imitate.py``, stage 1, on tool-using
 demonstrations by default) gives the starting policy, so the command works alone; a short phase
 of whole-episode imitation then trains the turns with the memory carried across them, as the
-policy acts (``rl.episode_imitation_loss``). Each RL
+policy acts (``training.imitation_loss``). Each RL
 iteration samples G episodes of each of ``groups`` train instances (one ``reset`` seed per group)
 through the vectorized env, which runs the tool calls and the verifier; the rewards, the
 group-relative advantages and the clipped objective with its KL to the frozen starting policy
@@ -45,7 +45,7 @@ from r3m_agent.fit import FitSpec, Interrupted, Run, fit
 from r3m_agent.logger import log
 from r3m_agent.policy import Policy
 from r3m_agent.rollout import make_vec, run_episodes
-from r3m_agent.training import TaskSpec, make_optimizer, resolve_device, step_rng
+from r3m_agent.training import TaskSpec, imitation_loss, make_optimizer, resolve_device, step_rng
 from train import rl_eval
 
 RL_STREAM, UPDATE_STREAM = 11, 12
@@ -246,7 +246,7 @@ def warm_start(cfg: Config, run: Run) -> Path:
 
 
 def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -> int:
-    """Episode imitation with the carried memory (``rl.episode_imitation_loss``); returns the
+    """Episode imitation with the carried memory (``training.imitation_loss``); returns the
     expected number of expert env steps it used."""
     if cfg.warm_carry_steps <= 0:
         return 0
@@ -257,7 +257,7 @@ def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -
     steps = cfg.warm_carry_steps
     fit(run, "warm_carry", model, make_optimizer(model, cfg.carry_lr, 0.0),
         FitSpec(steps, cfg.carry_lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=10,
-                samples_per_step=n), lambda step: rl.episode_imitation_loss(model, spec, source.get(step), K),
+                samples_per_step=n), lambda step: imitation_loss(model, spec, source.get(step), K=K, grad_steps=None),
         extra={"specs": [spec.as_dict()]})
     model.eval()
     has_tool = envs.make_family(cfg.family).tool is not None
@@ -347,7 +347,7 @@ def update(cfg: Config, it: int, policy: Policy, optimizer, batch: rl.TurnBatch,
                 loss = loss + cfg.halt_cost * scored.expected_steps.mean()
             if cfg.replay_coef > 0:
                 demos = replay.get(it * 1000 + step)
-                replayed = rl.episode_imitation_loss(model, replay.spec, demos, policy.K)
+                replayed = imitation_loss(model, replay.spec, demos, K=policy.K, grad_steps=None)
                 loss = loss + cfg.replay_coef * replayed.loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
