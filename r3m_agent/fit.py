@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from r3m_agent.checkpoint import load_checkpoint, save_checkpoint
 from r3m_agent.logger import Logger, log
-from r3m_agent.training import LossOut, grad_norm, lr_at
+from r3m_agent.training import LossOut, lr_at
 
 
 class Interrupted(Exception):

@@ -33,16 +33,14 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import tools
 from envs.text_env import TextTaskEnv
-from r3m_agent.data import Example, collate_causal, collate_fill, episode_examples
+from r3m_agent.data import Example, episode_examples
 from r3m_agent.memory import Carry
-from r3m_agent.r3m import R3M
 from r3m_agent.rollout import Episode
 from r3m_agent.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from r3m_agent.training import LossOut, TaskSpec, per_sample_token_loss, step_rng
+from r3m_agent.training import TaskSpec, step_rng
 
 TOK = Tokenizer()
 

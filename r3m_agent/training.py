@@ -18,14 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import envs
 from envs.text_env import TextTaskEnv
 from r3m_agent.data import IGNORE, CausalBatch, Example, FillBatch, collate_causal, collate_fill, episode_examples
 from r3m_agent.checkpoint import unwrap
 from r3m_agent.layers import ModelOutput
 from r3m_agent.memory import Carry, write_budget_penalty
 from r3m_agent.r3m import R3M
-from r3m_agent.tokenizer import PAD_ID
 
 
 def seed_everything(seed: int) -> None:
@@ -226,20 +224,6 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
     return LossOut(total / n, token_sum / n, tool_sum / n, step_losses, writes / max(1, len(episodes)), write_rate / n)
 
 
-def grad_norm(model: torch.nn.Module) -> float:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
-
-
 def ddp_info() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 without it)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def iterate_forever(it) -> Iterator:
-    while True:
-        yield from it
-
-
-def mapping_float(d: Mapping) -> dict:
-    return {k: float(v) for k, v in d.items()}

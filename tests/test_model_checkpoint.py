@@ -14,12 +14,6 @@ R3M_CFG = R3MConfig(d_model=32, n_heads=2, mem_slots=4, semantic_slots=16, K=3)
 DENSE_CFG = DenseConfig(d_model=32, n_layers=2, n_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def ids():

@@ -5,12 +5,6 @@ from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig
 from r3m_agent.tokenizer import PAD_ID
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def build(kind):

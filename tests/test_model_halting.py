@@ -7,12 +7,6 @@ from r3m_agent import R3M, R3MConfig, halting_distribution, halting_kl, ponder_l
 from r3m_agent.halting import geometric_prior
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_distribution_by_hand_and_sums_to_one():

@@ -9,13 +9,6 @@ from r3m_agent.layers import prepare
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run 50x slower with 2 OpenMP threads on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 V = 100  # draw ordinary token ids from the character range (ids 9..104)
 
 

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from r3m_agent import R3M, R3MConfig, reset_carry, write_budget_penalty
@@ -7,12 +6,6 @@ from r3m_agent.memory import EpisodicMemory, empty_carry
 D, M = 8, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def memory(gate_bias):

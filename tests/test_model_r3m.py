@@ -13,12 +13,6 @@ from r3m_agent import (
 SMALL = dict(d_model=32, n_heads=2, prelude_layers=1, core_layers=2, mem_slots=4, semantic_slots=16, K=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def r3m(seed=0, **kw):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from r3m_agent.config import parse_config
 from r3m_agent.data import payload_width
 from r3m_agent.evaluation import evaluate_family
 from r3m_agent.fit import FitSpec, Interrupted, Run, fit
-from r3m_agent.logger import Logger, log
+from r3m_agent.logger import log
 from r3m_agent.plots import plot_accuracy_vs_k, plot_halting_steps
 from r3m_agent.policy import Policy
 from r3m_agent.training import (
@@ -61,7 +60,7 @@ class Config:
     """cpu, cuda, cuda:N or auto. On CUDA the forward runs under bf16 autocast."""
     seed: int = 0
     """Seeds the model init and every batch (batches are a pure function of seed and step)."""
-    steps: int = 3000
+    steps: int = 2000
     """Stage-1 optimiser steps (the dense baseline gets the same number on the same batches)."""
     halt_steps: int = 300
     """Stage-2 optimiser steps (continuing from stage 1)."""
@@ -86,9 +85,11 @@ class Config:
     """Fraction of demonstrations that use the family's tool (where one applies)."""
     write_penalty: float = 0.0
     """Weight of the episodic-memory write-budget penalty (0: off)."""
-    drift_penalty: float = 0.0
+    drift_penalty: float = 1.0
     """Weight of the state's mean squared change in the last supervised step (0: off): pushes the
-    refinement toward a fixed point once the answer is found, against drift beyond k_train."""
+    refinement toward a fixed point once the answer is found. Measured on prefix (seed 0): without
+    it accuracy fell from 65% at K=8 to 51% at K=16 and 44% at K=32; with 1.0, 100% at 8, 16 and 32,
+    and the one-pass-to-iteration transition came at ~600 steps instead of ~1700."""
     write_budget: float = 4.0
     """Expected writes per call allowed before the penalty applies."""
     lambda_p: float = 0.3
