@@ -88,8 +88,18 @@ def summarize(episodes: Sequence[Episode], levels: Sequence[int]) -> FamilyEval:
     )
 
 
-# External evaluation sets live beside the project (../shared/eval); R3M_EVAL_DIR overrides.
-EVAL_DIR = Path(os.environ.get("R3M_EVAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "eval"))
+def _eval_dir() -> Path:
+    """External evaluation sets: $R3M_EVAL_DIR, else ../shared/eval beside the project checkout."""
+    if os.environ.get("R3M_EVAL_DIR"):
+        return Path(os.environ["R3M_EVAL_DIR"])
+    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "eval", Path.cwd().parent / "shared" / "eval",
+                      Path("/work/shared/eval")):
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).resolve().parents[2] / "shared" / "eval"
+
+
+EVAL_DIR = _eval_dir()
 SUDOKU_EVAL_DIR = EVAL_DIR / "sudoku"
 
 

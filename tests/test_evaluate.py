@@ -3,6 +3,8 @@
 import json
 
 import pytest
+
+from conftest import needs_eval_data
 import torch
 
 from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig, save_checkpoint
@@ -57,6 +59,7 @@ def test_default_levels_are_training_levels_plus_next(ckpts, tmp_path):
     assert set(m["accuracy_vs_k_by_level"]["sudoku"][1]) == {1, 2}
 
 
+@needs_eval_data
 def test_csv_subset_with_tools(ckpts, tmp_path):
     m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), n=0, k=(2,), tools=True,
             sudoku_csv=("norvig_top95",), csv_limit=3)
@@ -67,6 +70,7 @@ def test_csv_subset_with_tools(ckpts, tmp_path):
     assert m["tools"]["norvig_top95"]["enabled"] is True and m["accuracy_vs_k"] == {}
 
 
+@needs_eval_data
 def test_tools_flag_reaches_the_env(ckpts, tmp_path):
     kw = dict(checkpoint=str(ckpts / "caller.pt"), k=(1,), sudoku_csv=("norvig_easy50",), csv_limit=2)
     on = run(tmp_path, tools=True, **kw)
@@ -75,6 +79,7 @@ def test_tools_flag_reaches_the_env(ckpts, tmp_path):
     assert off["tool_call_rate"] == 0.0  # the tool head is masked to "answer"
 
 
+@needs_eval_data
 def test_dense_checkpoint_without_specs(ckpts, tmp_path):
     m = run(tmp_path, checkpoint=str(ckpts / "dense.pt"), envs=("sudoku-v0",), k=(1, 2), halt=True,
             sudoku_csv=("norvig_easy50",), csv_limit=2)
@@ -93,7 +98,8 @@ def test_dense_checkpoint_without_specs(ckpts, tmp_path):
     (dict(checkpoint="junk.pt"), ValueError, "not a readable checkpoint"),
     (dict(checkpoint="r3m.pt", envs=("nope-v0",)), ValueError, "unknown env id"),
     (dict(checkpoint="r3m.pt", envs=("sudoku-grid-v0",)), ValueError, "not a text env"),
-    (dict(checkpoint="r3m.pt", sudoku_csv=("no_such_set",)), FileNotFoundError, "norvig_top95"),
+    pytest.param(dict(checkpoint="r3m.pt", sudoku_csv=("no_such_set",)), FileNotFoundError, "norvig_top95",
+                 marks=needs_eval_data),
     (dict(checkpoint="r3m.pt", levels=(9,)), ValueError, "none of sudoku's levels"),
     (dict(checkpoint="dense.pt"), ValueError, "nothing to evaluate"),
 ])

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import needs_eval_data
+
 import tools
 from envs.text_env import TextTaskEnv
 from r3m_agent.evaluation import EVAL_SEED
@@ -20,6 +22,7 @@ def _params(path):
     return {k: v.clone() for k, v in MaskablePPO.load(path, device="cpu").policy.state_dict().items()}
 
 
+@needs_eval_data
 def test_tiny_run_trains_evaluates_and_is_seeded(tmp_path):
     a = main(Config(**TINY, out=str(tmp_path / "a")))
     assert set(a["success"]) == {"test", "norvig_easy50", "norvig_top95", "royle17_1000"}

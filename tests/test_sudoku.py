@@ -10,6 +10,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+
+from conftest import needs_eval_data
+from r3m_agent.evaluation import SUDOKU_EVAL_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,9 +32,7 @@ from envs.families.sudoku_gen import (
 from tools.sudoku_solver import solve
 from verifiers.sudoku import UNITS, verify, verify_batch
 
-EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "sudoku"
-if not EVAL.exists():
-    EVAL = Path("/work/shared/eval/sudoku")
+EVAL = SUDOKU_EVAL_DIR
 FAMILY = SudokuFamily()
 BANK = [e for level in FAMILY.bank.values() for e in level]
 
@@ -230,6 +231,7 @@ def test_verify_batch_agrees_with_verify():
 
 
 # -- solver tool -------------------------------------------------------------------------------
+@needs_eval_data
 def test_solver_on_norvig_top95():
     with open(EVAL / "norvig_top95.csv") as f:
         rows = list(csv.DictReader(f))
