@@ -60,7 +60,7 @@ class Config:
     """cpu, cuda, cuda:N or auto. On CUDA the forward runs under bf16 autocast."""
     seed: int = 0
     """Seeds the model init and every batch (batches are a pure function of seed and step)."""
-    steps: int = 2000
+    steps: int = 3000
     """Stage-1 optimiser steps (the dense baseline gets the same number on the same batches)."""
     halt_steps: int = 300
     """Stage-2 optimiser steps (continuing from stage 1)."""

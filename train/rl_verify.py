@@ -236,7 +236,8 @@ def warm_start(cfg: Config, run: Run) -> Path:
     icfg = imitate.Config(stage=stages, families=(cfg.family,), levels=train_levels(cfg), preset=cfg.preset,
                           device=cfg.device, seed=cfg.seed, steps=cfg.warm_steps,
                           halt_steps=cfg.warm_steps // 2, batch_size=cfg.warm_batch, k_train=cfg.k,
-                          grad_steps=min(2, cfg.k), warmup=max(1, cfg.warm_steps // 5),
+                          grad_steps=min(2, cfg.k), warmup=max(1, cfg.warm_steps // 5), lr=2e-3,
+                          drift_penalty=0.0,  # short copy-like warm start: the settings it was tuned with
                           tool_fraction=cfg.warm_tool_fraction, eval_n=5, eval_ks=(cfg.k,), baseline=False,
                           out=str(out), resume=(out / "config.json").exists(), tensorboard=cfg.tensorboard,
                           progress=cfg.progress, threads=cfg.threads)
