@@ -169,6 +169,8 @@ def render() -> str:
              "Every number below is read from a file that the command beside it writes; "
              "`python bench/report.py` rebuilds this section.", ""]
     parts += imitate_section("imitate-default-cpu", "Imitation, default run (CPU): `python train/imitate.py`")
+    for seed in (1, 2):
+        parts += imitate_section(f"imitate-seed{seed}-cpu", f"The same stage 1 with seed {seed} (CPU)")
     parts += imitate_section("imitate-gpu-sudoku-h200", "Imitation on Sudoku, one GPU (H200)")
     parts += imitate_section("imitate-stage0-cpu", "Stage 0: dense language model (CPU)")
     parts += rl_section("rl-sudoku-cpu", "Stage 3 on Sudoku (CPU): `python train/rl_verify.py --env sudoku-v0`")
