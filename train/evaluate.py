@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+
+if __package__ in (None, ""):  # `python train/evaluate.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs
 from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint

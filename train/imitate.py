@@ -21,11 +21,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+if __package__ in (None, ""):  # `python train/imitate.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tools
 from envs import make_family

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 import torch
+
+if __package__ in (None, ""):  # `python train/sb3_baseline.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: F401  (registers sudoku-grid-v0)
 from envs.base import Instance
