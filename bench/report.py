@@ -41,10 +41,14 @@ def imitate_section(run: str, title: str) -> list[str]:
     curve = m.get("accuracy_vs_k", {})
     if curve:
         ks = sorted({int(k) for c in curve.values() for k in c})
-        out += ["Exact accuracy on the test split (verifier), by refinement steps K; the dense baseline has "
-                f"the same parameter count ({m.get('baseline', {}).get('params', '?'):,} vs "
-                f"{m.get('params', '?'):,}) and the same training batches." if isinstance(m.get("params"), int)
-                else "Exact accuracy on the test split (verifier), by refinement steps K.", "",
+        intro = "Exact accuracy on the test split (verifier), by refinement steps K"
+        dense_params = m.get("baseline", {}).get("params")
+        if isinstance(dense_params, int) and isinstance(m.get("params"), int):
+            intro += (f"; the dense baseline has the same parameter count ({dense_params:,} vs {m['params']:,}) "
+                      "and the same training batches")
+        elif not m["config"].get("baseline", True):
+            intro += " (run without the dense baseline)"
+        out += [intro + ".", "",
                 "| family | levels | " + " | ".join(f"K={k}" for k in ks) + " | dense |",
                 "|---|---|" + "---|" * (len(ks) + 1)]
         levels = m["config"]["levels"]
@@ -98,7 +102,23 @@ def rl_section(run: str, title: str) -> list[str]:
         rows.append((f"success {k}", _fmt_success(v)))
     rows += [("tool precision", _num(m.get("tool_precision"))), ("tool recall", _num(m.get("tool_recall")))]
     for fam, d in (m.get("distill") or {}).items():
-        rows.append((f"distillation, tool-free accuracy on {fam}", f"{pct(d.get('before'))} -> {pct(d.get('after'))}"))
+        lv = ",".join(map(str, d.get("levels", [])))
+        rows.append((f"distillation, tool-free accuracy on {fam} (level {lv})",
+                     f"{pct(d.get('before'))} -> {pct(d.get('after'))} ({d.get('examples', 0)} verified tool answers)"))
+        b, a = d.get("before_detail") or {}, d.get("after_detail") or {}
+        if "single_cell_accuracy" in a:
+            rows.append(("distillation, naked-single cells filled right without a tool",
+                         f"{pct(b.get('single_cell_accuracy'))} -> {pct(a.get('single_cell_accuracy'))}"))
+        if "with_tools" in a:
+            rows.append((f"distilled copy, success with tools (level {lv})",
+                         f"{pct(b.get('with_tools'))} -> {pct(a.get('with_tools'))}"))
+        if "unnecessary_calls" in a:
+            rows.append(("calls made before distillation that the copy now answers right without the tool",
+                         f"{pct(b.get('unnecessary_calls'))} -> {pct(a.get('unnecessary_calls'))}"))
+        if d.get("with_tools_other_levels"):
+            o = d["with_tools_other_levels"]
+            rows.append(("distilled copy, success with tools on the other levels",
+                         f"{pct(o.get('before'))} -> {pct(o.get('after'))}"))
     for name, v in (m.get("baselines") or {}).items():
         rows.append((f"baseline: {name}", _fmt_success(v)))
     out += [f"| {a} | {b} |" for a, b in rows]
