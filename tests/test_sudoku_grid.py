@@ -96,12 +96,14 @@ def test_reset_determinism():
     assert np.array_equal(a, b) and np.array_equal(c, d) and not np.array_equal(a, c)
 
 
-def test_maskable_ppo_trains():
+def test_maskable_ppo_trains(tmp_path):
     from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.logger import configure
 
     env = gym.make("sudoku-grid-v0", difficulty=1)
     model = MaskablePPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu",
                         policy_kwargs={"net_arch": [32]})
+    model.set_logger(configure(str(tmp_path), [""]))  # not SB3's default /tmp/SB3-<time> folder
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
     obs, _ = env.reset(seed=0)

@@ -164,11 +164,15 @@ def build_model(cfg: Config, run_dir: Path):
 
     vec = DummyVecEnv([lambda: Monitor(make_env(cfg.levels, candidates=cfg.candidates, move_reward=cfg.move_reward))
                        for _ in range(cfg.n_envs)])
-    return MaskablePPO(
+    model = MaskablePPO(
         "MlpPolicy", vec, learning_rate=cfg.lr, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef, seed=cfg.seed, device=cfg.device,
         policy_kwargs={"net_arch": list(cfg.net)},
         tensorboard_log=str(run_dir / "tb") if cfg.tensorboard else None, verbose=0)
+    if not cfg.tensorboard:  # SB3's default logger would otherwise make a /tmp/SB3-<time> folder per run
+        from stable_baselines3.common.logger import configure
+        model.set_logger(configure(str(run_dir), [""]))
+    return model
 
 
 def play(model, resets: Sequence[dict[str, Any]], candidates: bool = False,
