@@ -18,13 +18,12 @@ one-element list.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,36 +31,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools  # noqa: E402
 from tools.dsl_search import synthesize  # noqa: E402
 from verifiers.dsl import DslError, format_examples, parse_examples, parse_program, run  # noqa: E402
+from r3m_agent.config import parse_config  # noqa: E402
+from r3m_agent.evaluation import EVAL_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class Args:
-    data: str = _arg(str(ROOT.parent / "shared/eval/list_functions/list_function_250.jsonl"),
-                     "the List Function 250 file (JSON lines, 11 examples per concept)")
-    out: str = _arg(str(ROOT / "bench/results/dsl.json"), "where the results JSON goes")
-    budget: int = _arg(0, "search nodes per concept; 0 = the registered dsl_search budget")
-    max_len: int = _arg(5, "longest program searched")
-    n_search: int = _arg(5, "examples given to the search; the rest are held out")
-    limit: int = _arg(0, "concepts to run, from the first line (0 = all)")
-    per_level: int = _arg(20, "dsl-family test instances per level for the second table (0 = skip)")
-    quick: bool = _arg(False, "smoke run: 25 concepts, 20k-node budget, 5 instances per level")
+    """Options of bench_dsl.py; every field is a --flag."""
+
+    data: str = str(EVAL_DIR / "list_functions/list_function_250.jsonl")
+    """the List Function 250 file (JSON lines, 11 examples per concept)"""
+    out: str = str(ROOT / "bench/results/dsl.json")
+    """where the results JSON goes"""
+    budget: int = 0
+    """search nodes per concept; 0 = the registered dsl_search budget"""
+    max_len: int = 5
+    """longest program searched"""
+    n_search: int = 5
+    """examples given to the search; the rest are held out"""
+    limit: int = 0
+    """concepts to run, from the first line (0 = all)"""
+    per_level: int = 20
+    """dsl-family test instances per level for the second table (0 = skip)"""
+    quick: bool = False
+    """smoke run: 25 concepts, 20k-node budget, 5 instances per level"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        flag, doc = f"--{f.name.replace('_', '-')}", f.metadata["help"]
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", help=doc)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=doc)
-    args = Args(**vars(parser.parse_args(argv)))
+    args = parse_config(Args, argv)
     if args.quick:
         args = dataclasses.replace(args, limit=args.limit or 25, budget=args.budget or 20_000,
                                    per_level=min(args.per_level, 5))

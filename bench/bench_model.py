@@ -19,15 +19,13 @@ CPU numbers depend on the machine's load (shared cores): the load average is rec
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,38 +35,37 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from r3m_agent import PRESETS, DenseTransformer, R3M, count_parameters, dense_config_like  # noqa: E402
-
-
-def _arg(default, help: str):
-    return field(default=default, metadata={"help": help})
+from r3m_agent.config import parse_config  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Args:
-    device: str = _arg("auto", "cpu, cuda or auto (cuda when available)")
-    quick: bool = _arg(False, "smoke run: small presets, small batch, few iterations")
-    compile: bool = _arg(False, "torch.compile the models (CUDA only)")
-    presets: tuple[str, ...] = _arg((), "presets to run (default: all; --quick on CPU: cpu-tiny cpu-small)")
-    ks: tuple[int, ...] = _arg((1, 4, 8, 16), "refinement steps to time")
-    batch: int = _arg(0, "sequences per batch (0: 8 on CPU, 4 with --quick, 64 on CUDA)")
-    seq: int = _arg(0, "tokens per sequence (0: 64 on CPU, 32 with --quick, 256 on CUDA)")
-    iters: int = _arg(0, "timed iterations per point (0: 3 with --quick, 5 on CPU, 20 on CUDA)")
-    threads: int = _arg(0, "CPU threads (0: torch's default); 1 is steadier on a loaded machine")
-    out: str = _arg(str(ROOT / "bench/results"), "folder for model_<device>[_compile].json")
+    """Options of bench_model.py; every field is a --flag."""
+
+    device: str = "auto"
+    """cpu, cuda or auto (cuda when available)"""
+    quick: bool = False
+    """smoke run: small presets, small batch, few iterations"""
+    compile: bool = False
+    """torch.compile the models (CUDA only)"""
+    presets: tuple[str, ...] = ()
+    """presets to run (default: all; --quick on CPU: cpu-tiny cpu-small)"""
+    ks: tuple[int, ...] = (1, 4, 8, 16)
+    """refinement steps to time"""
+    batch: int = 0
+    """sequences per batch (0: 8 on CPU, 4 with --quick, 64 on CUDA)"""
+    seq: int = 0
+    """tokens per sequence (0: 64 on CPU, 32 with --quick, 256 on CUDA)"""
+    iters: int = 0
+    """timed iterations per point (0: 3 with --quick, 5 on CPU, 20 on CUDA)"""
+    threads: int = 0
+    """CPU threads (0: torch's default); 1 is steadier on a loaded machine"""
+    out: str = str(ROOT / "bench/results")
+    """folder for model_<device>[_compile].json"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        flag, doc = f"--{f.name.replace('_', '-')}", f.metadata["help"]
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", help=doc)
-        elif isinstance(f.default, tuple):
-            kind = int if f.name == "ks" else str
-            parser.add_argument(flag, nargs="+", type=kind, default=f.default, help=doc)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=doc)
-    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    return parse_config(Args, argv)
 
 
 def device_name(device: torch.device) -> str:

@@ -16,7 +16,6 @@ Measured on one core (one process, pure Python plus single-threaded numpy):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -26,7 +25,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,35 +37,35 @@ import gymnasium as gym  # noqa: E402
 import envs  # noqa: E402
 import tools  # noqa: E402
 from verifiers.sudoku import verify, verify_batch  # noqa: E402
+from r3m_agent.config import parse_config  # noqa: E402
+from r3m_agent.evaluation import SUDOKU_EVAL_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("norvig_top95", "norvig_hardest", "magictour_top1465", "royle_sudoku17")
 
 
-def _arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class Args:
-    eval_dir: str = _arg(str(ROOT.parent / "shared/eval/sudoku"), "folder with the evaluation CSVs")
-    out: str = _arg(str(ROOT / "bench/results/sudoku.json"), "where the results JSON goes")
-    seconds: float = _arg(3.0, "wall time per throughput measurement")
-    royle_sample: int = _arg(2000, "puzzles sampled (seed 0) from royle_sudoku17")
-    limit: int = _arg(0, "puzzles per eval set (0 = all)")
-    batch: int = _arg(100_000, "grids per verify_batch call")
-    quick: bool = _arg(False, "smoke run: 0.5 s timings, 30 puzzles per set, 10k-grid batches")
+    """Options of bench_sudoku.py; every field is a --flag."""
+
+    eval_dir: str = str(SUDOKU_EVAL_DIR)
+    """folder with the evaluation CSVs"""
+    out: str = str(ROOT / "bench/results/sudoku.json")
+    """where the results JSON goes"""
+    seconds: float = 3.0
+    """wall time per throughput measurement"""
+    royle_sample: int = 2000
+    """puzzles sampled (seed 0) from royle_sudoku17"""
+    limit: int = 0
+    """puzzles per eval set (0 = all)"""
+    batch: int = 100_000
+    """grids per verify_batch call"""
+    quick: bool = False
+    """smoke run: 0.5 s timings, 30 puzzles per set, 10k-grid batches"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    for f in dataclasses.fields(Args):
-        flag, doc = f"--{f.name.replace('_', '-')}", f.metadata["help"]
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", help=doc)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=doc)
-    args = Args(**vars(parser.parse_args(argv)))
+    args = parse_config(Args, argv)
     if args.quick:
         args = dataclasses.replace(args, seconds=0.5, limit=args.limit or 30, batch=10_000)
     return args
