@@ -131,3 +131,26 @@ def make_family(name: str | TaskFamily) -> TaskFamily:
             entry = getattr(importlib.import_module(module), attr)
         _INSTANCES[name] = entry()
     return _INSTANCES[name]
+
+
+RESET_OPTIONS = ("difficulty", "split", "index", "instance")
+
+
+def reset_instance(env, options: Mapping[str, Any] | None) -> tuple[Instance, str]:
+    """The instance ``env.reset(options=...)`` asks for, and its split.
+
+    ``instance`` plays a given instance (split ``"external"``, e.g. ``SudokuFamily.from_puzzle``);
+    otherwise ``(split, index, difficulty)`` picks one from ``env.family``, with a random index from
+    ``env.np_random`` when none is given and ``env.split`` / ``env.difficulty`` as defaults.
+    """
+    opts = dict(options or {})
+    unknown = set(opts) - set(RESET_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown reset options {sorted(unknown)}; expected {', '.join(RESET_OPTIONS)}")
+    if opts.get("instance") is not None:
+        return opts["instance"], "external"
+    index = opts.get("index")
+    if index is None:
+        index = int(env.np_random.integers(0, 2**62))
+    split = opts.get("split", env.split)
+    return env.family.instance(split, int(index), opts.get("difficulty", env.difficulty), env.data_seed), split

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import make_family
+from envs.base import make_family, reset_instance
 from verifiers.sudoku import verify
 
 _CELL = np.arange(81)
@@ -62,19 +62,7 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        opts = dict(options or {})
-        unknown = set(opts) - {"difficulty", "split", "index", "instance"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; expected difficulty, split, index, instance")
-        if opts.get("instance") is not None:  # an external puzzle (SudokuFamily.from_puzzle)
-            inst, self._split = opts["instance"], "external"
-        else:
-            index = opts.get("index")
-            if index is None:
-                index = int(self.np_random.integers(0, 2**62))
-            self._split = opts.get("split", self.split)
-            level = opts.get("difficulty", self.difficulty)
-            inst = self.family.instance(self._split, int(index), level, self.data_seed)
+        inst, self._split = reset_instance(self, options)  # instance: SudokuFamily.from_puzzle
         self._puzzle = inst.data["puzzle"]
         self._solution = inst.answer
         self._difficulty = inst.difficulty

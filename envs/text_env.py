@@ -8,7 +8,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 import tools
-from envs.base import PRINTABLE, Instance, TaskFamily, make_family
+from envs.base import PRINTABLE, Instance, TaskFamily, make_family, reset_instance
 from verifiers import Verdict, wrong
 
 MAX_RESULT_CHARS = 512
@@ -85,19 +85,9 @@ class TextTaskEnv(gym.Env[str, str]):
     # -- episode ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        opts = dict(options or {})
-        unknown = set(opts) - {"difficulty", "split", "index", "instance"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; expected difficulty, split, index, instance")
-        if opts.get("instance") is not None:
-            self._instance, self._split = self._external(opts["instance"]), "external"
-        else:
-            index = opts.get("index")
-            if index is None:
-                index = int(self.np_random.integers(0, 2**62))
-            self._split = opts.get("split", self.split)
-            self._instance = self.family.instance(
-                self._split, int(index), opts.get("difficulty", self.difficulty), self.data_seed)
+        self._instance, self._split = reset_instance(self, options)
+        if self._split == "external":
+            self._instance = self._external(self._instance)
         self._transcript = self._instance.prompt
         self._calls = self._malformed = 0
         self._done = False
