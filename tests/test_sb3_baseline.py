@@ -35,7 +35,7 @@ def test_tiny_run_trains_evaluates_and_is_seeded(tmp_path):
     assert (a["success"], a["filled"]) == (b["success"], b["filled"])
     pa, pb = _params(tmp_path / "a" / "model.zip"), _params(tmp_path / "b" / "model.zip")
     assert all(np.array_equal(pa[k].numpy(), pb[k].numpy()) for k in pa)
-    c = main(Config(**{**TINY, "seed": 1}, out=str(tmp_path / "c")))
+    main(Config(**{**TINY, "seed": 1}, out=str(tmp_path / "c")))
     pc = _params(tmp_path / "c" / "model.zip")
     assert not all(np.array_equal(pa[k].numpy(), pc[k].numpy()) for k in pa)
 
