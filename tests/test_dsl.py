@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -83,10 +82,8 @@ def test_runtime_caps():
         run("map(/0)", [1])
     with pytest.raises(DslError, match="budget"):
         run("sort|sort|sort", list(range(100)), budget=250)
-    start = time.perf_counter()
-    with pytest.raises(DslError):  # a worst case stays cheap: caps stop it early
+    with pytest.raises(DslError, match="overflow"):  # a worst case stops at the value cap, not in bignums
         run("|".join(["scanl1(*)"] * 12), [9] * MAX_LIST)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_verify_scores():
@@ -146,11 +143,9 @@ def test_search_finds_shortest_and_respects_prior():
 def test_search_errors_and_budget():
     assert "malformed" in tools.call("dsl_search", "dsl: [1,2]=>[3]").error
     assert "mix" in tools.call("dsl_search", "[1]->1; [2]->[2]").error
-    start = time.perf_counter()
     hard = "dsl: [3,1,4,1,5]->[9,-2,6,5,3]; [2,7,1]->[8,0,-4]; [5,5,5,5]->[1,2,3,4]"
     result = tools.call("dsl_search", hard, budget=2_000)
     assert not result.ok and "budget exceeded" in result.error and result.cost == 2_000
-    assert time.perf_counter() - start < 2.0
     nothing = synthesize(parse_examples("[1,2]->[7,7,7]"), 10_000)  # no operation lengthens a list
     assert nothing.program is None and "no program" in nothing.error and nothing.nodes < 100
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -93,10 +92,8 @@ def test_csp_solver_errors_and_budget():
     clauses = [" ".join(f"p{i}h{j}" for j in holes) for i in pigeons]
     clauses += [f"-p{i}h{j} -p{k}h{j}" for j in holes for i, k in itertools.combinations(pigeons, 2)]
     hard = "sat: " + "; ".join(clauses)
-    start = time.perf_counter()
     result = tools.call("csp_solver", hard, budget=500)
     assert not result.ok and "budget exceeded" in result.error and result.cost == 500
-    assert time.perf_counter() - start < 1.0
 
 
 def test_family_kinds_and_determinism():

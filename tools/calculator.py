@@ -45,14 +45,14 @@ class _Evaluator:
             raise CalcError(f"budget exceeded (needs {self.cost + units} operations, budget {self.budget})")
         self.cost += units
 
-    def eval(self, node: Node) -> sympy.Rational:
+    def evaluate(self, node: Node) -> sympy.Rational:
         self.charge(1)
         if isinstance(node, Num):
             return sympy.Rational(node.value, 10**node.scale)
         if isinstance(node, Unary):
-            value = self.eval(node.operand)
+            value = self.evaluate(node.operand)
             return -value if node.op == "-" else value
-        left, right = self.eval(node.left), self.eval(node.right)
+        left, right = self.evaluate(node.left), self.evaluate(node.right)
         return _check_size(self.binary(node.op, left, right))
 
     def binary(self, op: str, a: sympy.Rational, b: sympy.Rational) -> sympy.Rational:
@@ -109,7 +109,7 @@ def calculate(args: str, budget: int) -> ToolResult:
         return ToolResult.fail(str(exc))
     evaluator = _Evaluator(budget)
     try:
-        text = format_number(evaluator.eval(tree))
+        text = format_number(evaluator.evaluate(tree))
     except CalcError as exc:
         return ToolResult.fail(str(exc), evaluator.cost)
     if len(text) > MAX_OUTPUT_CHARS:
