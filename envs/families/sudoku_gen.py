@@ -169,17 +169,23 @@ def _unique_without(grid: list[int], cell: int, digit: int) -> bool:
 
 
 # -- difficulty measures -------------------------------------------------------------------
+def unit_masks(grid: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Bit masks of the digits already used in each row, column and box of ``grid``."""
+    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+    for i, v in enumerate(grid):
+        if v:
+            rows[i // 9] |= BIT[v]
+            cols[i % 9] |= BIT[v]
+            boxes[BOX_OF[i]] |= BIT[v]
+    return rows, cols, boxes
+
+
 def singles_rounds(grid: list[int]) -> int:
     """Rounds of simultaneous naked + hidden single placement that fill ``grid``; -1 if they get stuck."""
     g = list(grid)
     rounds = 0
     while 0 in g:
-        rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
-        for i, v in enumerate(g):
-            if v:
-                rows[i // 9] |= BIT[v]
-                cols[i % 9] |= BIT[v]
-                boxes[BOX_OF[i]] |= BIT[v]
+        rows, cols, boxes = unit_masks(g)
         cand = [0 if g[i] else FULL & ~(rows[i // 9] | cols[i % 9] | boxes[BOX_OF[i]]) for i in range(81)]
         place: dict[int, int] = {}
         for i in range(81):
@@ -213,12 +219,7 @@ def singles_rounds(grid: list[int]) -> int:
 def bt_nodes(grid: list[int], cap: int = 10_000_000) -> int:
     """Placements made by a plain MRV backtracker (no propagation) exhausting the tree; at most ``cap``."""
     g = list(grid)
-    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
-    for i, v in enumerate(g):
-        if v:
-            rows[i // 9] |= BIT[v]
-            cols[i % 9] |= BIT[v]
-            boxes[BOX_OF[i]] |= BIT[v]
+    rows, cols, boxes = unit_masks(g)
     empties = [i for i in range(81) if not g[i]]
     nodes = 0
 
