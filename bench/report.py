@@ -191,6 +191,8 @@ def render() -> str:
     parts += imitate_section("imitate-default-cpu", "Imitation, default run (CPU): `python train/imitate.py`")
     for seed in (1, 2):
         parts += imitate_section(f"imitate-seed{seed}-cpu", f"The same stage 1 with seed {seed} (CPU)")
+    for lr in ("2e-3", "3e-3"):  # what was tried for the seed that does not learn at the default rate
+        parts += imitate_section(f"imitate-seed1-lr{lr}-cpu", f"Seed 1 at learning rate {lr} (CPU)")
     parts += imitate_section("imitate-gpu-sudoku-h200", "Imitation on Sudoku, one GPU (H200)")
     parts += imitate_section("imitate-stage0-cpu", "Stage 0: dense language model (CPU)")
     parts += rl_section("rl-sudoku-cpu", "Stage 3 on Sudoku (CPU): `python train/rl_verify.py --env sudoku-v0`")
