@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tools  # noqa: E402
-from tools.dsl_search import synthesize  # noqa: E402
-from verifiers.dsl import DslError, format_examples, parse_examples, parse_program, run  # noqa: E402
+from r3m import tools  # noqa: E402
+from r3m.tools.dsl_search import synthesize  # noqa: E402
+from r3m.verifiers.dsl import DslError, format_examples, parse_examples, parse_program, run  # noqa: E402
 from r3m_agent.config import parse_config  # noqa: E402
 from r3m_agent.evaluation import EVAL_DIR  # noqa: E402
 
@@ -125,7 +125,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def own_levels(per_level: int, budget: int) -> dict[int, dict]:
     """The search on the dsl family's own test instances: how far the tool reaches by level."""
-    import envs
+    from r3m import envs
 
     fam = envs.make_family("dsl")
     table = {}

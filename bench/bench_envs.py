@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gymnasium as gym
 
-import envs
+from r3m import envs
 
 OUT = Path(__file__).resolve().parent / "results" / "envs.json"
 

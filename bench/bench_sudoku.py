@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gymnasium as gym  # noqa: E402
 
-import envs  # noqa: E402
-import tools  # noqa: E402
-from verifiers.sudoku import verify, verify_batch  # noqa: E402
+from r3m import envs  # noqa: E402
+from r3m import tools  # noqa: E402
+from r3m.verifiers.sudoku import verify, verify_batch  # noqa: E402
 from r3m_agent.config import parse_config  # noqa: E402
 from r3m_agent.evaluation import SUDOKU_EVAL_DIR  # noqa: E402
 

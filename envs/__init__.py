@@ -10,7 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs.base import (
+from r3m.envs.base import (
     SPLITS,
     Instance,
     TaskFamily,
@@ -19,7 +19,7 @@ from envs.base import (
     register_family,
     split_of,
 )
-from envs.text_env import TextTaskEnv
+from r3m.envs.text_env import TextTaskEnv
 
 __all__ = [
     "ENV_IDS", "SPLITS", "Instance", "TaskFamily", "TextTaskEnv", "list_families", "make_family",
@@ -28,19 +28,19 @@ __all__ = [
 
 # family name -> (module, family class, env class)
 _BUILTIN = {
-    "sudoku": ("envs.families.sudoku", "SudokuFamily", "SudokuEnv"),
-    "arithmetic": ("envs.families.arithmetic", "ArithmeticFamily", "ArithmeticEnv"),
-    "listops": ("envs.families.listops", "ListOpsFamily", "ListOpsEnv"),
-    "logic": ("envs.families.logic", "LogicFamily", "LogicEnv"),
-    "dsl": ("envs.families.dsl", "DslFamily", "DslEnv"),
-    "memory": ("envs.families.memory", "MemoryFamily", "MemoryEnv"),
-    "instruct": ("envs.families.instruct", "InstructFamily", "InstructEnv"),
-    "prefix": ("envs.families.prefix", "PrefixFamily", "PrefixEnv"),
+    "sudoku": ("r3m.envs.families.sudoku", "SudokuFamily", "SudokuEnv"),
+    "arithmetic": ("r3m.envs.families.arithmetic", "ArithmeticFamily", "ArithmeticEnv"),
+    "listops": ("r3m.envs.families.listops", "ListOpsFamily", "ListOpsEnv"),
+    "logic": ("r3m.envs.families.logic", "LogicFamily", "LogicEnv"),
+    "dsl": ("r3m.envs.families.dsl", "DslFamily", "DslEnv"),
+    "memory": ("r3m.envs.families.memory", "MemoryFamily", "MemoryEnv"),
+    "instruct": ("r3m.envs.families.instruct", "InstructFamily", "InstructEnv"),
+    "prefix": ("r3m.envs.families.prefix", "PrefixFamily", "PrefixEnv"),
 }
 ENV_IDS: dict[str, str] = {}  # env id -> family name, for every text env registered here
 
 
-def register_env(env_id: str, entry_point: Any = "envs.text_env:TextTaskEnv", *, family: str, **kwargs) -> None:
+def register_env(env_id: str, entry_point: Any = "r3m.envs.text_env:TextTaskEnv", *, family: str, **kwargs) -> None:
     """``gymnasium.register`` that refuses to overwrite an existing id (Gymnasium only warns)."""
     if env_id in gym.registry:
         raise ValueError(f"env id {env_id!r} is already registered")
@@ -60,4 +60,4 @@ for _name, (_module, _family_cls, _env_cls) in _BUILTIN.items():
     register_family(_name, f"{_module}:{_family_cls}")
     register_env(f"{_name}-v0", f"{_module}:{_env_cls}", family=_name)
 
-gym.register(id="sudoku-grid-v0", entry_point="envs.sudoku_grid:SudokuGridEnv")
+gym.register(id="sudoku-grid-v0", entry_point="r3m.envs.sudoku_grid:SudokuGridEnv")

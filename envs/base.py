@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-import tools
-from verifiers import Verdict
+from r3m import tools
+from r3m.verifiers import Verdict
 
 SPLITS = {"train": 0, "test": 1}
 TEST_EVERY = 5  # one key in five is a test key

@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import make_family, reset_instance
-from verifiers.sudoku import verify
+from r3m.envs.base import make_family, reset_instance
+from r3m.verifiers.sudoku import verify
 
 _CELL = np.arange(81)
 _ROW, _COL, _BOX = _CELL // 9, _CELL % 9, (_CELL // 27) * 3 + (_CELL % 9) // 3

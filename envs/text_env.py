@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import gymnasium as gym
 from gymnasium import spaces
 
-import tools
-from envs.base import PRINTABLE, Instance, TaskFamily, make_family, reset_instance
-from verifiers import Verdict, wrong
+from r3m import tools
+from r3m.envs.base import PRINTABLE, Instance, TaskFamily, make_family, reset_instance
+from r3m.verifiers import Verdict, wrong
 
 MAX_RESULT_CHARS = 512
 MAX_ACTION_CHARS = 1024

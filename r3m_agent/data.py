@@ -24,9 +24,9 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-import envs
-import tools
-from envs.text_env import TextTaskEnv
+from r3m import envs
+from r3m import tools
+from r3m.envs.text_env import TextTaskEnv
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
 IGNORE = -100

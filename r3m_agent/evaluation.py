@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-import envs
-from envs.base import Instance
+from r3m import envs
+from r3m.envs.base import Instance
 from r3m_agent.policy import Policy
 from r3m_agent.rollout import Episode, make_vec, run_episodes
 

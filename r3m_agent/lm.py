@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from envs.base import PRINTABLE
-from envs.families.instruct import InstructFamily, sentences
+from r3m.envs.base import PRINTABLE
+from r3m.envs.families.instruct import InstructFamily, sentences
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
 TOK = Tokenizer()

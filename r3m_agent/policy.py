@@ -20,7 +20,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-import tools
+from r3m import tools
 from r3m_agent.memory import Carry
 from r3m_agent.r3m import R3M
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, TOKENS, Tokenizer

@@ -34,8 +34,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-import tools
-from envs.text_env import TextTaskEnv
+from r3m import tools
+from r3m.envs.text_env import TextTaskEnv
 from r3m_agent.data import Example, episode_examples
 from r3m_agent.memory import Carry
 from r3m_agent.rollout import Episode
@@ -287,7 +287,7 @@ class Curriculum:
 # -- Sudoku: the locally derivable part of a tool result ------------------------------------------
 def naked_singles(puzzle: str) -> dict[int, str]:
     """Blank cells whose row, column and box givens leave one digit: cell -> that digit."""
-    from verifiers.sudoku import PEERS
+    from r3m.verifiers.sudoku import PEERS
 
     grid = puzzle.strip().replace("0", ".")
     if len(grid) != 81:

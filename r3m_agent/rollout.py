@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-import envs  # noqa: F401  (registers the suite)
+from r3m import envs  # noqa: F401  (registers the suite)
 from r3m_agent.memory import Carry
 from r3m_agent.policy import Policy
 

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from tools.syntax import CALL_CLOSE, CALL_OPEN, DELIMITERS, RESULT_CLOSE, RESULT_OPEN
+from r3m.tools.syntax import CALL_CLOSE, CALL_OPEN, DELIMITERS, RESULT_CLOSE, RESULT_OPEN
 
 CONTROL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>", "<mask>")
 PAD_ID, BOS_ID, EOS_ID, SEP_ID, MASK_ID = range(len(CONTROL_TOKENS))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from envs.text_env import TextTaskEnv
+from r3m.envs.text_env import TextTaskEnv
 from r3m_agent.data import IGNORE, CausalBatch, Example, FillBatch, collate_causal, collate_fill, episode_examples
 from r3m_agent.checkpoint import unwrap
 from r3m_agent.layers import ModelOutput

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.families.arithmetic import LEVELS, PREFIX, ArithmeticFamily, random_tree, render
-from verifiers.arithmetic import (
+from r3m.envs.families.arithmetic import LEVELS, PREFIX, ArithmeticFamily, random_tree, render
+from r3m.verifiers.arithmetic import (
     ALL_OPS,
     Binary,
     ExpressionError,

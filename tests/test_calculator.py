@@ -7,8 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import tools
-from tools.calculator import MAX_EXPONENT, calculate
+from r3m import tools
+from r3m.tools.calculator import MAX_EXPONENT, calculate
 
 BUDGET = tools.spec("calculator").budget
 

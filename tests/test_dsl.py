@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import envs
-import tools
-from envs.families.dsl import LEVELS, TOOL_LEVELS
-from tools.dsl_search import synthesize
-from verifiers.dsl import (
+from r3m import envs
+from r3m import tools
+from r3m.envs.families.dsl import LEVELS, TOOL_LEVELS
+from r3m.tools.dsl_search import synthesize
+from r3m.verifiers.dsl import (
     INT_OPS,
     LIST_OPS,
     MAX_ABS,

@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import envs
+from r3m import envs
 
 TEXT_ENV_IDS = sorted(envs.ENV_IDS)
 FAMILIES = sorted({envs.ENV_IDS[i] for i in TEXT_ENV_IDS})

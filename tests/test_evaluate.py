@@ -10,7 +10,7 @@ import torch
 from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig, save_checkpoint
 from r3m_agent.config import parse_config
 from r3m_agent.training import TaskSpec
-from train.evaluate import Config, main
+from r3m.train.evaluate import Config, main
 
 SUDOKU_SPEC = TaskSpec("sudoku", "fill", 82, (1,))
 TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=8, K=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from r3m_agent.config import parse_config
-from train import imitate
+from r3m.train import imitate
 
 TINY = dict(families=("arithmetic",), levels=(1,), steps=12, halt_steps=4, batch_size=8, eval_n=3,
             eval_ks=(1, 2), k_train=2, ckpt_every=5, log_every=4, tensorboard=False, progress=False, threads=1)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.families.instruct import (
+from r3m.envs.families.instruct import (
     CATEGORIES,
     LEVELS,
     MAX_PROMPT,
@@ -20,7 +20,7 @@ from envs.families.instruct import (
     apply_modifiers,
     sentences,
 )
-from verifiers.instruct import SpecError, load_spec, verify
+from r3m.verifiers.instruct import SpecError, load_spec, verify
 
 FAMILY = InstructFamily()
 PRINTABLE = {chr(c) for c in range(32, 127)}

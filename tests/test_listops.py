@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tools
-from envs.families.listops import LEVELS, PREFIX, ListOpsFamily, random_chain, render
-from verifiers.listops import (
+from r3m import tools
+from r3m.envs.families.listops import LEVELS, PREFIX, ListOpsFamily, random_chain, render
+from r3m.verifiers.listops import (
     LENGTH_PRESERVING,
     ListOpsError,
     apply,

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import envs
-import tools
-from envs.families.logic import LEVELS, LogicFamily
-from tools.csp_solver import solutions
-from verifiers.logic import LogicError, format_answer, parse_puzzle, verify
+from r3m import envs
+from r3m import tools
+from r3m.envs.families.logic import LEVELS, LogicFamily
+from r3m.tools.csp_solver import solutions
+from r3m.verifiers.logic import LogicError, format_answer, parse_puzzle, verify
 
 N_PER_LEVEL = 200
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import envs
-from envs.families.memory import LEVELS, LOCATIONS, OBJECTS, PEOPLE, load_babi
-from verifiers.memory import verify
+from r3m import envs
+from r3m.envs.families.memory import LEVELS, LOCATIONS, OBJECTS, PEOPLE, load_babi
+from r3m.verifiers.memory import verify
 
 N_PER_LEVEL = 200
 _MOVE = re.compile(r"(\w+) (?:moved|went|went back|journeyed|travelled) to the (\w+)\.")

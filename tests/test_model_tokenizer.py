@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from r3m_agent import Tokenizer
 from r3m_agent.tokenizer import VOCAB_SIZE
-from tools.syntax import CALL_CLOSE, CALL_OPEN, DELIMITERS, RESULT_CLOSE, RESULT_OPEN, format_call
+from r3m.tools.syntax import CALL_CLOSE, CALL_OPEN, DELIMITERS, RESULT_CLOSE, RESULT_OPEN, format_call
 
 TOK = Tokenizer()
 PRINTABLE = "".join(chr(c) for c in range(32, 127)) + "\n"

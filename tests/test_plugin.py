@@ -10,10 +10,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils.env_checker import check_env
 
-import envs
-import tools
-from envs import Instance, TaskFamily
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m import envs
+from r3m import tools
+from r3m.envs import Instance, TaskFamily
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 
 def reverse_tool(args: str, budget: int) -> tools.ToolResult:
@@ -69,7 +69,7 @@ def test_user_env_works_like_a_builtin():
 
 
 def test_user_task_trains_with_imitate(tmp_path):
-    from train import imitate
+    from r3m.train import imitate
 
     metrics = imitate.main(imitate.Config(
         stage="1", families=("reverse_word",), levels=(1,), steps=8, batch_size=8, eval_n=3, eval_ks=(1, 2),

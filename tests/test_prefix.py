@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import envs
-from verifiers.prefix import prefix_parity, verify
+from r3m import envs
+from r3m.verifiers.prefix import prefix_parity, verify
 
 
 def test_prefix_parity_examples():

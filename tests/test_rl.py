@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-import envs
-import tools
-from envs.base import Instance, TaskFamily
+from r3m import envs
+from r3m import tools
+from r3m.envs.base import Instance, TaskFamily
 from r3m_agent import R3M, R3MConfig, rl, save_checkpoint
 from r3m_agent.config import parse_config
 from r3m_agent.policy import Policy
 from r3m_agent.rollout import Episode, Turn, make_vec, run_episodes
 from r3m_agent.tokenizer import EOS_ID, PAD_ID
 from r3m_agent.training import TaskSpec
-from verifiers import RIGHT, wrong
+from r3m.verifiers import RIGHT, wrong
 
 TOY = "rltoy"
 
@@ -218,7 +218,7 @@ def _init_ckpt(tmp_path):
 
 
 def _cfg(tmp_path, name, **kw):
-    from train import rl_verify
+    from r3m.train import rl_verify
 
     base = dict(env=ENV, iterations=3, groups=2, group_size=4, minibatch=16, replay_batch=4, eval_n=2,
                 distill_n=8, distill_steps=2, warm_batch=4, warm_carry_steps=3, baselines=False,
@@ -227,7 +227,7 @@ def _cfg(tmp_path, name, **kw):
 
 
 def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_path):
-    from train import rl_verify
+    from r3m.train import rl_verify
 
     m = rl_verify.main(_cfg(tmp_path, "warm", warm_steps=3, iterations=2, baselines=True))
     out = tmp_path / "warm"
@@ -246,7 +246,7 @@ def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_pat
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
-    from train import rl_verify
+    from r3m.train import rl_verify
 
     init = _init_ckpt(tmp_path)
     kw = dict(init=init, distill=False, k=2)
@@ -262,7 +262,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 
 
 def test_halting_run_penalises_expected_steps(tmp_path):
-    from train import rl_verify
+    from r3m.train import rl_verify
 
     cfg = _cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, iterations=2, distill=False,
                warm_carry_steps=0, group_size=2, groups=4)
@@ -272,7 +272,7 @@ def test_halting_run_penalises_expected_steps(tmp_path):
 
 
 def test_cli_rejects_unknown_flags_and_unregistered_envs():
-    from train import rl_verify
+    from r3m.train import rl_verify
 
     with pytest.raises(SystemExit):
         parse_config(rl_verify.Config, ["--no-such-flag", "1"])

@@ -16,10 +16,10 @@ from r3m_agent.evaluation import SUDOKU_EVAL_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import envs
-import tools
-from envs.families.sudoku import LINE_PERMS, SudokuFamily, digit_table, transform_indices
-from envs.families.sudoku_gen import (
+from r3m import envs
+from r3m import tools
+from r3m.envs.families.sudoku import LINE_PERMS, SudokuFamily, digit_table, transform_indices
+from r3m.envs.families.sudoku_gen import (
     LEVELS,
     BankConfig,
     bt_nodes,
@@ -29,8 +29,8 @@ from envs.families.sudoku_gen import (
     singles_rounds,
     write_bank,
 )
-from tools.sudoku_solver import solve
-from verifiers.sudoku import UNITS, verify, verify_batch
+from r3m.tools.sudoku_solver import solve
+from r3m.verifiers.sudoku import UNITS, verify, verify_batch
 
 EVAL = SUDOKU_EVAL_DIR
 FAMILY = SudokuFamily()

@@ -7,9 +7,9 @@ import numpy as np
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import envs  # noqa: F401  (registers the env ids)
-from envs.sudoku_grid import SudokuGridEnv
-from verifiers.sudoku import UNITS
+from r3m import envs  # noqa: F401  (registers the env ids)
+from r3m.envs.sudoku_grid import SudokuGridEnv
+from r3m.verifiers.sudoku import UNITS
 
 
 def _mask_reference(board: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import tools
+from r3m import tools
 
 
 def test_builtin_tools_listed():
@@ -13,7 +13,7 @@ def test_builtin_tools_listed():
 
 def test_duplicate_and_bad_names_raise():
     with pytest.raises(ValueError, match="already registered"):
-        tools.register_tool("calculator", "tools.calculator:calculate", budget=1)
+        tools.register_tool("calculator", "r3m.tools.calculator:calculate", budget=1)
     with pytest.raises(ValueError, match="must match"):
         tools.register_tool("Bad Name", lambda a, b: tools.ToolResult(True, a), budget=1)
     with pytest.raises(ValueError, match="budget"):

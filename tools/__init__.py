@@ -1,6 +1,6 @@
 """Tool registry, shaped like Gymnasium's env registry.
 
-    import tools
+    from r3m import tools
     tools.list_tools()                      # ['calculator', 'csp_solver', ...]
     r = tools.call("calculator", "2*(3+4)") # ToolResult(ok=True, output='14', cost=..., error=None)
 
@@ -16,7 +16,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from tools.syntax import (
+from r3m.tools.syntax import (
     CALL_CLOSE,
     CALL_OPEN,
     RESULT_CLOSE,
@@ -118,13 +118,13 @@ def call(name: str, args: str, budget: int | None = None) -> ToolResult:
 
 
 # Built-in tools, imported lazily on first call.
-register_tool("sudoku_solver", "tools.sudoku_solver:solve", budget=200_000,
+register_tool("sudoku_solver", "r3m.tools.sudoku_solver:solve", budget=200_000,
               description="solve a 9x9 sudoku: args are 81 characters, '.' or '0' for blanks")
-register_tool("calculator", "tools.calculator:calculate", budget=10_000,
+register_tool("calculator", "r3m.tools.calculator:calculate", budget=10_000,
               description="exact arithmetic (+ - * / // % ** and parentheses) on integers and decimals; exact fractions out")
-register_tool("list_eval", "tools.list_eval:evaluate", budget=10_000,
+register_tool("list_eval", "r3m.tools.list_eval:evaluate", budget=10_000,
               description="evaluate a listops expression such as sort(rev([3,1,2]))")
-register_tool("dsl_search", "tools.dsl_search:search", budget=200_000,
+register_tool("dsl_search", "r3m.tools.dsl_search:search", budget=200_000,
               description="find a list-DSL program from input/output examples")
-register_tool("csp_solver", "tools.csp_solver:solve", budget=200_000,
+register_tool("csp_solver", "r3m.tools.csp_solver:solve", budget=200_000,
               description="solve a small logic puzzle stated as a constraint problem")

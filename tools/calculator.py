@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import sympy
 
-from tools import ToolResult
-from verifiers.arithmetic import ALL_OPS, ExpressionError, Node, Num, Unary, parse_expression
+from r3m.tools import ToolResult
+from r3m.verifiers.arithmetic import ALL_OPS, ExpressionError, Node, Num, Unary, parse_expression
 
 MAX_CHARS = 256
 MAX_NODES = 128

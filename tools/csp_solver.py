@@ -17,8 +17,8 @@ from typing import Iterator
 
 import constraint
 
-from tools import ToolResult
-from verifiers.logic import LogicError, Puzzle, format_answer, parse_puzzle
+from r3m.tools import ToolResult
+from r3m.verifiers.logic import LogicError, Puzzle, format_answer, parse_puzzle
 
 
 class BudgetExceeded(Exception):

@@ -27,8 +27,8 @@ import functools
 import math
 from typing import Mapping, NamedTuple, Sequence
 
-from tools import ToolResult
-from verifiers.dsl import INT_OPS, LIST_OPS, DslError, Op, Value, parse_examples, parse_op
+from r3m.tools import ToolResult
+from r3m.verifiers.dsl import INT_OPS, LIST_OPS, DslError, Op, Value, parse_examples, parse_op
 
 MAX_LEN = 5
 

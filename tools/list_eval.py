@@ -8,8 +8,8 @@ lists of at most 64 digits, at most 16 nested operations.
 
 from __future__ import annotations
 
-from tools import ToolResult
-from verifiers.listops import ListOpsError, format_list, parse_listops, run
+from r3m.tools import ToolResult
+from r3m.verifiers.listops import ListOpsError, format_list, parse_listops, run
 
 
 def evaluate(args: str, budget: int) -> ToolResult:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from constraint import BacktrackingSolver, Constraint, Problem
 
-from tools import ToolResult
-from verifiers.sudoku import CELL_UNITS, PEERS, UNITS, parse_puzzle, unit_errors
+from r3m.tools import ToolResult
+from r3m.verifiers.sudoku import CELL_UNITS, PEERS, UNITS, parse_puzzle, unit_errors
 
 _ALL = frozenset(range(1, 10))
 

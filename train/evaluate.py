@@ -39,7 +39,7 @@ import torch
 if __package__ in (None, ""):  # `python train/evaluate.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import envs
+from r3m import envs
 from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint
 from r3m_agent.config import parse_config
 from r3m_agent.data import payload_width

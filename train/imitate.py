@@ -31,8 +31,8 @@ import torch
 if __package__ in (None, ""):  # `python train/imitate.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tools
-from envs import make_family
+from r3m import tools
+from r3m.envs import make_family
 from r3m_agent import PRESETS, DenseTransformer, R3M, STAGE_GROUPS, dense_config_like, ponder_loss
 from r3m_agent import signals
 from r3m_agent.config import parse_config

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import envs
+from r3m import envs
 from r3m_agent import rl
 from r3m_agent.data import IGNORE, collate_causal, collate_fill
 from r3m_agent.evaluation import (
@@ -298,7 +298,7 @@ def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
 
 def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dict, dict]:
     try:
-        from train import sb3_baseline
+        from r3m.train import sb3_baseline
     except ImportError as exc:
         log.warning(f"MaskablePPO baseline unavailable: {exc}")
         return {}, {"error": str(exc)}

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import envs
+from r3m import envs
 from r3m_agent import PRESETS, rl
 from r3m_agent.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from r3m_agent.config import parse_config
@@ -46,7 +46,7 @@ from r3m_agent.logger import log
 from r3m_agent.policy import Policy
 from r3m_agent.rollout import make_vec, run_episodes
 from r3m_agent.training import TaskSpec, imitation_loss, make_optimizer, resolve_device, step_rng
-from train import rl_eval
+from r3m.train import rl_eval
 
 RL_STREAM, UPDATE_STREAM = 11, 12
 
@@ -226,7 +226,7 @@ def starting_model(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, in
 
 
 def warm_start(cfg: Config, run: Run) -> Path:
-    from train import imitate
+    from r3m.train import imitate
 
     stages = "1,2" if cfg.halt else "1"
     out = run.dir / "warmstart"

@@ -41,8 +41,8 @@ import torch
 if __package__ in (None, ""):  # `python train/sb3_baseline.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import envs  # noqa: F401  (registers sudoku-grid-v0)
-from envs.base import Instance
+from r3m import envs  # noqa: F401  (registers sudoku-grid-v0)
+from r3m.envs.base import Instance
 from r3m_agent.config import parse_config
 from r3m_agent.evaluation import EVAL_SEED, SUDOKU_EVAL_DIR, load_sudoku_csv
 from r3m_agent.logger import Logger, log

@@ -18,7 +18,7 @@ import re
 import warnings
 from typing import NamedTuple, Union
 
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 INT_OPS = frozenset({"+", "-", "*"})
 ALL_OPS = frozenset({"+", "-", "*", "/", "//", "%", "**"})

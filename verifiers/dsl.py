@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence, Union
 
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 Value = Union[int, tuple]  # an integer or a tuple of integers
 MAX_ABS = 10**9

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Union
 
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 MAX_CHARS = 1024
 MAX_LEN = 64

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Mapping, NamedTuple
 
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 MAX_PUZZLE_CHARS = 4096
 MAX_ITEMS = 256

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 
 @never_raises

@@ -17,7 +17,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from verifiers import RIGHT, Verdict, never_raises, wrong
+from r3m.verifiers import RIGHT, Verdict, never_raises, wrong
 
 ROWS: tuple[tuple[int, ...], ...] = tuple(tuple(r * 9 + c for c in range(9)) for r in range(9))
 COLS: tuple[tuple[int, ...], ...] = tuple(tuple(r * 9 + c for r in range(9)) for c in range(9))

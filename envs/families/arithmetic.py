@@ -21,10 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.arithmetic import Binary, Node, Num, evaluate_int, parse_expression, verify
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.arithmetic import Binary, Node, Num, evaluate_int, parse_expression, verify
 
 PREFIX = "calc: "
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2}

@@ -37,12 +37,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-import tools
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from tools.dsl_search import synthesize
-from verifiers import Verdict
-from verifiers.dsl import INT_OPS, LIST_OPS, DslError, format_examples, parse_program, run, verify
+from r3m import tools
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.tools.dsl_search import synthesize
+from r3m.verifiers import Verdict
+from r3m.verifiers.dsl import INT_OPS, LIST_OPS, DslError, format_examples, parse_program, run, verify
 
 PREFIX = "dsl: "
 HELD_OUT = 6

@@ -34,10 +34,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.instruct import NUMBER_WORDS, verify, words
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.instruct import NUMBER_WORDS, verify, words
 
 MAX_PROMPT = 128
 MAX_REPLY = 60

@@ -25,10 +25,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.listops import LENGTH_PRESERVING, apply, format_list, verify
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.listops import LENGTH_PRESERVING, apply, format_list, verify
 
 PREFIX = "list: "
 _SHORTENING = ("dedup", "keep")

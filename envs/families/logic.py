@@ -33,10 +33,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.logic import KINDS, verify
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.logic import KINDS, verify
 
 PEOPLE = "ABCDEF"
 SAT_VARS = "abcdefgh"

@@ -29,10 +29,10 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.memory import verify
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.memory import verify
 
 PEOPLE = ("Mary", "John", "Daniel", "Sandra")
 LOCATIONS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")

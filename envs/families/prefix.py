@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.prefix import prefix_parity, verify
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.prefix import prefix_parity, verify
 
 PREFIX = "prefix: "
 LENGTHS = {1: (6, 8), 2: (10, 12), 3: (14, 16), 4: (18, 20), 5: (24, 32)}

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Instance, TaskFamily
-from envs.families.sudoku_gen import BANK_PATH, LEVELS, Entry, read_bank
-from envs.text_env import TextTaskEnv
-from verifiers import Verdict
-from verifiers.sudoku import verify
+from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.families.sudoku_gen import BANK_PATH, LEVELS, Entry, read_bank
+from r3m.envs.text_env import TextTaskEnv
+from r3m.verifiers import Verdict
+from r3m.verifiers.sudoku import verify
 
 PREFIX = "sudoku:"
 _PERM3 = tuple(permutations(range(3)))

@@ -29,7 +29,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from verifiers.sudoku import PEERS, UNITS
+from r3m.verifiers.sudoku import PEERS, UNITS
 
 FULL = 0b1111111110  # candidate bits 1..9
 BIT = tuple(1 << d for d in range(10))
