@@ -26,6 +26,9 @@ on that input. Programs have at most ``MAX_OPS`` operations and every run a work
 elements processed). No operation lengthens a list, which the search in ``tools/dsl_search.py``
 uses to prune.
 
+Numbers are ASCII digits only: the patterns say ``[0-9]``, never ``\\d``, which also matches
+other scripts' digits (``take(٢)``) that ``int()`` would then read.
+
 Examples are written ``[3,1,2]->[6,4,2]; [5,0]->[10,0]`` (an integer output as ``[3,1]->4``),
 optionally after a ``dsl:`` prefix, as in the family's prompts.
 """
@@ -97,8 +100,8 @@ def _mod(a: int, n: int) -> int:
     return a % n
 
 
-_MAP_RE = re.compile(r"([-+*/%])(-?\d{1,2})|\^([0-3])")
-_PRED_RE = re.compile(r"([<>=])(-?\d{1,2})|even|odd")
+_MAP_RE = re.compile(r"([-+*/%])(-?[0-9]{1,2})|\^([0-3])")
+_PRED_RE = re.compile(r"([<>=])(-?[0-9]{1,2})|even|odd")
 _BINARY: dict[str, Callable[[int, int], int]] = {
     "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "max": max, "min": min,
 }
@@ -174,7 +177,7 @@ def _make_op(name: str, arg: str | None) -> Op:
         missing = f"{name} needs an argument" if name in _WITH_ARG else f"unknown operation {name[:16]!r}"
         raise DslError(missing)
     if name in ("take", "drop"):
-        if not re.fullmatch(r"\d{1,2}", arg):
+        if not re.fullmatch(r"[0-9]{1,2}", arg):
             raise DslError(f"{name} needs a count 0..99, got {arg[:16]!r}")
         k = int(arg)
         fn = (lambda xs, x: xs[:k]) if name == "take" else (lambda xs, x: xs[k:])
@@ -243,8 +246,8 @@ def run(program: str | Sequence[Op], x: Sequence[int], budget: int = RUN_BUDGET)
 
 
 # -- examples -----------------------------------------------------------------------------
-_LIST_RE = re.compile(r"\[(-?\d{1,10}(?:,-?\d{1,10})*)?\]")
-_INT_RE = re.compile(r"-?\d{1,10}")
+_LIST_RE = re.compile(r"\[(-?[0-9]{1,10}(?:,-?[0-9]{1,10})*)?\]")
+_INT_RE = re.compile(r"-?[0-9]{1,10}")
 
 
 def _parse_value(text: str) -> Value:

@@ -35,6 +35,7 @@ MOD_KINDS = ("upper", "lower", "quote", "start", "end")
 MAX_MENTION_WORDS = 8
 _WORD = re.compile(r"[a-z0-9]+")
 _SPAN = re.compile(r"[A-Za-z0-9]+")
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only, as in every verifier
 
 
 class SpecError(ValueError):
@@ -93,9 +94,9 @@ def check_mods(text: str, mods: list[Mapping[str, Any]]) -> tuple[str, list[tupl
 def _numbers(tokens: list[str]) -> list[int]:
     out = []
     for token in tokens:
-        if token.isdigit() and len(token) <= 6:
+        if _NUMBER.fullmatch(token) and len(token) <= 6:
             out.append(int(token))
-        elif token.isdigit() or token in NUMBER_WORDS:
+        elif _NUMBER.fullmatch(token) or token in NUMBER_WORDS:
             out.append(NUMBER_WORDS.index(token) if token in NUMBER_WORDS else -1)
     return out
 

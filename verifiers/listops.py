@@ -35,6 +35,7 @@ OPS: dict[str, str | None] = {"sort": None, "rev": None, "scan": None, "dedup": 
 LENGTH_PRESERVING = ("sort", "rev", "rot", "map", "scan")
 _TOKEN = re.compile(r"\s*(?:([a-z]+)|([0-9]+)|(\S))")
 _ANSWER_ITEM = re.compile(r"-?[0-9]{1,6}")
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() and int() accept other scripts' too
 
 
 class ListOpsError(ValueError):
@@ -123,7 +124,7 @@ class _Parser:
         if symbols and sign not in tuple(symbols):
             raise ListOpsError(f"{op} takes {' or '.join(symbols)} then a digit, got {sign[:20]!r}")
         number = self.take()
-        if not number.isdigit() or len(number) > (1 if symbols else 2):
+        if not _NUMBER.fullmatch(number) or len(number) > (1 if symbols else 2):
             raise ListOpsError(f"bad parameter {number[:20]!r} for {op}")
         self.take(",")
         return sign + number
@@ -135,7 +136,7 @@ class _Parser:
             return ()
         while True:
             token = self.take()
-            if not (token.isdigit() and len(token) == 1):
+            if not (_NUMBER.fullmatch(token) and len(token) == 1):
                 raise ListOpsError(f"list elements must be single digits 0-9, got {token[:20]!r}")
             items.append(int(token))
             if len(items) > self.max_len:
