@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from r3m import tools  # noqa: E402
 from r3m.tools.dsl_search import synthesize  # noqa: E402
 from r3m.verifiers.dsl import DslError, format_examples, parse_examples, parse_program, run  # noqa: E402
-from r3m_agent.config import parse_config  # noqa: E402
-from r3m_agent.evaluation import EVAL_DIR  # noqa: E402
+from r3m.learn.cli import parse_config  # noqa: E402
+from r3m.learn.evaluation import eval_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class Args:
     """Options of bench_dsl.py; every field is a --flag."""
 
-    data: str = str(EVAL_DIR / "list_functions/list_function_250.jsonl")
-    """the List Function 250 file (JSON lines, 11 examples per concept)"""
+    data: str = ""
+    """the List Function 250 file (JSON lines, 11 examples per concept; default: list_functions/ in the
+    evaluation-data folder, $R3M_EVAL_DIR or ../shared/eval)"""
     out: str = str(ROOT / "bench/results/dsl.json")
     """where the results JSON goes"""
     budget: int = 0
@@ -141,7 +142,7 @@ def own_levels(per_level: int, budget: int) -> dict[int, dict]:
 
 def main(args: Args) -> dict:
     budget = args.budget or tools.spec("dsl_search").budget
-    lines = Path(args.data).read_text().splitlines()
+    lines = Path(args.data or eval_dir() / "list_functions" / "list_function_250.jsonl").read_text().splitlines()
     concepts = [json.loads(line) for line in lines if line.strip()]
     if args.limit:
         concepts = concepts[: args.limit]

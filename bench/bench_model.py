@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from r3m_agent import PRESETS, DenseTransformer, R3M, count_parameters, dense_config_like  # noqa: E402
-from r3m_agent.config import parse_config  # noqa: E402
+from r3m.learn.cli import parse_config  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -1,106 +1,60 @@
-"""Script configs: one frozen dataclass per script, its CLI generated from it.
-
-Every field needs a default and a docstring (the string literal right below it, as in
-cleanrl's ``Args``); that docstring becomes the ``--help`` text. Unknown flags are rejected.
-
-    @dataclass(frozen=True)
-    class Config:
-        lr: float = 1e-3
-        \"\"\"AdamW learning rate.\"\"\"
-
-    cfg = parse_config(Config)            # from sys.argv
-    cfg = parse_config(Config, ["--lr", "3e-4"])
-"""
+"""The base of the model configs: frozen dataclasses, type-checked against each field's default,
+saved in every checkpoint as a plain dict (unknown keys rejected when read back)."""
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
-import sys
-import types
-import typing
-from typing import Any, Sequence, TypeVar
+import re
+from dataclasses import asdict, fields
+from typing import Any, Mapping
 
-T = TypeVar("T")
+from r3m_agent.tokenizer import VOCAB_SIZE
+
+_TOOL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the tool-name syntax of r3m.tools
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Map each dataclass field to the string literal that follows it in the class body."""
-    try:
-        tree = ast.parse(inspect.getsource(cls).lstrip())
-    except (OSError, TypeError, SyntaxError):
-        return {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+class ConfigBase:
+    """Shared by the frozen model configs: type checks against each field's default, dict I/O."""
 
+    def _check_types(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if ok:
+                    object.__setattr__(self, f.name, float(value))
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            elif isinstance(default, tuple):
+                if isinstance(value, list):
+                    value = tuple(value)
+                    object.__setattr__(self, f.name, value)
+                ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+            else:
+                ok = True
+            if not ok:
+                raise TypeError(f"{type(self).__name__}.{f.name} must be like {default!r}, got {value!r}")
 
-def _parser_for(tp: Any) -> tuple[Any, dict[str, Any]]:
-    """(argparse type callable, extra add_argument kwargs) for a field type."""
-    origin = typing.get_origin(tp)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        inner, kw = _parser_for(args[0])
-        return (lambda s: None if s.lower() == "none" else inner(s)), kw
-    if tp is bool:  # a bare ``--flag`` means true; ``--flag false`` still works
-        return _bool, {"nargs": "?", "const": True}
-    if origin is tuple:
-        item = args[0] if args else str
-        return _parser_for(item)[0], {"nargs": "*"}
-    if origin is typing.Literal:
-        return type(args[0]), {"choices": list(args)}
-    if tp in (int, float, str):
-        return tp, {}
-    raise TypeError(f"config field type {tp!r} has no CLI parser")
+    def _check_trunk(self, d_model: int, n_heads: int, vocab_size: int, tool_names: tuple[str, ...]) -> None:
+        name = type(self).__name__
+        if n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
+            raise ValueError(f"{name}: d_model ({d_model}) must split into n_heads ({n_heads}) even-sized heads")
+        if vocab_size < VOCAB_SIZE:
+            raise ValueError(f"{name}: vocab_size {vocab_size} < tokenizer's {VOCAB_SIZE}")
+        if len(set(tool_names)) != len(tool_names) or not all(_TOOL_NAME.fullmatch(t) for t in tool_names):
+            raise ValueError(f"{name}: tool_names must be distinct tool names, got {tool_names}")
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Build from a dict (e.g. a checkpoint's); unknown keys are rejected, lists become tuples."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
 
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
-
-
-def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(cls):
-        conv, kw = _parser_for(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, default=default,
-                            help=docs.get(f.name, ""), **kw)
-    return parser
-
-
-def parse_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into ``cls``; unknown flags exit with a clear error."""
-    parser = build_parser(cls)
-    ns, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if unknown:
-        known = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(cls))
-        parser.error(f"unknown option(s) {' '.join(unknown)}; known options: {known}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
-
-
-def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build a config from a dict (e.g. a run's saved config), rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]

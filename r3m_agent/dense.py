@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from r3m_agent.layers import (
-    DEFAULT_TOOLS, Block, ConfigBase, GroupedModule, ModelOutput, RMSNorm, answer_part, generate_tokens,
-    init_weights, pool, prepare, rotary,
-)
+from r3m_agent.blocks import Block, GroupedModule, ModelOutput, RMSNorm, answer_part, init_weights, pool, prepare, rotary
+from r3m_agent.config import ConfigBase
+from r3m_agent.sampling import generate_tokens
 from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
 
 
@@ -33,11 +32,8 @@ class DenseConfig(ConfigBase):
     """MLP hidden width = round(mlp_ratio * d_model); fine-tunes parameter matching."""
     rope_base: float = 10000.0
     """Rotary embedding base."""
-    fill_anchor: int = 0
-    """Fill mode: 0 puts the answer slots right after the prompt (for right-aligned answers); N > 0
-    puts them at positions N, N+1, ... so they line up with content anchored at the prompt's start."""
-    tool_names: tuple[str, ...] = DEFAULT_TOOLS
-    """Tool head classes after "answer", in this order."""
+    tool_names: tuple[str, ...] = ()
+    """Tool head classes after "answer", in this order (the scripts pass every registered tool)."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -70,7 +66,7 @@ class DenseTransformer(GroupedModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 mode: str = "causal", answer_len: int | None = None) -> ModelOutput:
-        b = prepare(input_ids, attention_mask, mode, answer_len, self.cfg.fill_anchor)
+        b = prepare(input_ids, attention_mask, mode, answer_len)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         h = self.embed(b.ids)
         for blk in self.blocks:
@@ -89,7 +85,7 @@ class DenseTransformer(GroupedModule):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
                  eos_id: int | None = EOS_ID, generator: torch.Generator | None = None) -> torch.Tensor:
-        """New tokens [B, N] (PAD after each row's EOS); see ``layers.generate_tokens``."""
+        """New tokens [B, N] (PAD after each row's EOS); see ``sampling.generate_tokens``."""
         def step(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return self(ids, mask).logits[:, -1]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r3m_agent.layers import RMSNorm
+from r3m_agent.blocks import RMSNorm
 
 
 @dataclass
@@ -81,13 +81,6 @@ def reset_carry(carry: Carry | None, done: torch.Tensor) -> Carry | None:
         carry.valid & ~done[:, None],
         torch.where(done, torch.zeros_like(carry.ptr), carry.ptr),
     )
-
-
-def write_budget_penalty(write_probs: torch.Tensor | None, budget: float) -> torch.Tensor:
-    """Mean over the batch of max(0, expected writes - budget), from the soft gates [B, S]."""
-    if write_probs is None:
-        return torch.zeros(())
-    return F.relu(write_probs.float().sum(dim=1) - budget).mean()
 
 
 class EpisodicMemory(nn.Module):

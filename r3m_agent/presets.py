@@ -5,9 +5,12 @@
 
 | preset | R3M params | dense (1x) | dense (1x) params | dense (2x) | dense (2x) params |
 |---|---|---|---|---|---|
-| cpu-tiny | 149,896 | d64 L3 mlp3.52 | 149,830 | d64 L6 mlp3.80 | 299,590 |
-| cpu-small | 799,752 | d128 L4 mlp3.88 | 799,878 | d128 L8 mlp3.98 | 1,598,598 |
-| gpu-sudoku | 6,783,624 | d448 L3 mlp3.55 | 6,784,966 | d448 L6 mlp3.59 | 13,569,478 |
+| cpu-tiny | 149,571 | d64 L3 mlp3.52 | 149,505 | d64 L6 mlp3.80 | 299,265 |
+| cpu-small | 799,107 | d128 L4 mlp3.88 | 799,233 | d128 L8 mlp3.98 | 1,597,953 |
+| gpu-sudoku | 6,781,379 | d448 L3 mlp3.55 | 6,782,721 | d448 L6 mlp3.59 | 13,561,857 |
+
+Counts are without tool-head classes; the scripts add one per registered tool (d_model + 1
+parameters each).
 """
 
 from __future__ import annotations

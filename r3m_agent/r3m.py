@@ -24,21 +24,46 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from r3m_agent.halting import HaltingHead, halting_distribution, threshold_steps
-from r3m_agent.layers import (
-    DEFAULT_TOOLS, Batch, Block, ConfigBase, GroupedModule, ModelOutput, RMSNorm, answer_part,
-    generate_tokens, init_weights, pool, prepare, rotary,
+from r3m_agent.blocks import (
+    Batch, Block, GroupedModule, ModelOutput, RMSNorm, answer_part, init_weights, pool, prepare, rotary,
 )
+from r3m_agent.config import ConfigBase
 from r3m_agent.memory import Carry, EpisodicMemory, SemanticMemory, empty_carry
+from r3m_agent.sampling import generate_tokens
 from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
 
-# Parameter groups each training stage trains (1 imitation, 2 + halting, 3 RL, 4 consolidation).
-STAGE_GROUPS: dict[int, tuple[str, ...]] = {
-    1: ("prelude", "core", "readout", "memory", "tool"),
-    2: ("prelude", "core", "readout", "memory", "tool", "halt"),
-    3: ("prelude", "core", "readout", "memory", "tool", "halt"),
-    4: ("semantic",),
-}
+
+# -- PonderNet halting (Banino, Balaguer & Blundell 2021, arXiv:2107.05407) -------------------------
+class HaltingHead(nn.Module):
+    def __init__(self, d_model: int, bias_init: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, 1)
+        self.bias_init = bias_init
+
+    def reset_parameters(self) -> None:
+        # small weights: every row starts at sigmoid(bias_init), whatever its state
+        nn.init.normal_(self.proj.weight, 0.0, 0.02)
+        nn.init.constant_(self.proj.bias, self.bias_init)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """lambda_k [B] in float32 (products over many steps lose too much in bf16)."""
+        return torch.sigmoid(self.proj(pooled).float().squeeze(-1))
+
+
+def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
+    """p [B, S] from per-step halting probabilities [B, S]; the last step takes the remainder."""
+    survive = torch.cumprod(1.0 - lambdas, dim=1)
+    before = torch.cat([torch.ones_like(survive[:, :1]), survive[:, :-1]], dim=1)
+    p = lambdas * before
+    return torch.cat([p[:, :-1], before[:, -1:]], dim=1)
+
+
+def threshold_steps(halt_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per row, the first step k (1-based) whose cumulative halting probability reaches ``threshold``."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    below = (halt_probs.cumsum(dim=1) < threshold).sum(dim=1)
+    return (below + 1).clamp(max=halt_probs.shape[1])
 
 
 @dataclass(frozen=True)
@@ -84,11 +109,8 @@ class R3MConfig(ConfigBase):
     """Cumulative halting probability at which inference stops (halt=True)."""
     rope_base: float = 10000.0
     """Rotary embedding base."""
-    fill_anchor: int = 0
-    """Fill mode: 0 puts the answer slots right after the prompt (for right-aligned answers); N > 0
-    puts them at positions N, N+1, ... so they line up with content anchored at the prompt's start."""
-    tool_names: tuple[str, ...] = DEFAULT_TOOLS
-    """Tool head classes after "answer", in this order."""
+    tool_names: tuple[str, ...] = ()
+    """Tool head classes after "answer", in this order (the scripts pass every registered tool)."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -205,7 +227,7 @@ class R3M(GroupedModule):
         use_semantic = self.cfg.semantic if semantic is None else semantic
         if use_semantic and self.semantic is None:
             raise ValueError("semantic=True but this config has semantic_slots=0")
-        b = prepare(input_ids, attention_mask, mode, answer_len, self.cfg.fill_anchor)
+        b = prepare(input_ids, attention_mask, mode, answer_len)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         x = self.embed(b.ids)
         for blk in self.prelude:

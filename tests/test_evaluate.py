@@ -3,17 +3,18 @@
 import json
 
 import pytest
-
-from conftest import needs_eval_data
 import torch
 
-from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig, save_checkpoint
-from r3m_agent.config import parse_config
-from r3m_agent.training import TaskSpec
+from conftest import needs_eval_data
+from r3m import tools
+from r3m.learn.cli import parse_config
+from r3m.learn.data import TaskSpec
 from r3m.train.evaluate import Config, main
+from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig, save_checkpoint
 
 SUDOKU_SPEC = TaskSpec("sudoku", "fill", 82, (1,))
-TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=8, K=4)
+TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=8, K=4,
+                 tool_names=tuple(tools.list_tools()))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_dense_checkpoint_without_specs(ckpts, tmp_path):
     assert set(m["baseline_accuracy"]) == {"sudoku"}
     assert m["accuracy"]["sudoku"] == m["baseline_accuracy"]["sudoku"]
     assert m["specs"]["sudoku"] == {"family": "sudoku", "mode": "fill", "width": 82,
-                                    "levels": [1, 2, 3, 4, 5], "align": "right"}
+                                    "levels": [1, 2, 3, 4, 5]}
     assert sum("no decoding spec" in n for n in m["notes"]) == 1  # env and CSV share the derived spec
     assert any("--k is ignored" in n for n in m["notes"])
     assert m["csv"]["norvig_easy50"]["n"] == 2 and "accuracy_vs_k" not in m["csv"]["norvig_easy50"]

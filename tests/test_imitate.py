@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from r3m_agent.config import parse_config
+from r3m.learn.cli import parse_config
 from r3m.train import imitate
 
 TINY = dict(families=("arithmetic",), levels=(1,), steps=12, halt_steps=4, batch_size=8, eval_n=3,

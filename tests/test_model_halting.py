@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from r3m_agent import R3M, R3MConfig, halting_distribution, halting_kl, ponder_loss, threshold_steps
-from r3m_agent.halting import geometric_prior
+from r3m.learn.losses import halting_kl, ponder_loss
+from r3m_agent import R3M, R3MConfig, halting_distribution, threshold_steps
+from r3m.learn.losses import geometric_prior
 
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig
-from r3m_agent.layers import prepare
+from r3m_agent.blocks import prepare
 
 ATOL = 1e-5
 

@@ -1,6 +1,7 @@
 import torch
 
-from r3m_agent import R3M, R3MConfig, reset_carry, write_budget_penalty
+from r3m.learn.losses import write_budget_penalty
+from r3m_agent import R3M, R3MConfig, reset_carry
 from r3m_agent.memory import EpisodicMemory, empty_carry
 
 D, M = 8, 4

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r3m_agent import (
-    GROUP_NAMES, STAGE_GROUPS, DenseConfig, DenseTransformer, R3M, R3MConfig, ponder_loss, write_budget_penalty,
-)
+from r3m.learn.loop import STAGE_GROUPS
+from r3m.learn.losses import ponder_loss, write_budget_penalty
+from r3m_agent import GROUP_NAMES, DenseConfig, DenseTransformer, R3M, R3MConfig
 
-SMALL = dict(d_model=32, n_heads=2, prelude_layers=1, core_layers=2, mem_slots=4, semantic_slots=16, K=4)
+SMALL = dict(d_model=32, n_heads=2, prelude_layers=1, core_layers=2, mem_slots=4, semantic_slots=16, K=4,
+             tool_names=("calculator", "sudoku_solver"))
 
 
 

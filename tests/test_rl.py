@@ -1,4 +1,4 @@
-"""r3m_agent.rl and train/rl_verify.py: advantages, re-scoring, rewards, tool metrics, a tiny run."""
+"""train/rl_verify.py and the RL pieces of r3m.learn: advantages, re-scoring, rewards, tool metrics, a tiny run."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ import torch
 from r3m import envs
 from r3m import tools
 from r3m.envs.base import Instance, TaskFamily
-from r3m_agent import R3M, R3MConfig, rl, save_checkpoint
-from r3m_agent.config import parse_config
-from r3m_agent.policy import Policy
-from r3m_agent.rollout import Episode, Turn, make_vec, run_episodes
+from r3m.learn.evaluation import shaped_reward, tool_metrics
+from r3m.learn.distill import distill_examples, naked_singles
+from r3m.learn.losses import action_tokens, clipped_objective
+from r3m_agent import R3M, R3MConfig, save_checkpoint
+from r3m.learn.cli import parse_config
+from r3m.learn.policy import Policy
+from r3m.learn.rollout import Episode, Turn, make_vec, run_episodes
 from r3m_agent.tokenizer import EOS_ID, PAD_ID
-from r3m_agent.training import TaskSpec
+from r3m.learn.data import TaskSpec
+from r3m.train import rl_verify
 from r3m.verifiers import RIGHT, wrong
 
 TOY = "rltoy"
@@ -47,7 +51,8 @@ if TOY not in envs.list_families():
     envs.register_task(TOY, ToyFamily)
 ENV = f"{TOY}-v0"
 SPEC = TaskSpec(TOY, "fill", 6, (1, 2))
-TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=0, K=2)
+TINY = R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=0, K=2,
+                 tool_names=tuple(tools.list_tools()))
 
 
 def tiny_model(seed: int = 0, **kw) -> R3M:
@@ -59,22 +64,22 @@ def tiny_model(seed: int = 0, **kw) -> R3M:
 def test_group_advantages_by_hand():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0],
                             [0.5, 0.5, 1.0, 0.0]])
-    adv, zero = rl.group_advantages(rewards, "grpo")
+    adv, zero = rl_verify.group_advantages(rewards, "grpo")
     assert zero.tolist() == [False, True, True, False]
     std = np.std([1, 0, 0, 0])
     assert torch.allclose(adv[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / std, atol=1e-4)
     assert adv[1].abs().sum() == 0 and adv[2].abs().sum() == 0
     assert torch.allclose(adv.sum(1), torch.zeros(4), atol=1e-5)
-    loo, zero2 = rl.group_advantages(rewards, "rloo")
+    loo, zero2 = rl_verify.group_advantages(rewards, "rloo")
     assert torch.equal(zero, zero2)
     # r_i minus the mean of the other three
     assert torch.allclose(loo[0], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]), atol=1e-6)
     expected = torch.tensor([0.5 - 1.5 / 3, 0.5 - 1.5 / 3, 1.0 - 1.0 / 3, 0.0 - 2.0 / 3])
     assert torch.allclose(loo[3], expected, atol=1e-6)
     with pytest.raises(ValueError):
-        rl.group_advantages(torch.ones(4, 1))
+        rl_verify.group_advantages(torch.ones(4, 1))
     with pytest.raises(ValueError):
-        rl.group_advantages(rewards, "ppo")
+        rl_verify.group_advantages(rewards, "ppo")
 
 
 def test_clipped_objective_ratio_one_and_clipping():
@@ -82,18 +87,18 @@ def test_clipped_objective_ratio_one_and_clipping():
     adv = torch.tensor([1.0, -1.0, 0.5])
     n = torch.tensor([3, 5, 2])
     new = old.clone().requires_grad_(True)
-    out = rl.clipped_objective(new, old, old, adv, n, clip=0.2, kl_coef=0.1)
+    out = clipped_objective(new, old, old, adv, n, clip=0.2, kl_coef=0.1)
     assert out.ratio == pytest.approx(1.0) and out.kl == pytest.approx(0.0) and out.clip_fraction == 0.0
     assert out.loss.item() == pytest.approx(-adv.mean().item())
     out.loss.backward()
     assert torch.allclose(new.grad, -adv / n / 3)  # d/dlogp of -s A / 3 actions at s = 1
     far = (old + n * 1.0).requires_grad_(True)  # per-token log-ratio 1: ratio e, far outside the clip
-    out = rl.clipped_objective(far, old, old, adv, n, clip=0.2, kl_coef=0.0)
+    out = clipped_objective(far, old, old, adv, n, clip=0.2, kl_coef=0.0)
     assert out.clip_fraction == 1.0
     out.loss.backward()
     assert far.grad[0] == 0 and far.grad[2] == 0 and far.grad[1] != 0  # only A < 0 pulls back
     payload = torch.tensor([[5, 6, EOS_ID, PAD_ID], [PAD_ID, PAD_ID, 7, EOS_ID]])
-    assert rl.action_tokens(payload).tolist() == [4, 3]
+    assert action_tokens(payload).tolist() == [4, 3]
 
 
 # -- re-scoring equals sampling ---------------------------------------------------------------------
@@ -116,13 +121,13 @@ def test_recomputed_log_probs_equal_sampling_ones(mode, allow_tools):
         assert any(t.carry.count.sum() > 0 for e in eps for t in e.turns)
     else:
         assert all(t.tool == 0 for e in eps for t in e.turns)
-    batch = rl.turn_batch(eps, [0.0] * len(eps))
+    batch = rl_verify.turn_batch(eps, [0.0] * len(eps))
     new_lp, entropy = policy.log_prob(batch.observations, batch.carry, batch.tool, batch.payload,
                                       allow_tools=allow_tools)
     assert torch.allclose(new_lp.detach(), batch.old_lp, atol=1e-4), (new_lp, batch.old_lp)
     assert torch.isfinite(entropy).all()
-    out = rl.clipped_objective(new_lp, batch.old_lp, batch.old_lp, torch.ones(len(batch)),
-                               rl.action_tokens(batch.payload), 0.2, 0.1)
+    out = clipped_objective(new_lp, batch.old_lp, batch.old_lp, torch.ones(len(batch)),
+                               action_tokens(batch.payload), 0.2, 0.1)
     assert out.ratio == pytest.approx(1.0, abs=1e-4) and out.clip_fraction == 0.0
 
 
@@ -147,14 +152,14 @@ def test_budget_exceeded_and_malformed_rewards(tools_enabled):
         # calls to a disabled tool are malformed; the budget-breaking call is never parsed
         assert ep.malformed_calls == (0 if tools_enabled else budget)
         expected = -(budget + 1) * tc - (0 if tools_enabled else budget) * mc
-        assert rl.shaped_reward(ep, tc, mc) == pytest.approx(expected)
+        assert shaped_reward(ep, tc, mc) == pytest.approx(expected)
 
 
 def test_correct_answer_with_one_call_scores_one_minus_call_cost():
     ep = Episode(0, TOY, 1, reward=1.0, correct=True, tool_calls=1)
-    assert rl.shaped_reward(ep, 0.01, 0.1) == pytest.approx(0.99)
+    assert shaped_reward(ep, 0.01, 0.1) == pytest.approx(0.99)
     failed = Episode(0, reward=0.0, tool_calls=2, malformed_calls=1)
-    assert rl.shaped_reward(failed, 0.01, 0.1) == pytest.approx(-0.12)
+    assert shaped_reward(failed, 0.01, 0.1) == pytest.approx(-0.12)
 
 
 # -- tool precision / recall and distillation targets ----------------------------------------------
@@ -177,7 +182,7 @@ def test_tool_precision_recall_by_hand():
            _episode("n:12", [bad, good], "12", True),  # one good call, one wasted
            _episode("n:7", [], "7", True),  # needed, not made
            _episode("n:7", [wrong_tool], "7", False)]  # wrong tool: not a needed call
-    m = rl.tool_metrics(eps, "calculator")
+    m = tool_metrics(eps, "calculator")
     assert m["calls"] == 4 and m["needed"] == 4
     assert m["precision"] == pytest.approx(2 / 4) and m["recall"] == pytest.approx(2 / 4)
     assert m["format_validity"] == pytest.approx(3 / 4) and m["call_rate"] == pytest.approx(3 / 4)
@@ -185,7 +190,7 @@ def test_tool_precision_recall_by_hand():
     # no expert tool: a call is needed only where it turns a tool-free failure into success
     no_tool = [_episode("n:1", [good], "12", True), _episode("n:2", [good], "12", True)]
     alone = [_episode("n:1", [], "0", False), _episode("n:2", [], "12", True)]
-    m = rl.tool_metrics(no_tool, None, alone)
+    m = tool_metrics(no_tool, None, alone)
     assert m["needed"] == 1 and m["precision"] == pytest.approx(1 / 2) and m["recall"] == 1.0
 
 
@@ -195,19 +200,19 @@ def test_distill_examples_keep_verified_tool_answers_only():
            _episode("n:5", [("<call>calculator 5+</call>", "error: x")], "5", True),  # no working call
            _episode("n:6", [], "6", True),  # no call
            _episode("n:8", [("<call>calculator 8</call>", "8")], "9", False)]  # not verified
-    ex = rl.distill_examples(eps)
+    ex = distill_examples(eps)
     assert [(e.context, e.tool, e.payload) for e in ex] == [("n:12", 0, "12")]
 
 
 def test_naked_singles_and_curriculum():
     puzzle = "12345678." + "." * 72
-    assert rl.naked_singles(puzzle) == {8: "9"}
-    cur = rl.Curriculum((1, 2, 3))
+    assert naked_singles(puzzle) == {8: "9"}
+    cur = rl_verify.Curriculum((1, 2, 3))
     for _ in range(10):
         cur.update([1, 1, 3], [1.0, 1.0, 0.0])  # level 1 always solved, level 3 always failed
     w = cur.weights()
     assert w[1] > w[0] and w[1] > w[2]
-    assert rl.Curriculum(**json.loads(json.dumps(cur.state()))).weights().tolist() == w.tolist()
+    assert rl_verify.Curriculum(**json.loads(json.dumps(cur.state()))).weights().tolist() == w.tolist()
 
 
 # -- the script: a user-registered env, resume, CLI -------------------------------------------------
@@ -241,7 +246,7 @@ def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_pat
     assert m["baseline_details"]["dense_2x_no_tools"]["params"] >= 2 * 0.99 * m["params"]
     assert all(0.0 <= v <= 1.0 for res in saved["baselines"].values() for v in res.values())
     assert len(m["history"]) == 2 and m["rl_env_steps"] >= 2 * 8
-    for f in ("reward_curve.png", "ckpt/rl.pt", "ckpt/reference.pt", "warmstart/ckpt/stage1.pt"):
+    for f in ("reward_curve.png", "ckpt/rl.pt", "ckpt/reference.pt", "ckpt/warm_stage1.pt"):
         assert (out / f).exists(), f
 
 

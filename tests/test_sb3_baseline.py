@@ -9,8 +9,9 @@ from conftest import needs_eval_data
 
 from r3m import tools
 from r3m.envs.text_env import TextTaskEnv
-from r3m_agent.evaluation import EVAL_SEED
-from r3m.train.sb3_baseline import Config, GridFeatures, main, make_env, play, split_resets
+from r3m.learn.evaluation import EVAL_SEED
+from r3m.learn.baselines import GridFeatures, make_grid_env as make_env, play_grid as play, split_resets
+from r3m.train.sb3_baseline import Config, main
 
 TINY = dict(timesteps=64, n_envs=2, n_steps=32, batch_size=32, n_epochs=1, net=(32,), eval_levels=(1,),
             eval_n=2, csv_limit=2, tensorboard=False)

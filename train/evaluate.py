@@ -25,7 +25,6 @@ the same numbers), ``accuracy`` (family -> headline accuracy), ``specs`` and ``n
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -40,16 +39,17 @@ if __package__ in (None, ""):  # `python train/evaluate.py` from the repository 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3m import envs
-from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint
-from r3m_agent.config import parse_config
-from r3m_agent.data import payload_width
-from r3m_agent.evaluation import (
-    SUDOKU_EVAL_DIR, FamilyEval, env_id_of, evaluate_family, evaluate_instances, load_sudoku_csv,
+from r3m.learn.cli import parse_config
+from r3m.learn.data import TaskSpec, payload_width
+from r3m.learn.evaluation import (
+    FamilyEval, env_id_of, evaluate_family, evaluate_instances, halting_summary, load_sudoku_csv, sudoku_eval_dir,
 )
-from r3m_agent.logger import Logger, log
-from r3m_agent.policy import Policy
+from r3m.learn.plots import plot_accuracy_vs_k
+from r3m.learn.policy import Policy
+from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging
+from r3m.learn.run import jsonable, resolve_device
+from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint
 from r3m_agent.r3m import R3M
-from r3m_agent.training import TaskSpec, resolve_device
 
 SUDOKU_ENV = "sudoku-v0"
 
@@ -135,7 +135,7 @@ def spec_for(family: str, specs: dict[str, TaskSpec], notes: list[str]) -> TaskS
     levels = envs.make_family(family).levels
     spec = TaskSpec(family, "causal" if family == "instruct" else "fill", payload_width(family), levels)
     notes.append(f"{family}: no decoding spec in the checkpoint; using the default "
-                 f"(mode={spec.mode}, width={spec.width}, align={spec.align})")
+                 f"(mode={spec.mode}, width={spec.width})")
     specs[family] = spec  # derived (and noted) once per family
     return spec
 
@@ -165,11 +165,11 @@ def eval_levels(cfg: Config, family: str, spec: TaskSpec, from_checkpoint: bool)
 def csv_path(name: str) -> Path:
     path = Path(name)
     if path.suffix != ".csv" and len(path.parts) == 1:
-        path = SUDOKU_EVAL_DIR / f"{name}.csv"
+        path = sudoku_eval_dir() / f"{name}.csv"
     if not path.is_file():
-        known = sorted(p.stem for p in SUDOKU_EVAL_DIR.glob("*.csv"))
+        known = sorted(p.stem for p in sudoku_eval_dir().glob("*.csv"))
         raise FileNotFoundError(f"Sudoku CSV {name!r} not found (looked at {path}); "
-                                f"names in {SUDOKU_EVAL_DIR}: {known}")
+                                f"names in {sudoku_eval_dir()}: {known}")
     return path
 
 
@@ -199,7 +199,7 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
 def play(cfg: Config, model: torch.nn.Module, target: Target, K: int | None,
          halt: bool = False) -> FamilyEval:
     spec = target.spec
-    policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, align=spec.align)
+    policy = Policy(model, spec.mode, spec.width, K=K, halt=halt)
     if target.instances is not None:
         return evaluate_instances(policy, target.env_id, target.instances, allow_tools=cfg.tools,
                                   batch_size=cfg.batch_size)
@@ -219,13 +219,8 @@ def evaluate_target(cfg: Config, model: torch.nn.Module, target: Target) -> dict
     headline = top
     if recurrent and cfg.halt:
         halted = play(cfg, model, target, max(cfg.k), halt=True)
-        at_avg = max(1, round(halted.steps))
-        at_avg_acc = (curve[at_avg] if at_avg in curve else play(cfg, model, target, at_avg)).accuracy
-        res["halting"] = {
-            "accuracy": halted.accuracy, "avg_steps": halted.steps, "fixed_k": max(cfg.k),
-            "fixed_k_accuracy": top.accuracy, "steps_fraction": halted.steps / max(cfg.k),
-            "fixed_at_avg_steps": at_avg, "fixed_at_avg_steps_accuracy": at_avg_acc,
-            "steps_by_level": halted.steps_by_level, "accuracy_by_level": halted.by_level}
+        res["halting"] = halting_summary(halted, top, max(cfg.k),
+                                         lambda K: curve[K] if K in curve else play(cfg, model, target, K))
         headline = halted
     res.update(accuracy=headline.accuracy, by_level=headline.by_level, avg_steps=headline.steps,
                writes_per_sample=headline.writes, tool_call_rate=headline.tool_call_rate,
@@ -245,37 +240,15 @@ def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], is_cs
     else:
         m["baseline_accuracy"] = dict(m["accuracy"])
     m["csv"] = {n: r for n, r in results.items() if is_csv[n]}
-    m["writes_per_sample"] = _mean(r["writes_per_sample"] for r in results.values())
+    m["writes_per_sample"] = mean(r["writes_per_sample"] for r in results.values())
     m["writes_per_sample_by_family"] = {n: r["writes_per_sample"] for n, r in fams.items()}
     m["tools"] = {n: {"enabled": cfg.tools, "call_rate": r["tool_call_rate"],
                       "malformed_rate": r["malformed_rate"]} for n, r in results.items()}
-    m["tool_call_rate"] = _mean(r["tool_call_rate"] for r in results.values())
+    m["tool_call_rate"] = mean(r["tool_call_rate"] for r in results.values())
     return m
 
 
-def _mean(xs) -> float:
-    xs = list(xs)
-    return float(sum(xs) / len(xs)) if xs else 0.0
-
-
 # -- reporting -------------------------------------------------------------------------------
-def results_table(results: dict[str, dict]) -> str:
-    ks = sorted({K for r in results.values() for K in r.get("accuracy_vs_k", {})})
-    halt = any("halting" in r for r in results.values())
-    head = ["set", "n", *(f"K={K}" for K in ks), *(["halting", "avg steps"] if halt else []),
-            "accuracy", "tool calls"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for name, r in results.items():
-        row = [name, str(r["n"]), *(f"{r['accuracy_vs_k'][K]:.3f}" if K in r.get("accuracy_vs_k", {}) else "-"
-                                    for K in ks)]
-        if halt:
-            h = r.get("halting")
-            row += [f"{h['accuracy']:.3f}", f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
-        row += [f"{r['accuracy']:.3f}", f"{r['tool_call_rate']:.3f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
 def log_scalars(cfg: Config, run_dir: Path, results: dict[str, dict]) -> None:
     values = {}
     for name, r in results.items():
@@ -292,6 +265,7 @@ def log_scalars(cfg: Config, run_dir: Path, results: dict[str, dict]) -> None:
 
 
 def main(cfg: Config) -> dict:
+    setup_logging()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -315,14 +289,12 @@ def main(cfg: Config) -> dict:
         "checkpoint": str(cfg.checkpoint), "model_class": payload["model_class"],
         "phase": (payload.get("extra") or {}).get("phase"), "step": payload.get("step"),
         "params": sum(p.numel() for p in model.parameters()), "device": str(device),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+        "config": jsonable(cfg),
         **collect(cfg, model, results, {t.name: t.instances is not None for t in sets}),
         "specs": {t.name: t.spec.as_dict() for t in sets}, "notes": notes,
-        "seconds": time.perf_counter() - t0, "results_table": results_table(results)}
+        "seconds": time.perf_counter() - t0, "results_table": eval_table(results)}
     log_scalars(cfg, run_dir, results)
     if metrics.get("accuracy_vs_k"):
-        from r3m_agent.plots import plot_accuracy_vs_k
-
         plot_accuracy_vs_k(metrics["accuracy_vs_k"], {}, run_dir / "accuracy_vs_k.png")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(metrics["results_table"])

@@ -4,19 +4,33 @@
     python train/rl_verify.py --env arithmetic-v0      # imitation warm start, RL, distillation
     python train/rl_verify.py --env listops-v0 --init runs/imitate-X/ckpt/stage1.pt
 
-Without ``--init`` a short imitation warm start (``train/imitate.py``, stage 1, on tool-using
-demonstrations by default) gives the starting policy, so the command works alone; a short phase
-of whole-episode imitation then trains the turns with the memory carried across them, as the
-policy acts (``training.imitation_loss``). Each RL
-iteration samples G episodes of each of ``groups`` train instances (one ``reset`` seed per group)
-through the vectorized env, which runs the tool calls and the verifier; the rewards, the
-group-relative advantages and the clipped objective with its KL to the frozen starting policy
-are those of ``r3m_agent.rl`` (its docstring states the exact reward). A small imitation replay
-loss keeps the call format, and a level curriculum moves instances away from levels whose
-groups are all solved or all failed. The distillation phase turns verified tool-derived answers
-into tool-free targets. Baselines on the same test instances and env-step budget: a dense
-Transformer with 2x R3M's parameters trained by imitation without tools, R3M with its tools
-masked, and (Sudoku) MaskablePPO on sudoku-grid-v0. Everything lands in ``--out``.
+Without ``--init`` a short imitation warm start (Stage 1 of ``r3m.learn.stages``, on tool-using
+demonstrations by default) gives the starting policy, so the command works alone; a short phase of
+whole-episode imitation then trains the turns with the memory carried across them, as the policy
+acts. Each RL iteration samples G episodes of each of ``groups`` train instances (one ``reset``
+seed per group) through the vectorized env, which runs the tool calls and the verifier. A small
+imitation replay loss keeps the call format, and a level curriculum moves instances away from
+levels whose groups are all solved or all failed. The distillation phase turns verified
+tool-derived answers into tool-free targets (``r3m.learn.distill``). Baselines on the same test
+instances and env-step budget (``r3m.learn.baselines``): a dense Transformer with 2x R3M's
+parameters trained by imitation without tools, R3M with its tools masked, and, for a family with a
+numeric env (Sudoku), MaskablePPO. Everything lands in ``--out``.
+
+Reward of an episode (``r3m.learn.evaluation.shaped_reward``)::
+
+    r = verifier reward (1 correct, else 0; 0 when truncated)
+        - tool_cost * tool_calls - malformed_cost * malformed_calls
+
+``tool_calls`` counts every ``<call>`` the policy made, including the one that broke the
+env's call budget (that episode is truncated with verifier reward 0), so exceeding a budget of
+B calls scores ``-(B + 1) * tool_cost - malformed_cost * malformed``.
+
+Advantages are group-relative: G samples of one instance (the same ``reset`` seed) form a
+group. GRPO (Shao et al. 2024) standardises rewards within the group; RLOO (Ahmadian et al.
+2024) subtracts the mean of the other G-1 samples. A group whose rewards are all equal carries
+no signal (every advantage is 0); it is counted and left out of the update. The update is PPO's
+clipped surrogate on length-normalised sequence ratios with a k3 KL to the starting policy
+(``r3m.learn.losses.clipped_objective``).
 """
 
 from __future__ import annotations
@@ -27,8 +41,9 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,16 +52,23 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r3m import envs
-from r3m_agent import PRESETS, rl
-from r3m_agent.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from r3m_agent.config import parse_config
-from r3m_agent.fit import FitSpec, Interrupted, Run, fit
-from r3m_agent.logger import log
-from r3m_agent.policy import Policy
-from r3m_agent.rollout import make_vec, run_episodes
-from r3m_agent.training import TaskSpec, imitation_loss, make_optimizer, resolve_device, step_rng
-from r3m.train import rl_eval
+from r3m import envs, tools
+from r3m.learn import baselines, distill, stages
+from r3m.learn.cli import parse_config
+from r3m.learn.data import DemoSource, TaskSpec, payload_width
+from r3m.learn.evaluation import (
+    eval_levels, evaluate_family, evaluate_instances, sampled_test, shaped_reward, tool_metrics,
+)
+from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss
+from r3m.learn.loop import FitSpec, Interrupted, make_optimizer, train_phase
+from r3m.learn.plots import plot_reward_curve
+from r3m.learn.policy import Policy
+from r3m.learn.reporting import log, rl_table, setup_logging
+from r3m.learn.rollout import Episode, make_vec, run_episodes
+from r3m.learn.run import Run, jsonable, seed_everything, start_run, step_rng
+from r3m_agent import PRESETS, R3M, load_checkpoint, model_from_checkpoint, save_checkpoint
+from r3m_agent.memory import Carry
+from r3m_agent.tokenizer import PAD_ID
 
 RL_STREAM, UPDATE_STREAM = 11, 12
 
@@ -182,24 +204,6 @@ class Config:
 
 
 # -- set-up ---------------------------------------------------------------------------------------
-def make_run(cfg: Config) -> Run:
-    out = Path(cfg.out or f"runs/rl-{cfg.env}-{time.strftime('%Y%m%d-%H%M%S')}")
-    saved = out / "config.json"
-    current = rl_eval.jsonable(cfg)
-    if saved.exists() and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, "
-                              "or choose another --out")
-    if cfg.resume and saved.exists():
-        old = json.loads(saved.read_text())
-        changed = {k: (old.get(k), v) for k, v in current.items()
-                   if k not in ("resume", "stop_after", "progress", "threads") and old.get(k) != v}
-        if changed:
-            raise ValueError(f"--resume with a different config than {saved}: {changed}")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(current, indent=2))
-    return Run(out, resolve_device(cfg.device), cfg.tensorboard, cfg.progress)  # stop_after: RL iterations
-
-
 def train_levels(cfg: Config) -> tuple[int, ...]:
     fam_levels = envs.make_family(cfg.family).levels
     levels = tuple(lv for lv in cfg.levels if lv in fam_levels) if cfg.levels else tuple(fam_levels)
@@ -210,68 +214,66 @@ def train_levels(cfg: Config) -> tuple[int, ...]:
 
 def starting_model(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
     """(model, this family's decoding spec, demonstrations the warm start used)."""
-    if cfg.init:
-        path, demos = Path(cfg.init), 0
-    else:
-        path = warm_start(cfg, run)
-        demos = cfg.warm_steps * cfg.warm_batch
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not cfg.init:
+        return warm_start(cfg, run)
+    payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
     specs = [TaskSpec.from_dict(d) for d in (payload.get("extra") or {}).get("specs", [])]
     spec = next((s for s in specs if s.family == cfg.family), None)
     if spec is None:
-        raise ValueError(f"{path} has no decoding spec for family {cfg.family!r} (extra['specs'] lists "
+        raise ValueError(f"{cfg.init} has no decoding spec for family {cfg.family!r} (extra['specs'] lists "
                          f"{[s.family for s in specs]}); train one with train/imitate.py "
                          f"--families {cfg.family}")
-    return model_from_checkpoint(path).to(run.device), spec, demos
+    return model_from_checkpoint(cfg.init).to(run.device), spec, 0
 
 
-def warm_start(cfg: Config, run: Run) -> Path:
-    from r3m.train import imitate
-
-    stages = "1,2" if cfg.halt else "1"
-    out = run.dir / "warmstart"
-    path = out / "ckpt" / ("stage2.pt" if cfg.halt else "stage1.pt")
-    if path.exists() and load_checkpoint(path)["extra"]["fit"]["done"]:
-        return path
-    icfg = imitate.Config(stage=stages, families=(cfg.family,), levels=train_levels(cfg), preset=cfg.preset,
-                          device=cfg.device, seed=cfg.seed, steps=cfg.warm_steps,
-                          halt_steps=cfg.warm_steps // 2, batch_size=cfg.warm_batch, k_train=cfg.k,
-                          grad_steps=min(2, cfg.k), warmup=max(1, cfg.warm_steps // 5), lr=2e-3,
-                          drift_penalty=0.0,  # short copy-like warm start: the settings it was tuned with
-                          tool_fraction=cfg.warm_tool_fraction, eval_n=5, eval_ks=(cfg.k,), baseline=False,
-                          out=str(out), resume=(out / "config.json").exists(), tensorboard=cfg.tensorboard,
-                          progress=cfg.progress, threads=cfg.threads)
-    log.info(f"warm start: {cfg.warm_steps} imitation steps on {cfg.family} -> {out}")
-    imitate.main(icfg)
-    return path
+def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
+    """Stage 1 (and with --halt Stage 2) imitation on this family, as the phases ``warm_stage1``
+    and ``warm_stage2`` of this run: a short, copy-like warm start (no drift penalty)."""
+    levels = train_levels(cfg)
+    fam = cfg.family
+    width = payload_width(fam, tuple(sorted(set(levels) | set(eval_levels(fam, levels)))), cfg.warm_tool_fraction > 0)
+    spec = TaskSpec(fam, "causal" if fam == "instruct" else "fill", width, levels)
+    seed_everything(cfg.seed)
+    model = R3M(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k, tool_names=tuple(tools.list_tools())))
+    model = model.to(run.device)
+    settings = stages.Imitation(steps=cfg.warm_steps, lr=2e-3, batch_size=cfg.warm_batch,
+                                warmup=max(1, cfg.warm_steps // 5), k_train=cfg.k, grad_steps=min(2, cfg.k),
+                                tool_fraction=cfg.warm_tool_fraction, drift_penalty=0.0)
+    log.info(f"warm start: {cfg.warm_steps} imitation steps on {cfg.family}")
+    stages.stage1(run, "warm_stage1", model, [spec], settings, cfg.seed)
+    if cfg.halt:
+        stages.stage2(run, "warm_stage2", model, [spec], dataclasses.replace(settings, steps=cfg.warm_steps // 2),
+                      cfg.seed, lambda_p=0.3, beta=0.05)
+    model.requires_grad_(True)
+    return model, spec, cfg.warm_steps * cfg.warm_batch
 
 
 def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -> int:
-    """Episode imitation with the carried memory (``training.imitation_loss``); returns the
+    """Episode imitation with the carried memory (``losses.imitation_loss``); returns the
     expected number of expert env steps it used."""
     if cfg.warm_carry_steps <= 0:
         return 0
     n = max(1, cfg.warm_batch // 2)
-    source = rl.EpisodeSource(dataclasses.replace(spec, levels=train_levels(cfg)), model.cfg.tool_names, n,
-                              cfg.seed + 4, cfg.warm_tool_fraction)
+    source = DemoSource([dataclasses.replace(spec, levels=train_levels(cfg))], model.cfg.tool_names, cfg.seed + 4,
+                        stream=3, tool_fraction=cfg.warm_tool_fraction, episodes=n)
     K = cfg.k or getattr(model.cfg, "K", None)
     steps = cfg.warm_carry_steps
-    fit(run, "warm_carry", model, make_optimizer(model, cfg.carry_lr, 0.0),
-        FitSpec(steps, cfg.carry_lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=10,
-                samples_per_step=n), lambda step: imitation_loss(model, spec, source.get(step), K=K, grad_steps=None),
-        extra={"specs": [spec.as_dict()]})
-    model.eval()
+    train_phase(run, "warm_carry", model,
+                FitSpec(steps, cfg.carry_lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=10,
+                        samples_per_step=n),
+                lambda step: imitation_loss(model, spec, source.get(step)[1], K=K, grad_steps=None),
+                extra={"specs": [spec.as_dict()]})
     has_tool = envs.make_family(cfg.family).tool is not None
     return round(steps * n * (1 + cfg.warm_tool_fraction * has_tool))
 
 
 def make_policy(cfg: Config, model: torch.nn.Module, spec: TaskSpec) -> Policy:
     K = cfg.k or getattr(getattr(model, "cfg", None), "K", None)
-    return Policy(model, spec.mode, spec.width, K=K, halt=cfg.halt, align=spec.align)
+    return Policy(model, spec.mode, spec.width, K=K, halt=cfg.halt)
 
 
-# -- one RL iteration -------------------------------------------------------------------------------
-def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: rl.Curriculum, levels: tuple[int, ...]):
+# -- rollouts, advantages, the update ---------------------------------------------------------------
+def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: Curriculum, levels: tuple[int, ...]):
     """G sampled episodes of each of ``groups`` train instances: a function of (seed, iteration, weights)."""
     rng = step_rng(cfg.seed, it, stream=RL_STREAM)
     if cfg.curriculum:
@@ -289,19 +291,19 @@ def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: rl.Curriculum
     return episodes, group_levels
 
 
-def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, vec, curriculum: rl.Curriculum,
-                 replay: rl.EpisodeSource, levels: tuple[int, ...]) -> dict:
+def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, vec, curriculum: Curriculum,
+                 replay: DemoSource, levels: tuple[int, ...]) -> dict:
     episodes, group_levels = rollout(cfg, it, policy, vec, curriculum, levels)
     G = cfg.group_size
-    rewards = torch.tensor([rl.shaped_reward(e, cfg.tool_cost, cfg.malformed_cost) for e in episodes])
+    rewards = torch.tensor([shaped_reward(e, cfg.tool_cost, cfg.malformed_cost) for e in episodes])
     rewards = rewards.view(-1, G)
-    adv, zero = rl.group_advantages(rewards, cfg.advantage)
+    adv, zero = group_advantages(rewards, cfg.advantage)
     solved = torch.tensor([e.correct for e in episodes], dtype=torch.float32).view(-1, G)
     if cfg.curriculum:
         curriculum.update(group_levels, solved.mean(1).tolist())
     keep = [i for i in range(len(episodes)) if not bool(zero[i // G])]
     fam = envs.make_family(cfg.family)
-    tm = rl.tool_metrics(episodes, fam.tool)
+    tm = tool_metrics(episodes, fam.tool)
     stats = {"rl/reward": float(rewards.mean()), "rl/pass@1": float(solved.mean()),
              "rl/zero_variance_groups": float(zero.float().mean()),
              "rl/all_solved_groups": float((solved.mean(1) == 1).float().mean()),
@@ -314,14 +316,14 @@ def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, v
              "tools/malformed_rate": float(np.mean([e.malformed_calls > 0 for e in episodes])),
              "halt/steps": float(np.mean([e.steps for e in episodes]))}
     if keep:
-        batch = rl.turn_batch([episodes[i] for i in keep], [float(adv.view(-1)[i]) for i in keep])
+        batch = turn_batch([episodes[i] for i in keep], [float(adv.view(-1)[i]) for i in keep])
         batch.ref_lp = reference_log_probs(ref, batch, cfg.minibatch)
         stats.update(update(cfg, it, policy, optimizer, batch, replay))
     return stats
 
 
 @torch.no_grad()
-def reference_log_probs(ref: Policy, batch: rl.TurnBatch, chunk: int) -> torch.Tensor:
+def reference_log_probs(ref: Policy, batch: TurnBatch, chunk: int) -> torch.Tensor:
     """log pi_ref of the sampled actions, scored with the carry the sampling policy saw."""
     out = []
     for s in range(0, len(batch), chunk):
@@ -330,8 +332,8 @@ def reference_log_probs(ref: Policy, batch: rl.TurnBatch, chunk: int) -> torch.T
     return torch.cat(out)
 
 
-def update(cfg: Config, it: int, policy: Policy, optimizer, batch: rl.TurnBatch,
-           replay: rl.EpisodeSource) -> dict:
+def update(cfg: Config, it: int, policy: Policy, optimizer, batch: TurnBatch,
+           replay: DemoSource) -> dict:
     model, dev = policy.model, policy.device
     gen = torch.Generator().manual_seed(int(step_rng(cfg.seed, it, stream=UPDATE_STREAM).integers(0, 2**62)))
     logs: dict[str, list[float]] = {}
@@ -341,13 +343,13 @@ def update(cfg: Config, it: int, policy: Policy, optimizer, batch: rl.TurnBatch,
         for s in range(0, len(batch), cfg.minibatch):
             mb = batch.select(order[s : s + cfg.minibatch])
             scored = policy.score(mb.observations, mb.carry, mb.tool, mb.payload, allow_tools=True)
-            pg = rl.clipped_objective(scored.log_prob, mb.old_lp.to(dev), mb.ref_lp.to(dev), mb.adv.to(dev),
-                                      rl.action_tokens(mb.payload).to(dev), cfg.clip, cfg.kl_coef)
+            pg = clipped_objective(scored.log_prob, mb.old_lp.to(dev), mb.ref_lp.to(dev), mb.adv.to(dev),
+                                      action_tokens(mb.payload).to(dev), cfg.clip, cfg.kl_coef)
             loss = pg.loss - cfg.entropy_coef * scored.entropy.mean()
             if cfg.halt:
                 loss = loss + cfg.halt_cost * scored.expected_steps.mean()
             if cfg.replay_coef > 0:
-                demos = replay.get(it * 1000 + step)
+                demos = replay.get(it * 1000 + step)[1]
                 replayed = imitation_loss(model, replay.spec, demos, K=policy.K, grad_steps=None)
                 loss = loss + cfg.replay_coef * replayed.loss
             optimizer.zero_grad(set_to_none=True)
@@ -373,16 +375,16 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
     optimizer = make_optimizer(model, cfg.lr, 0.0)
     levels = train_levels(cfg)
     state = {"iteration": 0, "history": [], "env_steps": 0, "done": False, "start": start,
-             "curriculum": rl.Curriculum(levels).state()}
+             "curriculum": Curriculum(levels).state()}
     path = run.ckpt("rl")
     if path.exists():
         state = load_checkpoint(path, model, optimizer, map_location=run.device)["extra"]["rl"]
         if state["done"]:
             return state
         log.info(f"rl: resuming at iteration {state['iteration']} from {path}")
-    curriculum = rl.Curriculum(**state["curriculum"])
-    replay = rl.EpisodeSource(spec, model.cfg.tool_names, cfg.replay_batch, cfg.seed + 1,
-                              cfg.warm_tool_fraction)
+    curriculum = Curriculum(**state["curriculum"])
+    replay = DemoSource([spec], model.cfg.tool_names, cfg.seed + 1, stream=3, tool_fraction=cfg.warm_tool_fraction,
+                        episodes=cfg.replay_batch)
     vec = make_vec(cfg.env, cfg.groups * cfg.group_size, call_budget=cfg.call_budget,
                    partial_credit=cfg.partial_credit)
     logger = run.logger("rl")
@@ -417,18 +419,181 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
     return state
 
 
-def _save_rl(path: Path, model, optimizer, state: dict, curriculum: rl.Curriculum, spec: TaskSpec) -> None:
+def _save_rl(path: Path, model, optimizer, state: dict, curriculum: Curriculum, spec: TaskSpec) -> None:
     state["curriculum"] = curriculum.state()
     save_checkpoint(path, model, optimizer, step=state["iteration"],
                     extra={"rl": state, "specs": [spec.as_dict()]})
 
 
+
+def group_advantages(rewards: torch.Tensor, kind: str = "grpo",
+                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages [N, G], zero-variance mask [N]) for rewards [N groups, G samples]."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [groups, G >= 2], got {tuple(rewards.shape)}")
+    rewards = rewards.float()
+    mean = rewards.mean(1, keepdim=True)
+    zero = (rewards - mean).abs().amax(1) <= eps
+    if kind == "grpo":
+        adv = (rewards - mean) / (rewards.std(1, unbiased=False, keepdim=True) + eps)
+    elif kind == "rloo":
+        G = rewards.shape[1]
+        adv = (rewards - mean) * G / (G - 1)  # r_i - mean of the other G-1
+    else:
+        raise ValueError(f"advantage kind must be grpo or rloo, got {kind!r}")
+    return adv.masked_fill(zero[:, None], 0.0), zero
+
+
+@dataclass
+class TurnBatch:
+    observations: list[str]
+    carry: Carry | None
+    tool: torch.Tensor  # [B]
+    payload: torch.Tensor  # [B, W]
+    old_lp: torch.Tensor  # [B] log-prob under the sampling policy
+    adv: torch.Tensor  # [B] the episode's advantage
+    ref_lp: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+    def select(self, index: torch.Tensor) -> TurnBatch:
+        idx = index.tolist()
+        carry = None if self.carry is None else self.carry.select(index.to(self.carry.ptr.device))
+        ref = self.ref_lp[index] if len(self.ref_lp) else self.ref_lp
+        return TurnBatch([self.observations[i] for i in idx], carry, self.tool[index], self.payload[index],
+                         self.old_lp[index], self.adv[index], ref)
+
+
+def turn_batch(episodes: Sequence[Episode], advantages: Sequence[float]) -> TurnBatch:
+    """Every turn of ``episodes``, each with its episode's advantage (payloads padded to one width)."""
+    turns = [(t, a) for ep, a in zip(episodes, advantages) for t in ep.turns]
+    if not turns:
+        raise ValueError("no turns to batch")
+    width = max(t.payload.shape[0] for t, _ in turns)
+    payload = torch.full((len(turns), width), PAD_ID, dtype=torch.long)
+    for i, (t, _) in enumerate(turns):
+        payload[i, : t.payload.shape[0]] = t.payload
+    carries = [t.carry for t, _ in turns]
+    carry = None
+    if all(c is not None for c in carries):
+        carry = Carry(*(torch.cat([getattr(c, f) for c in carries]) for f in ("slots", "valid", "ptr")))
+    return TurnBatch([t.observation for t, _ in turns], carry, torch.tensor([t.tool for t, _ in turns]),
+                     payload, torch.tensor([t.log_prob for t, _ in turns]),
+                     torch.tensor([float(a) for _, a in turns]))
+
+
+@dataclass
+class Curriculum:
+    """Level weights that follow the groups' success: levels whose groups are all solved or all
+    failed (no variance, no gradient) lose weight to those in between.
+
+    weight(level) = s (1 - s) + floor, with s an exponential moving average of the level's group
+    success; so all-solved groups move the draws to harder levels and all-failed ones to easier.
+    """
+
+    levels: tuple[int, ...]
+    success: list[float] = field(default_factory=list)
+    rate: float = 0.3
+    floor: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(int(lv) for lv in self.levels)
+        if not self.success:
+            self.success = [0.5] * len(self.levels)
+
+    def weights(self) -> np.ndarray:
+        s = np.asarray(self.success)
+        w = s * (1.0 - s) + self.floor
+        return w / w.sum()
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[int]:
+        return [self.levels[i] for i in rng.choice(len(self.levels), size=n, p=self.weights())]
+
+    def update(self, levels: Sequence[int], group_success: Sequence[float]) -> None:
+        for lv in set(levels):
+            vals = [s for l2, s in zip(levels, group_success) if l2 == lv]
+            i = self.levels.index(int(lv))
+            self.success[i] += self.rate * (float(np.mean(vals)) - self.success[i])
+
+    def state(self) -> dict:
+        return {"levels": list(self.levels), "success": list(self.success), "rate": self.rate,
+                "floor": self.floor}
+
+
+# -- measurements -----------------------------------------------------------------------------------
+def split_eval(cfg: Config, policy: Policy, levels: Sequence[int], allow_tools: bool):
+    return evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=allow_tools,
+                           env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
+
+
+def snapshot(cfg: Config, policy: Policy, levels: Sequence[int]) -> dict:
+    """Greedy test-split success with and without tools, tool metrics, sampled reward."""
+    with torch.no_grad():
+        with_tools = split_eval(cfg, policy, levels, True)
+        without = split_eval(cfg, policy, levels, False)
+    tool = envs.make_family(cfg.family).tool
+    sampled = sampled_test(policy, cfg.env, levels, cfg.eval_n, seed=cfg.seed + 7, temperature=cfg.temperature,
+                           call_budget=cfg.call_budget, partial_credit=cfg.partial_credit, tool_cost=cfg.tool_cost,
+                           malformed_cost=cfg.malformed_cost)
+    return {"with_tools": with_tools.accuracy, "without_tools": without.accuracy,
+            "with_tools_by_level": with_tools.by_level, "without_tools_by_level": without.by_level,
+            "tools": tool_metrics(with_tools.episodes, tool, without.episodes),
+            "steps": with_tools.steps, **sampled}
+
+
+def external_eval(cfg: Config, policy: Policy) -> dict[str, dict]:
+    """Sudoku: success with and without tools and tool metrics on each external set."""
+    out = {}
+    tool = envs.make_family(cfg.family).tool
+    for key, instances in baselines.external_sets().items():
+        with torch.no_grad():
+            w = evaluate_instances(policy, cfg.env, instances, allow_tools=True,
+                                   env_kwargs={"call_budget": cfg.call_budget})
+            wo = evaluate_instances(policy, cfg.env, instances, allow_tools=False)
+        out[key] = {"with_tools": w.accuracy, "without_tools": wo.accuracy, "n": len(instances),
+                    "tools": tool_metrics(w.episodes, tool, wo.episodes)}
+    return out
+
+
+def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, state: dict, start: dict, end: dict,
+           demos: int) -> dict:
+    env_steps = int(state["env_steps"])
+    metrics = {
+        "env": cfg.env, "family": cfg.family, "config": jsonable(cfg), "device": str(run.device),
+        "params": sum(p.numel() for p in policy.model.parameters()), "K": policy.K, "spec": spec.as_dict(),
+        "reward_start": start["reward"], "reward_end": end["reward"],
+        "pass1_start": start["pass@1"], "pass1_end": end["pass@1"],
+        "success": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]},
+        "success_start": {"with_tools": start["with_tools"], "without_tools": start["without_tools"]},
+        "success_by_level": {"with_tools": end["with_tools_by_level"],
+                             "without_tools": end["without_tools_by_level"]},
+        "tool_precision": end["tools"]["precision"], "tool_recall": end["tools"]["recall"],
+        "tools": {"test": end["tools"], "start": start["tools"]},
+        "iterations": state["iteration"], "rl_env_steps": env_steps, "warm_start_demonstrations": demos,
+        "env_step_budget": env_steps + demos,
+        "zero_variance_groups": float(np.mean([h["rl/zero_variance_groups"] for h in state["history"]]))
+        if state["history"] else 0.0,
+        "curriculum": state["curriculum"], "distill": {},
+    }
+    sets = {"test": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]}}
+    if cfg.family == "sudoku" and cfg.external:
+        ext = external_eval(cfg, policy)
+        metrics["external"] = ext
+        sets.update({k: {"with_tools": v["with_tools"], "without_tools": v["without_tools"]}
+                     for k, v in ext.items()})
+        for k, v in ext.items():
+            metrics["tools"][k] = v["tools"]
+    metrics["baselines"] = {"r3m_with_tools": {k: v["with_tools"] for k, v in sets.items()},
+                            "r3m_without_tools": {k: v["without_tools"] for k, v in sets.items()}}
+    return metrics
+
+
 # -- main -------------------------------------------------------------------------------------------
 def main(cfg: Config) -> dict:
     t_start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run = make_run(cfg)
+    setup_logging()
+    run = start_run(cfg, f"rl-{cfg.env}")  # stop_after counts RL iterations (train_rl)
     log.info(f"run directory {run.dir} on {run.device}: {cfg.env} ({cfg.family})")
     torch.manual_seed(cfg.seed)
     model, spec, demos = starting_model(cfg, run)
@@ -441,7 +606,7 @@ def main(cfg: Config) -> dict:
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     policy, ref = make_policy(cfg, model, spec), make_policy(cfg, ref_model, spec)
     t_rl = time.time()
-    start = _cached(run.dir / "start.json", lambda: rl_eval.snapshot(cfg, policy, train_levels(cfg)))
+    start = _cached(run.dir / "start.json", lambda: snapshot(cfg, policy, train_levels(cfg)))
     try:
         state = train_rl(cfg, run, policy, ref, spec, start)
     except Interrupted as exc:
@@ -449,18 +614,18 @@ def main(cfg: Config) -> dict:
         return {"interrupted": True, "run_dir": str(run.dir)}
     rl_seconds = time.time() - t_rl
     model.eval()
-    end = rl_eval.snapshot(cfg, policy, train_levels(cfg))
-    metrics = rl_eval.report(cfg, run, policy, spec, state, start, end, demos)
+    end = snapshot(cfg, policy, train_levels(cfg))
+    metrics = report(cfg, run, policy, spec, state, start, end, demos)
     metrics["seconds"] = {"rl": rl_seconds}
-    if rl_eval.distill_applies(cfg):
-        metrics["distill"] = rl_eval.run_distill(cfg, run, policy, spec, train_levels(cfg))
+    if distill.distill_applies(cfg):
+        metrics["distill"] = distill.run_distill(cfg, run, policy, spec, train_levels(cfg))
     if cfg.baselines:
         budget = metrics["env_step_budget"]
-        success, details = rl_eval.run_baselines(cfg, run, model.cfg, spec, budget, train_levels(cfg))
+        success, details = baselines.run_baselines(cfg, run, model.cfg, spec, budget, train_levels(cfg))
         metrics["baselines"].update(success)
         metrics["baseline_details"] = details
     metrics["seconds"]["total"] = metrics["wall_seconds"] = time.time() - t_start
-    return rl_eval.finish(cfg, run, metrics, state)
+    return finish(cfg, run, metrics, state)
 
 
 def _cached(path: Path, compute) -> dict:
@@ -469,6 +634,17 @@ def _cached(path: Path, compute) -> dict:
     value = compute()
     path.write_text(json.dumps(value, indent=2))
     return value
+
+
+def finish(cfg: Config, run: Run, metrics: dict, state: dict) -> dict:
+    plot_reward_curve(state["history"], metrics["reward_start"], metrics["reward_end"], run.dir / "reward_curve.png")
+    metrics["history"] = state["history"]
+    metrics["results_table"] = table = rl_table(metrics)
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(table)
+    print(f"\nwall time {metrics['seconds']['total']:.0f} s   metrics: {run.dir / 'metrics.json'}   "
+          f"tensorboard --logdir {run.dir / 'tb'}")
+    return metrics
 
 
 if __name__ == "__main__":

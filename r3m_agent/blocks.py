@@ -1,4 +1,5 @@
-"""Blocks shared by the dense baseline and R3M, and the helpers both forward passes use.
+"""The Transformer block both models use, the input layout (masks, positions, answer slots) and
+the output both return.
 
 Padding convention: ``attention_mask`` is True (or 1) on real tokens. Positions come from the
 cumulative mask, so a row's real tokens get positions 0, 1, ... wherever its pads sit; with
@@ -8,18 +9,15 @@ the same numbers. Every query may attend to itself, so a pad row never softmaxes
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, fields
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r3m_agent.tokenizer import EOS_ID, MASK_ID, PAD_ID, VOCAB_SIZE
+from r3m_agent.tokenizer import MASK_ID
 
 MODES = ("causal", "fill")
-_TOOL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # as in tools.syntax
 
 
 class ModelOutput(NamedTuple):
@@ -131,14 +129,8 @@ class Batch(NamedTuple):
 
 
 def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
-            answer_len: int | None, fill_anchor: int = 0) -> Batch:
-    """Build masks and positions; in fill mode append ``answer_len`` mask tokens after the input.
-
-    ``fill_anchor`` > 0 gives the answer slots the fixed positions ``fill_anchor, fill_anchor+1, ...``
-    instead of continuing after the prompt, so with rotary attention the offset between answer
-    slot i and prompt position p no longer depends on the prompt's length: content anchored at
-    the prompt's start (a grid, a list) lines up with the slots whatever follows it.
-    """
+            answer_len: int | None) -> Batch:
+    """Build masks and positions; in fill mode append ``answer_len`` mask tokens after the input."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if input_ids.dim() != 2:
@@ -161,9 +153,6 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=mask.device)
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    if n_answer and fill_anchor:
-        slots_at = torch.arange(fill_anchor, fill_anchor + n_answer, device=positions.device)
-        positions = torch.cat([positions[:, :-n_answer], slots_at.expand(positions.shape[0], -1)], dim=1)
     return Batch(input_ids, mask, allowed, positions, causal, n_answer)
 
 
@@ -179,55 +168,6 @@ def pool(h: torch.Tensor, batch: Batch) -> torch.Tensor:
 def answer_part(t: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Keep the answer slots along the token dim (dim -2 of [.., T', V]) in fill mode."""
     return t[..., -batch.answer_len :, :] if batch.answer_len else t
-
-
-def left_align(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move every row's pads to the left, keeping the real tokens' order (any padding layout)."""
-    order = torch.argsort(mask.long(), dim=1, stable=True)
-    return ids.gather(1, order), mask.gather(1, order)
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from [B, V] logits; temperature <= 0 means greedy."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-@torch.no_grad()
-def generate_tokens(step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor | None, max_new_tokens: int, temperature: float = 1.0,
-                    top_k: int | None = None, eos_id: int | None = EOS_ID,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample up to ``max_new_tokens`` per row, recomputing the whole prefix each step (no cache).
-
-    ``step_fn(ids, mask)`` returns next-token logits [B, V] at the last position. The batch is
-    left-aligned first so new tokens go at the end of every row. Returns ``(new [B, N], ids,
-    mask)``: new tokens, PAD after a row's EOS (N < max_new_tokens when every row stopped
-    early), plus the full left-aligned sequences with their mask.
-    """
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    ids, mask = left_align(input_ids, mask)
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    new = []
-    for _ in range(max_new_tokens):
-        tok = sample_next(step_fn(ids, mask), temperature, top_k, generator)
-        tok = torch.where(done, torch.full_like(tok, PAD_ID), tok)
-        new.append(tok)
-        ids = torch.cat([ids, tok[:, None]], dim=1)
-        mask = torch.cat([mask, ~done[:, None]], dim=1)
-        if eos_id is not None:
-            done = done | (tok == eos_id)
-            if bool(done.all()):
-                break
-    out = torch.stack(new, dim=1) if new else ids.new_zeros((ids.shape[0], 0))
-    return out, ids, mask
 
 
 GROUP_NAMES = ("prelude", "core", "readout", "memory", "semantic", "halt", "tool")
@@ -258,54 +198,3 @@ class GroupedModule(nn.Module):
         for name, params in self.param_groups().items():
             for p in params:
                 p.requires_grad_(name in groups)
-
-
-DEFAULT_TOOLS = ("calculator", "csp_solver", "dsl_search", "list_eval", "sudoku_solver")
-
-
-class ConfigBase:
-    """Shared by the frozen model configs: type checks against each field's default, dict I/O."""
-
-    def _check_types(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            value, default = getattr(self, f.name), f.default
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                if ok:
-                    object.__setattr__(self, f.name, float(value))
-            elif isinstance(default, str):
-                ok = isinstance(value, str)
-            elif isinstance(default, tuple):
-                if isinstance(value, list):
-                    value = tuple(value)
-                    object.__setattr__(self, f.name, value)
-                ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-            else:
-                ok = True
-            if not ok:
-                raise TypeError(f"{type(self).__name__}.{f.name} must be like {default!r}, got {value!r}")
-
-    def _check_trunk(self, d_model: int, n_heads: int, vocab_size: int, tool_names: tuple[str, ...]) -> None:
-        name = type(self).__name__
-        if n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
-            raise ValueError(f"{name}: d_model ({d_model}) must split into n_heads ({n_heads}) even-sized heads")
-        if vocab_size < VOCAB_SIZE:
-            raise ValueError(f"{name}: vocab_size {vocab_size} < tokenizer's {VOCAB_SIZE}")
-        if len(set(tool_names)) != len(tool_names) or not all(_TOOL_NAME.fullmatch(t) for t in tool_names):
-            raise ValueError(f"{name}: tool_names must be distinct tool names, got {tool_names}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):
-        """Build from a dict (e.g. a checkpoint's); unknown keys are rejected, lists become tuples."""
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]

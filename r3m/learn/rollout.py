@@ -17,8 +17,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from r3m import envs  # noqa: F401  (registers the suite)
+from r3m.learn.policy import Policy
 from r3m_agent.memory import Carry
-from r3m_agent.policy import Policy
 
 
 @dataclass

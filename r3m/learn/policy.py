@@ -3,7 +3,7 @@
 At a decision point the tool head picks "answer" or a tool; the token head then writes the
 payload (the call's ARGS or the answer). The action is ``<call>NAME PAYLOAD</call>`` or the
 payload itself. Payload tokens are restricted to the printable alphabet plus ``<eos>`` (and, in
-fill mode, ``<pad>`` for the slots a shorter payload leaves empty; see ``r3m_agent.data``), so a
+fill mode, ``<pad>`` for the slots a shorter payload leaves empty; see ``r3m.learn.data``), so a
 policy can never emit a stray delimiter; with tools off the head is masked to "answer". A
 payload is every slot or token up to and including the first ``<eos>``.
 
@@ -61,7 +61,6 @@ class Policy:
     width: int = 64
     K: int | None = None
     halt: bool = False
-    align: str = "right"  # fill: where payloads sit in their slots (as in training)
 
     @property
     def recurrent(self) -> bool:

@@ -6,12 +6,11 @@ it should take: a tool choice (0 = answer, i = tool i in the model's ``tool_name
 payload (the call's ARGS, or the answer text).
 
 Two layouts, matching the model's two decoding modes:
-- fill: ``<bos> transcript <sep>`` then ``width`` answer slots. Right-aligned (the default) the
-  slot targets are ``<pad>...<pad> payload <eos>``: the payload ends at a fixed distance from the
+- fill: ``<bos> transcript <sep>`` then ``width`` answer slots whose targets are
+  ``<pad>...<pad> payload <eos>`` (right-aligned): the payload ends at a fixed distance from the
   transcript's end, where numbers' units digits, lists and tool results sit, so with rotary
-  attention an answer slot lines up with its source at a constant offset. Left-aligned they are
-  ``payload <eos> <pad>...`` (for content anchored at the prompt's start, with ``fill_anchor``).
-  Decoding drops pads and stops at the first eos;
+  attention an answer slot lines up with its source at a constant offset. Decoding drops pads
+  and stops at the first eos;
 - causal: ``<bos> transcript <sep> payload <eos>``, next-token targets on the payload and eos;
   the tool head reads the ``<sep>`` position (the decision point).
 """
@@ -19,18 +18,36 @@ Two layouts, matching the model's two decoding modes:
 from __future__ import annotations
 
 import functools
-from typing import Iterator, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Sequence
 
-import numpy as np
 import torch
 
-from r3m import envs
-from r3m import tools
+from r3m import envs, tools
 from r3m.envs.text_env import TextTaskEnv
+from r3m.learn.run import step_rng
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
 IGNORE = -100
 TOK = Tokenizer()
+
+
+@dataclass
+class TaskSpec:
+    """How one family is trained and decoded: ``mode`` fill or causal, ``width`` answer slots (fill)
+    or most payload tokens (causal), eos included, and the training ``levels``."""
+
+    family: str
+    mode: str
+    width: int
+    levels: tuple[int, ...]
+
+    def as_dict(self) -> dict:
+        return {"family": self.family, "mode": self.mode, "width": self.width, "levels": list(self.levels)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TaskSpec":
+        return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]))
 
 
 class Example(NamedTuple):
@@ -82,21 +99,6 @@ def episode_examples(env: TextTaskEnv, index: int, difficulty: int | None, use_t
     return examples
 
 
-def demo_stream(family: str, tool_names: Sequence[str], seed: int, tool_fraction: float = 0.5,
-                levels: Sequence[int] | None = None) -> Iterator[Example]:
-    """Endless train-split demonstrations of ``family``: seeded, reproducible, levels drawn uniformly."""
-    env = TextTaskEnv(family)
-    fam = env.family
-    levels = tuple(levels or fam.levels)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    index = 0
-    while True:
-        use_tools = bool(fam.tool) and rng.random() < tool_fraction
-        level = int(rng.choice(levels))
-        yield from episode_examples(env, int(rng.integers(2**62)), level, use_tools, tool_names)
-        index += 1
-
-
 @functools.lru_cache(maxsize=None)
 def payload_width(family: str, levels: tuple[int, ...] | None = None, with_tools: bool = True,
                   samples_per_level: int = 100) -> int:
@@ -122,14 +124,13 @@ def _context_ids(context: str) -> list[int]:
     return [BOS_ID, *TOK.encode(context), SEP_ID]
 
 
-def fill_slots(payload: str, width: int, align: str = "right") -> list[int]:
+def fill_slots(payload: str, width: int) -> list[int]:
     """Slot targets for ``payload`` (truncated to fit), see the module docstring."""
     pay = TOK.encode(payload)[: width - 1] + [EOS_ID]
-    pads = [PAD_ID] * (width - len(pay))
-    return pads + pay if align == "right" else pay + pads
+    return [PAD_ID] * (width - len(pay)) + pay
 
 
-def collate_fill(examples: Sequence[Example], width: int, align: str = "right") -> FillBatch:
+def collate_fill(examples: Sequence[Example], width: int) -> FillBatch:
     """Left-padded contexts (the answer slots then follow every row's last token) and slot targets."""
     ctx = [_context_ids(e.context) for e in examples]
     T = max(map(len, ctx))
@@ -137,7 +138,7 @@ def collate_fill(examples: Sequence[Example], width: int, align: str = "right") 
     targets = torch.full((len(ctx), width), PAD_ID, dtype=torch.long)
     for i, (c, e) in enumerate(zip(ctx, examples)):
         ids[i, T - len(c):] = torch.tensor(c)
-        targets[i] = torch.tensor(fill_slots(e.payload, width, align))
+        targets[i] = torch.tensor(fill_slots(e.payload, width))
     return FillBatch(ids, ids != PAD_ID, targets, _tensor(e.tool for e in examples),
                      _tensor(e.difficulty for e in examples))
 
@@ -161,3 +162,41 @@ def collate_causal(examples: Sequence[Example], max_payload: int = 256) -> Causa
 
 def _tensor(values) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long)
+
+
+class DemoSource:
+    """Expert episodes (lists of per-turn ``Example``s), a pure function of (seed, step).
+
+    ``get(step)`` cycles through ``specs`` (one family per step) and draws, from
+    ``step_rng(seed, step, stream)``, either ``episodes`` whole episodes or, when that is None,
+    episodes until they hold at least ``turns`` turns. A share ``tool_fraction`` of the episodes
+    of a family with a tool are the tool-using demonstrations.
+    """
+
+    def __init__(self, specs: Sequence[TaskSpec], tool_names: Sequence[str], seed: int, *, stream: int,
+                 tool_fraction: float, episodes: int | None = None, turns: int | None = None):
+        if (episodes is None) == (turns is None):
+            raise ValueError("DemoSource needs exactly one of episodes= and turns=")
+        self.specs, self.tool_names = list(specs), tuple(tool_names)
+        self.seed, self.stream, self.tool_fraction = seed, stream, tool_fraction
+        self.n_episodes, self.n_turns = episodes, turns
+        self._envs = {s.family: TextTaskEnv(s.family) for s in self.specs}
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.specs[0]
+
+    def episodes(self, step: int, spec: TaskSpec) -> list[list[Example]]:
+        rng = step_rng(self.seed, step, stream=self.stream)
+        env = self._envs[spec.family]
+        has_tool = bool(env.family.tool)
+        out: list[list[Example]] = []
+        while (len(out) < self.n_episodes) if self.n_episodes is not None else (sum(map(len, out)) < self.n_turns):
+            use_tools = has_tool and rng.random() < self.tool_fraction
+            level = int(rng.choice(spec.levels))
+            out.append(episode_examples(env, int(rng.integers(2**62)), level, use_tools, self.tool_names))
+        return out
+
+    def get(self, step: int) -> tuple[TaskSpec, list[list[Example]]]:
+        spec = self.specs[step % len(self.specs)]
+        return spec, self.episodes(step, spec)

@@ -1,20 +1,20 @@
-"""The run's figures (matplotlib, headless)."""
+"""The runs' figures. matplotlib's object-oriented ``Figure`` renders without pyplot, so nothing
+here selects a global backend (headless machines and notebooks alike)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_accuracy_vs_k(curves: Mapping[str, Mapping[int, float]], baseline: Mapping[str, float], path: Path,
                        harder: Mapping[str, Mapping[int, float]] | None = None) -> None:
     """Accuracy against refinement steps K per family (log2 x), dense baseline dashed."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     for i, (fam, curve) in enumerate(curves.items()):
         ks = sorted(curve)
         color = f"C{i}"
@@ -31,13 +31,13 @@ def plot_accuracy_vs_k(curves: Mapping[str, Mapping[int, float]], baseline: Mapp
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_halting_steps(steps: Mapping[str, Mapping[int, Sequence[float]]], path: Path) -> None:
     """Histogram of halting steps by difficulty level, one panel per family."""
     fams = list(steps)
-    fig, axes = plt.subplots(1, max(1, len(fams)), figsize=(5 * max(1, len(fams)), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * max(1, len(fams)), 3.6))
+    axes = fig.subplots(1, max(1, len(fams)), squeeze=False)
     for ax, fam in zip(axes[0], fams):
         by_level = steps[fam]
         top = max((max(v) for v in by_level.values() if v), default=1)
@@ -49,4 +49,20 @@ def plot_halting_steps(steps: Mapping[str, Mapping[int, Sequence[float]]], path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def plot_reward_curve(history: Sequence[Mapping[str, float]], start: float, end: float, path: Path) -> None:
+    """Sampled training reward and pass@1 per RL iteration, with the test reward before and after."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    its = np.arange(1, len(history) + 1)
+    for key, label in (("rl/reward", "train reward (sampled)"), ("rl/pass@1", "train pass@1 (sampled)")):
+        ax.plot(its, [h[key] for h in history], label=label, alpha=0.8)
+    ax.axhline(start, color="grey", ls="--", lw=1, label=f"test reward at start ({start:.3f})")
+    ax.axhline(end, color="black", ls=":", lw=1, label=f"test reward at end ({end:.3f})")
+    ax.set_xlabel("RL iteration")
+    ax.set_ylabel("reward / success")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,4 +1,4 @@
-"""The optimisation loop every phase of every script shares.
+"""The optimisation loop every phase of every script shares, and its optimiser and schedule.
 
 ``fit`` runs ``steps`` optimiser steps of a loss closure with warmup + cosine learning rate,
 gradient clipping, NaN/inf skipping, TensorBoard scalars, a progress bar with loss and
@@ -19,37 +19,39 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from r3m.learn.losses import LossOut
+from r3m.learn.reporting import log
+from r3m.learn.run import Run
 from r3m_agent.checkpoint import load_checkpoint, save_checkpoint
-from r3m_agent.logger import Logger, log
-from r3m_agent.training import LossOut, lr_at
+
+# Parameter groups each training stage trains (1 imitation, 2 + halting, 3 RL, 4 consolidation).
+STAGE_GROUPS: dict[int, tuple[str, ...]] = {
+    1: ("prelude", "core", "readout", "memory", "tool"),
+    2: ("prelude", "core", "readout", "memory", "tool", "halt"),
+    3: ("prelude", "core", "readout", "memory", "tool", "halt"),
+    4: ("semantic",),
+}
 
 
 class Interrupted(Exception):
     """Raised when a run's ``stop_after`` step budget is spent (tests simulate a killed run with it)."""
 
 
-@dataclass
-class Run:
-    """Where a run writes, and what it may spend."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on vectors (norms, biases, eta)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
-    dir: Path
-    device: torch.device
-    tensorboard: bool = True
-    progress: bool = True
-    stop_after: int = 0  # >0: raise Interrupted after this many optimiser steps in this process
-    rank: int = 0
-    world: int = 1  # processes under torchrun (each trains on its own batches; rank 0 writes)
-    steps_taken: int = 0
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def ckpt(self, phase: str) -> Path:
-        return self.dir / "ckpt" / f"{phase}.pt"
-
-    def logger(self, phase: str) -> Logger:
-        return Logger(str(self.dir), phase, tensorboard=self.tensorboard and self.main)
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 @dataclass
@@ -175,3 +177,15 @@ def _scalars(out: LossOut, lr: float, norm: float, state: FitState, rate: float,
 def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: FitState,
           extra: dict | None) -> None:
     save_checkpoint(path, model, optimizer, step=state.step, extra={**(extra or {}), "fit": asdict(state)})
+
+
+def train_phase(run: Run, phase: str, model: torch.nn.Module, spec: FitSpec, loss_fn: Callable[[int], LossOut], *,
+                groups: tuple[str, ...] | None = None, weight_decay: float = 0.0,
+                extra: dict | None = None) -> FitState:
+    """Train ``groups`` of ``model`` (all trainable ones when None) with AdamW for one phase of a run,
+    resuming it from its checkpoint; the model is left in eval mode."""
+    if groups is not None:
+        model.set_trainable(groups)
+    state = fit(run, phase, model, make_optimizer(model, spec.lr, weight_decay), spec, loss_fn, extra=extra)
+    model.eval()
+    return state

@@ -1,0 +1,304 @@
+"""Baselines that every R3M number is compared with, trained on the same tasks and budgets.
+
+- a dense Transformer trained by imitation without tools (``dense_baseline``);
+- MaskablePPO (sb3-contrib) on a family's numeric env (``sudoku-grid-v0``), one (cell, digit)
+  move at a time with the env's ``action_masks()`` both in training and at evaluation, where it
+  acts deterministically. The MLP sees the board one-hot (81 x 10) and the candidate mask
+  (81 x 9: the digits each cell still allows). The reward is the env's own: 1 when the board is
+  full and verified, 0 otherwise (``move_reward`` adds optional shaping). It is sparse: a masked
+  random walk dead-ends after ~4 moves on level-1 boards and solves about 1 in 200, while always
+  filling a cell with a single candidate solves every level-1 board; whatever success the
+  trained policy reaches is reported as measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from r3m import envs  # noqa: F401  (registers sudoku-grid-v0)
+from r3m.envs.base import Instance
+from r3m.learn.data import DemoSource, TaskSpec
+from r3m.learn.distill import split_eval
+from r3m.learn.evaluation import EVAL_SEED, evaluate_instances, load_sudoku_csv, sudoku_eval_dir
+from r3m.learn.losses import LossOut, imitation_loss
+from r3m.learn.loop import FitSpec, train_phase
+from r3m.learn.policy import Policy
+from r3m.learn.reporting import log, mean
+from r3m.learn.run import Run
+from r3m_agent import DenseTransformer, dense_config_like
+
+GRID_ENV = "sudoku-grid-v0"
+LEVELS = (1, 2, 3, 4, 5)
+# success key -> (CSV file stem, fixed sample size or None for the whole file)
+EXTERNAL = {"norvig_easy50": ("norvig_easy50", None), "norvig_top95": ("norvig_top95", None),
+            "royle17_1000": ("royle_sudoku17", 1000)}
+
+
+def external_sets(limit: int | None = None) -> dict[str, list]:
+    """The external Sudoku sets that are present (a missing file is skipped with a warning)."""
+    sets = {}
+    for key, (stem, size) in EXTERNAL.items():
+        path = sudoku_eval_dir() / f"{stem}.csv"
+        if path.exists():
+            size = size if limit is None else min(size or limit, limit)
+            sets[key] = load_sudoku_csv(path, limit=size, seed=0)
+        else:
+            log.warning(f"external Sudoku set {path} is missing: skipped")
+    return sets
+
+
+# -- the dense Transformer ---------------------------------------------------------------------------
+def run_baselines(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
+                  levels: Sequence[int]) -> tuple[dict, dict]:
+    """(name -> set -> success, name -> details such as parameters and the budget it got)."""
+    success, details = {}, {}
+    name = "dense_2x_no_tools"
+    success[name], details[name] = dense_baseline(cfg, run, r3m_cfg, spec, budget, levels)
+    if cfg.family == "sudoku":
+        success["maskable_ppo"], details["maskable_ppo"] = maskable_ppo(cfg, run, budget, levels)
+    return success, details
+
+
+def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
+                   levels: Sequence[int]) -> tuple[dict, dict]:
+    """A dense Transformer with 2x R3M's parameters, imitation without tools, ``budget`` demonstrations."""
+    torch.manual_seed(cfg.seed)
+    dense_cfg = dense_config_like(r3m_cfg, 2.0)
+    model = DenseTransformer(dense_cfg).to(run.device)
+    source = DemoSource([spec], dense_cfg.tool_names, cfg.seed + 2, stream=1, tool_fraction=0.0, turns=cfg.warm_batch)
+    steps = max(1, math.ceil(budget / cfg.warm_batch))
+
+    def loss_fn(step: int) -> LossOut:
+        s, episodes = source.get(step)
+        return imitation_loss(model, s, episodes, K=None, grad_steps=None)
+
+    train_phase(run, "dense2x", model, FitSpec(steps, cfg.dense_lr, warmup=max(1, min(100, steps // 5)),
+                                               ckpt_every=max(1, steps // 4), samples_per_step=cfg.warm_batch),
+                loss_fn, weight_decay=0.01, extra={"specs": [spec.as_dict()]})
+    policy = Policy(model, spec.mode, spec.width)
+    with torch.no_grad():
+        res = {"test": split_eval(cfg, policy, levels, False).accuracy}
+        if cfg.family == "sudoku" and cfg.external:
+            for key, instances in external_sets().items():
+                res[key] = evaluate_instances(policy, cfg.env, instances, allow_tools=False).accuracy
+    details = {"params": sum(p.numel() for p in model.parameters()), "demonstrations": steps * cfg.warm_batch}
+    return res, details
+
+
+def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dict, dict]:
+    try:
+        import sb3_contrib  # noqa: F401
+    except ImportError as exc:
+        log.warning(f"MaskablePPO baseline unavailable: {exc}")
+        return {}, {"error": str(exc)}
+    settings = MaskablePPOSettings(timesteps=cfg.sb3_timesteps or budget, eval_levels=tuple(levels),
+                                   eval_n=cfg.eval_n, seed=cfg.seed)
+    run_dir = run.dir / "sb3"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    res = train_maskable_ppo(settings, run_dir, cfg.tensorboard)
+    return dict(res["success"]), {"timesteps": settings.timesteps, "train_levels": list(settings.levels)}
+
+
+# -- MaskablePPO on sudoku-grid-v0 -------------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskablePPOSettings:
+    """MaskablePPO on sudoku-grid-v0, evaluated on the test split and the external Sudoku sets."""
+
+    timesteps: int = 200_000
+    """Env-step budget for training (moves, summed over the parallel envs)."""
+    levels: tuple[int, ...] = (1, 2)
+    """Training difficulty levels (each reset draws one uniformly)."""
+    eval_levels: tuple[int, ...] = LEVELS
+    """Test-split levels to evaluate; ``success["test"]`` is their mean (equal counts)."""
+    eval_n: int = 100
+    """Test puzzles per evaluated level."""
+    csv_limit: int = 0
+    """Testing aid: cap each external set at this many puzzles (fixed-seed sample; 0: no cap). The
+    success keys keep their names; ``n`` in metrics.json records the counts actually played."""
+    n_envs: int = 8
+    """Parallel training envs (DummyVecEnv)."""
+    n_steps: int = 256
+    """Rollout length per env between updates."""
+    batch_size: int = 256
+    """PPO minibatch size."""
+    n_epochs: int = 4
+    """PPO epochs per rollout."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """Discount."""
+    ent_coef: float = 0.01
+    """Entropy bonus."""
+    candidates: bool = True
+    """Show the policy the candidate mask (81 x 9) beside the one-hot board."""
+    move_reward: float = 0.0
+    """Shaping: reward per move that keeps the board completable (0: the env's sparse reward only)."""
+    net: tuple[int, ...] = (256, 256)
+    """Hidden sizes of the policy and value MLPs."""
+    seed: int = 0
+    """Seeds the policy, the envs and the level draws: same seed, same numbers."""
+    device: str = "cpu"
+    """Torch device for SB3 (cpu is the fastest for an MLP policy)."""
+
+    def __post_init__(self) -> None:
+        bad = [lv for lv in (*self.levels, *self.eval_levels) if lv not in LEVELS]
+        if bad or not self.levels:
+            raise ValueError(f"levels must be non-empty and within {LEVELS}, "
+                             f"got {self.levels} / {self.eval_levels}")
+        if self.timesteps < 1 or self.n_envs < 1 or self.n_steps < 1 or self.eval_n < 0 or self.csv_limit < 0:
+            raise ValueError("timesteps, n_envs and n_steps must be >= 1; eval_n and csv_limit >= 0")
+
+
+class GridFeatures(gym.Wrapper):
+    """The board one-hot [81 x 10], optionally followed by the candidate mask [81 x 9] (what
+    ``action_masks`` allows, so the MLP can see which cells are forced); each reset draws a level
+    from ``levels`` with its own seeded rng. ``move_reward`` (shaping, 0: the env's reward only)
+    is added for every move that leaves the board completable or completes it.
+
+    ``action_masks`` is forwarded explicitly so MaskablePPO finds it through the wrapper.
+    """
+
+    def __init__(self, env: gym.Env, levels: Sequence[int] = LEVELS, candidates: bool = False,
+                 move_reward: float = 0.0):
+        super().__init__(env)
+        self.levels, self.candidates, self.move_reward = tuple(levels), candidates, move_reward
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (81 * 10 + 729 * candidates,), np.float32)
+        self._rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng([seed, 1])
+        opts = dict(options or {})
+        if "instance" not in opts and "difficulty" not in opts:
+            opts["difficulty"] = int(self._rng.choice(self.levels))
+        board, info = self.env.reset(seed=seed, options=opts)
+        return self.features(board), info
+
+    def step(self, action):
+        board, reward, terminated, truncated, info = self.env.step(action)
+        if self.move_reward and (not terminated or info.get("correct")):
+            reward += self.move_reward
+        return self.features(board), reward, terminated, truncated, info
+
+    def features(self, board: np.ndarray) -> np.ndarray:
+        onehot = np.zeros((81, 10), np.float32)
+        onehot[np.arange(81), board] = 1.0
+        if not self.candidates:
+            return onehot.reshape(-1)
+        return np.concatenate([onehot.reshape(-1), self.action_masks().astype(np.float32)])
+
+    def action_masks(self) -> np.ndarray:
+        return self.env.unwrapped.action_masks()
+
+
+def make_grid_env(levels: Sequence[int], split: str = "train", candidates: bool = False,
+             move_reward: float = 0.0) -> GridFeatures:
+    env = gym.make(GRID_ENV, split=split, disable_env_checker=True)
+    return GridFeatures(env, levels, candidates, move_reward)
+
+def build_maskable_ppo(cfg: "MaskablePPOSettings", run_dir: Path, tensorboard: bool):
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    vec = DummyVecEnv([lambda: Monitor(make_grid_env(cfg.levels, candidates=cfg.candidates, move_reward=cfg.move_reward))
+                       for _ in range(cfg.n_envs)])
+    model = MaskablePPO(
+        "MlpPolicy", vec, learning_rate=cfg.lr, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef, seed=cfg.seed, device=cfg.device,
+        policy_kwargs={"net_arch": list(cfg.net)},
+        tensorboard_log=str(run_dir / "tb") if tensorboard else None, verbose=0)
+    if not tensorboard:  # SB3's default logger would otherwise make a /tmp/SB3-<time> folder per run
+        from stable_baselines3.common.logger import configure
+        model.set_logger(configure(str(run_dir), [""]))
+    return model
+
+
+def play_grid(model, resets: Sequence[dict[str, Any]], candidates: bool = False,
+         batch_size: int = 200) -> list[dict[str, Any]]:
+    """Deterministic masked episodes, one per ``{"seed", "options"}``; returns each episode's result.
+
+    Episodes run in batches: one ``predict`` call per move for every live board of the batch.
+    """
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(resets), batch_size):
+        chunk = resets[start : start + batch_size]
+        games = [make_grid_env(LEVELS, split="test", candidates=candidates) for _ in chunk]
+        first = [g.reset(seed=r.get("seed"), options=r.get("options")) for g, r in zip(games, chunk)]
+        obs = [o for o, _ in first]
+        out: list[dict[str, Any]] = [{"difficulty": int(info["difficulty"])} for _, info in first]
+        live = list(range(len(games)))
+        while live:
+            masks = np.stack([games[i].action_masks() for i in live])
+            batch = np.stack([obs[i] for i in live])
+            actions, _ = model.predict(batch, deterministic=True, action_masks=masks)
+            still = []
+            for i, a in zip(live, actions.tolist()):
+                obs[i], _, terminated, truncated, info = games[i].step(a)
+                if terminated or truncated:
+                    out[i].update(correct=bool(info.get("correct", False)), filled=int(info["filled"]),
+                                  reason=str(info.get("reason", "")))
+                else:
+                    still.append(i)
+            live = still
+        results += out
+    return results
+
+
+def split_resets(levels: Sequence[int], n: int) -> list[dict[str, Any]]:
+    """The test puzzles ``evaluate_family`` plays on sudoku-v0 (seeds ``EVAL_SEED + i`` per level)."""
+    return [{"seed": EVAL_SEED + i, "options": {"split": "test", "difficulty": lv}}
+            for lv in levels for i in range(n)]
+
+
+def grid_external_sets(csv_limit: int = 0) -> dict[str, list[Instance]]:
+    sets = {}
+    for key, (stem, limit) in EXTERNAL.items():
+        path = sudoku_eval_dir() / f"{stem}.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"external Sudoku set {path} is missing "
+                                    "(set R3M_EVAL_DIR to the eval folder)")
+        if csv_limit:
+            limit = min(limit or csv_limit, csv_limit)
+        sets[key] = load_sudoku_csv(path, limit=limit, seed=0)
+    return sets
+
+
+def evaluate_grid(model, cfg: "MaskablePPOSettings") -> dict[str, Any]:
+    """success / n / by-level success / mean cells filled, per evaluation set."""
+    games = {"test": play_grid(model, split_resets(cfg.eval_levels, cfg.eval_n), cfg.candidates)}
+    for key, instances in grid_external_sets(cfg.csv_limit).items():
+        resets = [{"seed": i, "options": {"instance": x}} for i, x in enumerate(instances)]
+        games[key] = play_grid(model, resets, cfg.candidates)
+    summary: dict[str, Any] = {"success": {}, "n": {}, "filled": {}, "test_by_level": {}}
+    for key, res in games.items():
+        summary["success"][key] = mean(r["correct"] for r in res)
+        summary["n"][key] = len(res)
+        summary["filled"][key] = mean(r["filled"] for r in res)
+    for lv in cfg.eval_levels:
+        summary["test_by_level"][lv] = mean(r["correct"] for r in games["test"] if r["difficulty"] == lv)
+    return summary
+
+
+def train_maskable_ppo(cfg: MaskablePPOSettings, run_dir: Path, tensorboard: bool = True) -> dict[str, Any]:
+    """Train for ``cfg.timesteps`` env steps, save the model and evaluate it; returns the metrics."""
+    import time
+
+    t0 = time.perf_counter()
+    model = build_maskable_ppo(cfg, run_dir, tensorboard)
+    model.learn(total_timesteps=cfg.timesteps, tb_log_name="maskable_ppo")
+    train_seconds = time.perf_counter() - t0
+    model.save(run_dir / "model.zip")
+    log.info(f"MaskablePPO trained {model.num_timesteps} env steps in {train_seconds:.0f}s; evaluating")
+    summary = evaluate_grid(model, cfg)
+    seconds = time.perf_counter() - t0
+    return {"algorithm": "sb3-contrib MaskablePPO", "env": GRID_ENV, **summary,
+            "timesteps": int(model.num_timesteps), "seconds": seconds, "train_seconds": train_seconds,
+            "eval_seconds": seconds - train_seconds, "model": str(run_dir / "model.zip")}

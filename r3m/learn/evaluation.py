@@ -1,0 +1,251 @@
+"""Evaluation through the envs: the same verifiers that give the training reward.
+
+``evaluate_family`` plays greedy episodes on a family's test split, level by level, with a
+fixed set of seeds, and summarises accuracy, refinement steps, memory writes and tool use;
+``evaluate_instances`` plays given instances (external sets). Also here: which levels a run
+evaluates, the halting summary, and tool-call precision and recall.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from r3m import envs, tools
+from r3m.envs.base import Instance
+from r3m.learn.policy import Policy
+from r3m.learn.reporting import mean
+from r3m.learn.rollout import Episode, make_vec, run_episodes
+
+EVAL_SEED = 1_000_003  # evaluation instances come from seeds far from any training stream
+
+
+@dataclass
+class FamilyEval:
+    accuracy: float
+    by_level: dict[int, float]
+    steps: float
+    steps_by_level: dict[int, float]
+    writes: float
+    tool_call_rate: float
+    malformed_rate: float
+    episodes: list[Episode] = field(repr=False, default_factory=list)
+
+    def summary(self) -> dict:
+        return {"accuracy": self.accuracy, "by_level": self.by_level, "avg_steps": self.steps,
+                "steps_by_level": self.steps_by_level, "writes_per_sample": self.writes,
+                "tool_call_rate": self.tool_call_rate, "malformed_rate": self.malformed_rate}
+
+
+def env_id_of(family: str) -> str:
+    ids = [i for i, f in envs.ENV_IDS.items() if f == family]
+    if not ids:
+        raise KeyError(f"no text env registered for family {family!r}")
+    return sorted(ids)[0]
+
+
+def evaluate_family(policy: Policy, family: str, *, n_per_level: int, levels: Sequence[int] | None = None,
+                    split: str = "test", allow_tools: bool = False, batch_size: int = 100,
+                    seed: int = EVAL_SEED, env_kwargs: dict | None = None,
+                    env_id: str | None = None) -> FamilyEval:
+    """Greedy episodes: ``n_per_level`` instances of each level (seeds ``seed + i``, same for every model).
+
+    ``env_id``: play this registered env of ``family`` (default: the family's first text env).
+    """
+    fam = envs.make_family(family)
+    levels = tuple(levels or fam.levels)
+    episodes: list[Episode] = []
+    kwargs = {"tools_enabled": allow_tools, **(env_kwargs or {})}
+    for level in levels:
+        for start in range(0, n_per_level, batch_size):
+            seeds = [seed + i for i in range(start, min(start + batch_size, n_per_level))]
+            vec = make_vec(env_id or env_id_of(family), len(seeds), **kwargs)
+            try:
+                episodes += run_episodes(policy, vec, seeds, {"split": split, "difficulty": level},
+                                         allow_tools=allow_tools)
+            finally:
+                vec.close()
+    return summarize(episodes, levels)
+
+
+def summarize(episodes: Sequence[Episode], levels: Sequence[int]) -> FamilyEval:
+    by = {lvl: [e for e in episodes if e.difficulty == lvl] for lvl in levels}
+    return FamilyEval(
+        accuracy=mean(e.correct for e in episodes),
+        by_level={lvl: mean(e.correct for e in eps) for lvl, eps in by.items()},
+        steps=mean(e.steps for e in episodes),
+        steps_by_level={lvl: mean(e.steps for e in eps) for lvl, eps in by.items()},
+        writes=mean(e.writes for e in episodes),
+        tool_call_rate=mean(e.tool_calls > 0 for e in episodes),
+        malformed_rate=mean(e.malformed_calls > 0 for e in episodes),
+        episodes=list(episodes),
+    )
+
+
+def eval_dir() -> Path:
+    """External evaluation sets: $R3M_EVAL_DIR, else ../shared/eval beside the repository."""
+    if os.environ.get("R3M_EVAL_DIR"):
+        return Path(os.environ["R3M_EVAL_DIR"])
+    return Path(__file__).resolve().parents[2].parent / "shared" / "eval"
+
+
+def sudoku_eval_dir() -> Path:
+    return eval_dir() / "sudoku"
+
+
+def load_sudoku_csv(path: str | Path, limit: int | None = None, seed: int = 0) -> list[Instance]:
+    """Instances for an external Sudoku CSV (``puzzle,solution,...``): evaluation only, never training.
+
+    With ``limit`` smaller than the file, a fixed sample of ``limit`` rows drawn with ``seed``.
+    """
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if limit is not None and limit < len(rows):
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+        rows = [rows[i] for i in keep]
+    fam = envs.make_family("sudoku")
+    return [fam.from_puzzle(r["puzzle"], r["solution"], key=f"{path.stem}:{i}") for i, r in enumerate(rows)]
+
+
+def evaluate_instances(policy: Policy, env_id: str, instances: Sequence[Instance], *, allow_tools: bool = False,
+                       batch_size: int = 100, env_kwargs: dict | None = None) -> FamilyEval:
+    """Greedy episodes on given instances (e.g. ``load_sudoku_csv``), through the env and its verifier."""
+    episodes: list[Episode] = []
+    kwargs = {"tools_enabled": allow_tools, **(env_kwargs or {})}
+    for start in range(0, len(instances), batch_size):
+        chunk = instances[start : start + batch_size]
+        vec = make_vec(env_id, len(chunk), **kwargs)
+        try:
+            episodes += run_episodes(policy, vec, list(range(start, start + len(chunk))),
+                                     [{"instance": inst} for inst in chunk], allow_tools=allow_tools)
+        finally:
+            vec.close()
+    return summarize(episodes, sorted({e.difficulty for e in episodes}))
+
+
+# -- which levels, and summaries ---------------------------------------------------------------------
+def train_levels(family: str, wanted: Sequence[int]) -> tuple[int, ...]:
+    """The levels of ``wanted`` that ``family`` has (its easiest level when none are)."""
+    levels = envs.make_family(family).levels
+    return tuple(lv for lv in wanted if lv in levels) or levels[:1]
+
+
+def eval_levels(family: str, trained: Sequence[int]) -> tuple[int, ...]:
+    """The training levels plus the next harder one (extrapolation), where the family has one."""
+    harder = [lv for lv in envs.make_family(family).levels if lv > max(trained)]
+    return tuple(trained) + tuple(harder[:1])
+
+
+def accuracy_on(ev: FamilyEval, levels: Sequence[int]) -> float:
+    """Mean accuracy over ``levels`` (equal counts per level)."""
+    return mean(ev.by_level[lv] for lv in levels if lv in ev.by_level)
+
+
+def halting_summary(halted: FamilyEval, fixed: FamilyEval, K: int, play_fixed: Callable[[int], FamilyEval],
+                    levels: Sequence[int] | None = None) -> dict:
+    """Halting against the same model at fixed K and at the fixed K nearest its average steps.
+
+    ``levels``: summarise those levels (mean of per-level accuracies); None: all episodes.
+    """
+    if levels is None:
+        acc, avg = (lambda ev: ev.accuracy), halted.steps
+    else:
+        acc = lambda ev: accuracy_on(ev, levels)  # noqa: E731
+        avg = mean(e.steps for e in halted.episodes if e.difficulty in levels)
+    at_avg = max(1, round(avg))
+    return {"accuracy": acc(halted), "avg_steps": avg, "fixed_k": K, "fixed_k_accuracy": acc(fixed),
+            "steps_fraction": avg / K, "fixed_at_avg_steps": at_avg,
+            "fixed_at_avg_steps_accuracy": acc(play_fixed(at_avg)),
+            "steps_by_level": halted.steps_by_level, "accuracy_by_level": halted.by_level}
+
+
+# -- tool use ------------------------------------------------------------------------------------------
+def shaped_reward(ep: Episode, tool_cost: float, malformed_cost: float) -> float:
+    """The training reward of one episode (see the module docstring)."""
+    return float(ep.reward) - tool_cost * ep.tool_calls - malformed_cost * ep.malformed_calls
+
+
+class CallRecord(NamedTuple):
+    name: str | None  # None: the call did not parse
+    ok: bool  # parsed, and the tool returned a result (not "error: ...")
+    output: str
+
+
+def episode_calls(ep: Episode) -> list[CallRecord]:
+    """The calls of an episode, read back from the env's transcript (what the env executed)."""
+    calls = []
+    for j, turn in enumerate(ep.turns):
+        if turn.tool == 0:
+            continue
+        if j + 1 >= len(ep.turns):  # the call that broke the budget was never executed
+            calls.append(CallRecord(None, False, ""))
+            continue
+        added = ep.turns[j + 1].observation[len(turn.observation):]
+        call_text, _, rest = added.partition(tools.RESULT_OPEN)
+        output = rest[: -len(tools.RESULT_CLOSE)] if rest.endswith(tools.RESULT_CLOSE) else rest
+        parsed = tools.parse_call(call_text)
+        name = None if parsed.error else parsed.name
+        calls.append(CallRecord(name, name is not None and not output.startswith("error:"), output))
+    return calls
+
+
+def tool_metrics(episodes: Sequence[Episode], family_tool: str | None,
+                 without_tools: Sequence[Episode] | None = None) -> dict[str, float]:
+    """Precision, recall and format validity of tool calls (issue 5's definitions).
+
+    A call is needed where the expert demonstration calls a tool (the family has one), or where the
+    call turns failure into success (this episode called and succeeded while ``without_tools[i]``,
+    the same instance played with tools off, failed). The first well-formed, successful call to the
+    right tool in an episode that needs one is a needed call made; every other call is not.
+    precision = needed calls made / calls made; recall = needed calls made / needed calls.
+    """
+    made = needed = good = valid = solved = solved_calls = 0
+    for i, ep in enumerate(episodes):
+        calls = episode_calls(ep)
+        made += len(calls)
+        valid += sum(c.ok for c in calls)
+        rescued = (without_tools is not None and ep.correct and bool(calls)
+                   and not without_tools[i].correct)
+        right = family_tool if family_tool else next((c.name for c in calls if c.ok), None)
+        if family_tool or rescued:
+            needed += 1
+            good += any(c.ok and c.name == right for c in calls)
+        if ep.correct:
+            solved += 1
+            solved_calls += len(calls)
+    return {"precision": good / made if made else 0.0, "recall": good / needed if needed else 1.0,
+            "call_rate": float(np.mean([bool(ep.tool_calls) for ep in episodes])) if episodes else 0.0,
+            "calls_per_episode": made / len(episodes) if episodes else 0.0,
+            "format_validity": valid / made if made else 1.0,
+            "calls_per_solved": solved_calls / solved if solved else 0.0,
+            "calls": float(made), "needed": float(needed)}
+
+
+# -- a policy's state, before and after training ------------------------------------------------------
+def sampled_test(policy: Policy, env_id: str, levels: Sequence[int], n: int, *, seed: int, temperature: float,
+                 call_budget: int, partial_credit: bool, tool_cost: float, malformed_cost: float,
+                 batch: int = 100) -> dict:
+    """Sampled pass@1 and mean cost-adjusted reward on fixed test instances (a fixed sampling seed)."""
+    jobs = [(EVAL_SEED + i, lv) for lv in levels for i in range(n)]
+    gen = torch.Generator(device=policy.device)
+    gen.manual_seed(seed)
+    episodes: list[Episode] = []
+    for s in range(0, len(jobs), batch):
+        chunk = jobs[s : s + batch]
+        vec = make_vec(env_id, len(chunk), call_budget=call_budget, partial_credit=partial_credit)
+        try:
+            with torch.no_grad():
+                options = [{"split": "test", "difficulty": j[1]} for j in chunk]
+                episodes += run_episodes(policy, vec, [j[0] for j in chunk], options, allow_tools=True,
+                                         sample=True, temperature=temperature, generator=gen)
+        finally:
+            vec.close()
+    rewards = [shaped_reward(e, tool_cost, malformed_cost) for e in episodes]
+    return {"reward": float(np.mean(rewards)), "pass@1": float(np.mean([e.correct for e in episodes]))}

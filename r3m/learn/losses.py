@@ -1,0 +1,251 @@
+"""The losses of every training stage.
+
+- Imitation of expert episodes (Stages 1-2, warm starts, replay, distillation): cross-entropy on
+  the payload (answer or call ARGS) and on the tool choice, turn by turn with the memory carried
+  across the turns of an episode; the progressive schedule of Deep Thinking decides how many
+  refinement steps run and which readouts are supervised.
+- PonderNet halting (Stage 2): sum_k p_k L_k + beta KL(p || Geometric(lambda_p)).
+- Penalties: the episodic memory's write budget and the state's drift in the last step.
+- The policy-gradient objective (Stage 3): PPO's clipped surrogate on length-normalised sequence
+  ratios plus a k3 KL to the reference policy.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from r3m.learn.data import IGNORE, CausalBatch, Example, FillBatch, TaskSpec, collate_causal, collate_fill
+from r3m_agent.blocks import ModelOutput
+from r3m_agent.checkpoint import unwrap
+from r3m_agent.memory import Carry
+from r3m_agent.r3m import R3M
+from r3m_agent.tokenizer import EOS_ID, PAD_ID
+
+
+# -- imitation --------------------------------------------------------------------------------------
+class LossOut(NamedTuple):
+    loss: torch.Tensor
+    token_loss: float
+    tool_loss: float
+    step_losses: list[float]  # mean loss at each supervised step (last entries = latest steps)
+    writes: float  # hard writes per sample in this call
+    write_rate: float  # fraction of refinement steps that wrote
+    scalars: dict | None = None  # anything else to log (e.g. halt/...)
+
+
+def model_kwargs(model: torch.nn.Module, K: int | None, grad_steps: int | None, halt: bool = False) -> dict:
+    return dict(K=K, grad_steps=grad_steps, halt=halt) if isinstance(unwrap(model), R3M) else {}
+
+
+def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy [S, B] of each step's readout, averaged over each sample's target tokens."""
+    S, B = step_logits.shape[:2]
+    ce = F.cross_entropy(step_logits.float().flatten(0, 2), targets.repeat(S, 1, 1).flatten(),
+                         ignore_index=IGNORE, reduction="none").view(S, B, -1)
+    live = (targets != IGNORE).float()
+    return (ce * live).sum(-1) / live.sum(-1).clamp(min=1.0)
+
+
+def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
+                      K: int | None = None, grad_steps: int | None = None, halt: bool = False,
+                      carry: Carry | None = None):
+    """(model output, token targets, tool logits at the decision point) for one turn."""
+    kw = model_kwargs(model, K, grad_steps, halt)
+    if carry is not None:
+        kw["carry"] = carry
+    if spec.mode == "fill":
+        out = model(batch.ids, batch.mask, mode="fill", answer_len=batch.targets.shape[1], **kw)
+        return out, batch.targets, out.tool_logits
+    out = model(batch.ids, batch.mask, mode="causal", **kw)
+    rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
+    # Teacher forcing puts the payload after the decision point, so read the tool head at <sep>.
+    return out, batch.targets, unwrap(model).tool_head(out.hidden[rows, batch.decision])
+
+
+class TurnOut(NamedTuple):
+    out: ModelOutput
+    targets: torch.Tensor
+    tool_logits: torch.Tensor
+    tool: torch.Tensor
+
+
+def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
+                    episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
+                    K: int | None = None, grad_steps: int | None = None, halt: bool = False) -> Iterator[TurnOut]:
+    """Run the turns of expert episodes in order, each read with the memory the model wrote on
+    the episode's earlier turns (detached between turns), exactly as ``run_episodes`` threads it
+    when the policy acts: a model trained turn by turn on an empty memory meets, at its second
+    turn, a memory it has never seen (measured on Sudoku with the solver: the answer-copy slots
+    fell from 100% to 56% correct). An already collated batch is one turn on an empty memory."""
+    device = next(model.parameters()).device
+    if isinstance(episodes, (FillBatch, CausalBatch)):
+        batch = type(episodes)(*(t.to(device) for t in episodes))
+        yield TurnOut(*imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, halt=halt), batch.tool)
+        return
+    base = unwrap(model)
+    carry = base.initial_carry(len(episodes), device) if isinstance(base, R3M) else None
+    for j in range(max(map(len, episodes))):
+        rows = [i for i, e in enumerate(episodes) if len(e) > j]
+        ex = [episodes[i][j] for i in rows]
+        batch = collate_fill(ex, spec.width) if spec.mode == "fill" else collate_causal(ex, spec.width)
+        batch = type(batch)(*(t.to(device) for t in batch))
+        index = torch.tensor(rows, device=device)
+        row_carry = carry.select(index) if carry is not None else None
+        out, targets, tool_logits = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, halt=halt,
+                                                      carry=row_carry)
+        yield TurnOut(out, targets, tool_logits, batch.tool)
+        if carry is not None and out.carry is not None:
+            carry = carry.put(index, out.carry.detach())
+
+
+def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
+                   episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
+                   K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
+                   tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
+                   drift_penalty: float = 0.0) -> LossOut:
+    """Imitation of whole expert episodes (``imitation_turns``), averaged over turns.
+
+    Per turn: the token loss averaged over the last ``supervised_steps`` readouts (default: every
+    step that keeps a graph), plus the tool loss, plus (when ``write_penalty`` > 0) the episodic
+    memory's write-budget penalty, plus (when ``drift_penalty`` > 0) the state's change in the
+    last step. ``step_losses`` are the first turn's, for logging.
+    """
+    last = supervised_steps if supervised_steps is not None else grad_steps
+    total, token_sum, tool_sum, writes, write_rate, n = 0.0, 0.0, 0.0, 0.0, 0.0, 0
+    step_losses: list[float] = []
+    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps):
+        out, rows = turn.out, len(turn.tool)
+        per_step = per_sample_token_loss(out.step_logits, turn.targets).mean(1)  # [S]
+        token = (per_step if last is None else per_step[-last:]).mean()
+        tool = F.cross_entropy(turn.tool_logits.float(), turn.tool)
+        loss = token + tool_weight * tool
+        if write_penalty and out.write_probs is not None:
+            loss = loss + write_penalty * write_budget_penalty(out.write_probs, write_budget)
+        if drift_penalty and out.drift is not None:
+            loss = loss + drift_penalty * out.drift.mean()
+        total = total + rows * loss
+        token_sum += rows * float(token.detach())
+        tool_sum += rows * float(tool.detach())
+        writes += float(out.writes.float().sum())
+        if out.write_probs is not None:
+            write_rate += rows * float(out.write_probs.gt(0.5).float().mean())
+        step_losses = step_losses or [float(x) for x in per_step.detach()]
+        n += rows
+    return LossOut(total / n, token_sum / n, tool_sum / n, step_losses, writes / max(1, len(episodes)), write_rate / n)
+
+
+def progressive_schedule(rng: np.random.Generator, k_train: int, grad_steps: int) -> tuple[int, int, int]:
+    """(K, steps with gradients, supervised readouts) for one batch (Bansal et al. 2022).
+
+    n ~ U{0..k_train-1} steps without gradients from the start, then m ~ U{1..k_train-n} steps with
+    gradients (at most ``grad_steps``), and only the last readout is supervised. The network learns
+    to improve *any* state it produced itself, and early exits are supervised rarely (exit 1 in
+    1/k_train^2 of batches), so it is not pushed toward a one-pass shortcut whose later steps drift
+    ("overthinking").
+    """
+    n = int(rng.integers(0, k_train))
+    m = int(rng.integers(1, k_train - n + 1))
+    return n + m, min(m, grad_steps), 1
+
+
+# -- halting (PonderNet, Banino et al. 2021) ----------------------------------------------------------
+def geometric_prior(steps: int, lambda_p: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """Geometric(lambda_p) over steps 1..S, truncated and renormalised: [S]."""
+    if not 0.0 < lambda_p <= 1.0:
+        raise ValueError(f"lambda_p must be in (0, 1], got {lambda_p}")
+    k = torch.arange(steps, device=device, dtype=torch.float32)
+    prior = lambda_p * (1.0 - lambda_p) ** k
+    return prior / prior.sum()
+
+
+def halting_kl(halt_probs: torch.Tensor, lambda_p: float) -> torch.Tensor:
+    """KL(p || prior) per row [B]; zero exactly when p equals the truncated geometric prior."""
+    p = halt_probs.float()
+    prior = geometric_prior(p.shape[1], lambda_p, p.device)
+    return (torch.special.xlogy(p, p) - p * prior.log()).sum(dim=1)
+
+
+class PonderLoss(NamedTuple):
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+
+def ponder_loss(step_losses: torch.Tensor, halt_probs: torch.Tensor, lambda_p: float, beta: float) -> PonderLoss:
+    """sum_k p_k L_k + beta KL(p || Geometric(lambda_p)), averaged over the batch.
+
+    ``step_losses`` [S, B] is each sample's loss at each step's readout; ``halt_probs`` [B, S].
+    """
+    if step_losses.shape != halt_probs.shape[::-1]:
+        raise ValueError(f"step_losses {tuple(step_losses.shape)} must be [S, B] for halt_probs "
+                         f"{tuple(halt_probs.shape)}")
+    reconstruction = (halt_probs.float() * step_losses.float().T).sum(dim=1).mean()
+    kl = halting_kl(halt_probs, lambda_p).mean()
+    return PonderLoss(reconstruction + beta * kl, reconstruction, kl)
+
+
+def ponder_imitation_loss(model: torch.nn.Module, spec: TaskSpec, episodes: Sequence[Sequence[Example]], *,
+                          K: int, lambda_p: float, beta: float) -> "LossOut":
+    """Stage 2: PonderNet's loss on each turn's per-step token losses, plus the tool loss."""
+    loss, n, recon, tool_sum, writes = 0.0, 0, 0.0, 0.0, 0.0
+    halt = {"halt/expected_steps": 0.0, "halt/kl": 0.0}
+    step_losses: list[float] = []
+    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=None):
+        rows, out = len(turn.tool), turn.out
+        per_sample = per_sample_token_loss(out.step_logits, turn.targets)  # [S, B]
+        ponder = ponder_loss(per_sample, out.halt_probs, lambda_p, beta)
+        tool_loss = F.cross_entropy(turn.tool_logits.float(), turn.tool)
+        loss = loss + rows * (ponder.loss + tool_loss)
+        p = out.halt_probs.detach()
+        k = torch.arange(1, p.shape[1] + 1, device=p.device)
+        halt["halt/expected_steps"] += rows * float((p * k).sum(1).mean())
+        halt["halt/kl"] += rows * float(ponder.kl.detach())
+        recon += rows * float(ponder.reconstruction.detach())
+        tool_sum += rows * float(tool_loss.detach())
+        writes += float(out.writes.float().sum())
+        step_losses = step_losses or [float(x) for x in per_sample.detach().mean(1)]
+        n += rows
+    halt = {k: v / n for k, v in halt.items()}
+    return LossOut(loss / n, recon / n, tool_sum / n, step_losses, writes / len(episodes), 0.0, halt)
+
+
+# -- penalties ----------------------------------------------------------------------------------------
+def write_budget_penalty(write_probs: torch.Tensor | None, budget: float) -> torch.Tensor:
+    """Mean over the batch of max(0, expected writes - budget), from the soft gates [B, S]."""
+    if write_probs is None:
+        return torch.zeros(())
+    return F.relu(write_probs.float().sum(dim=1) - budget).mean()
+
+
+# -- the policy-gradient objective ---------------------------------------------------------------------
+def action_tokens(payload: torch.Tensor) -> torch.Tensor:
+    """Tokens per action [B]: the tool choice plus the payload up to and including its eos."""
+    eos = (payload == EOS_ID).long()
+    live = (eos.cumsum(1) - eos) == 0
+    return (live & (payload != PAD_ID)).sum(1) + 1
+
+
+class PGOut(NamedTuple):
+    loss: torch.Tensor
+    pg_loss: float
+    kl: float
+    clip_fraction: float
+    ratio: float
+
+
+def clipped_objective(new_lp: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor, adv: torch.Tensor,
+                      n_tokens: torch.Tensor, clip: float, kl_coef: float) -> PGOut:
+    """The clipped surrogate plus the k3 KL penalty, averaged over actions (module docstring)."""
+    n = n_tokens.to(new_lp.dtype).clamp(min=1)
+    ratio = torch.exp((new_lp - old_lp) / n)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
+    d = (ref_lp - new_lp) / n
+    kl = torch.exp(d) - d - 1.0
+    loss = -surrogate.mean() + kl_coef * kl.mean()
+    clipped = ((ratio - 1.0).abs() > clip).float().mean()
+    return PGOut(loss, float(-surrogate.mean().detach()), float(kl.mean().detach()), float(clipped),
+                 float(ratio.mean().detach()))

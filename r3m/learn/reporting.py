@@ -1,0 +1,167 @@
+"""Reporting: one logger with several sinks (TensorBoard scalars, a JSONL file, messages on
+stderr), the results tables every script prints and ``bench/report.py`` renders, and the writer
+of ``metrics.json``.
+
+Tags use fixed prefixes so curves from every script line up in TensorBoard:
+``train/``, ``eval/``, ``halt/``, ``memory/``, ``tools/``, ``rl/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+PREFIXES = ("train/", "eval/", "halt/", "memory/", "tools/", "rl/")
+
+log = logging.getLogger("r3m")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Show the project's messages as ``[r3m] ...`` on stderr (scripts call this; importing does not)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[r3m] %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+
+
+def mean(xs: Iterable[float]) -> float:
+    """The mean, 0.0 for nothing."""
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def write_metrics(run_dir: Path, metrics: dict, table: str) -> dict:
+    """Write ``metrics.json`` (keys starting with ``_`` are internal and left out) with the results
+    table in it, print the table, and return what was written."""
+    public = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    public["results_table"] = table
+    (Path(run_dir) / "metrics.json").write_text(json.dumps(public, indent=2, default=str))
+    print(table)
+    return public
+
+
+class Logger:
+    """``scalars(step, {tag: value})`` to TensorBoard (``DIR/tb/NAME``) and ``DIR/scalars_NAME.jsonl``.
+
+    One logger per phase of a run (``stage1``, ``dense``, ``stage2``, ...): the phases share tag
+    names, so TensorBoard overlays them as runs of one experiment.
+    """
+
+    def __init__(self, run_dir: str, name: str = "main", tensorboard: bool = True,
+                 hparams: Mapping[str, Any] | None = None):
+        os.makedirs(run_dir, exist_ok=True)
+        self.run_dir, self.name = run_dir, name
+        self._jsonl = open(os.path.join(run_dir, f"scalars_{name}.jsonl"), "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, "tb", name))
+            if hparams:
+                table = "\n".join(f"|{k}|{v}|" for k, v in hparams.items())
+                self._tb.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        clean = {}
+        for tag, value in values.items():
+            if not tag.startswith(PREFIXES):
+                raise ValueError(f"tag {tag!r} must start with one of {PREFIXES}")
+            value = float(value)
+            clean[tag] = value if math.isfinite(value) else None
+            if self._tb is not None:
+                self._tb.add_scalar(tag, value, step)
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+
+    def figure(self, tag: str, fig, step: int = 0) -> None:
+        if self._tb is not None:
+            self._tb.add_figure(tag, fig, step)
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+# -- results tables ----------------------------------------------------------------------------------
+def imitation_table(metrics: Mapping[str, Any], ks: Sequence[int]) -> str:
+    """Accuracy against K beside the dense baseline, halting, and Stage 0 (``train/imitate.py``)."""
+    lines = []
+    if "accuracy_vs_k" in metrics:
+        ks = list(ks)
+        lines += ["| family | " + " | ".join(f"K={k}" for k in ks) + " | dense (same params) |",
+                  "|---" * (len(ks) + 2) + "|"]
+        for fam, curve in metrics["accuracy_vs_k"].items():
+            base = metrics.get("baseline_accuracy", {}).get(fam)
+            lines.append(f"| {fam} | " + " | ".join(f"{curve[k]:.3f}" for k in ks)
+                         + f" | {'-' if base is None else f'{base:.3f}'} |")
+        for fam, curve in metrics.get("accuracy_vs_k_harder", {}).items():
+            base = metrics.get("baseline_accuracy_harder", {}).get(fam)
+            lines.append(f"| {fam} (harder, untrained level) | " + " | ".join(f"{curve[k]:.3f}" for k in ks)
+                         + f" | {'-' if base is None else f'{base:.3f}'} |")
+    if "halting" in metrics:
+        lines += ["", "| family | halting accuracy | avg steps | fixed K | fixed-K accuracy | steps by level |",
+                  "|---|---|---|---|---|---|"]
+        for fam, h in metrics["halting"].items():
+            by = ", ".join(f"L{lv}: {s:.2f}" for lv, s in h["steps_by_level"].items())
+            lines.append(f"| {fam} | {h['accuracy']:.3f} | {h['avg_steps']:.2f} | {h['fixed_k']} | "
+                         f"{h['fixed_k_accuracy']:.3f} | {by} |")
+    if "stage0" in metrics:
+        g = metrics["stage0"]["generation"]
+        lines += ["", "| stage 0 | immediate EOS | distinct-1 | distinct-2 | longest repeat run | non-degenerate |",
+                  "|---|---|---|---|---|---|",
+                  f"| dense LM | {g['immediate_eos_rate']:.3f} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | "
+                  f"{g['longest_repeat_run']} | {metrics['stage0']['non_degenerate']} |"]
+    return "\n".join(lines)
+
+
+def rl_table(metrics: Mapping[str, Any]) -> str:
+    """Success per set and model, rewards, tool precision/recall, distillation (``train/rl_verify.py``)."""
+    sets = list(metrics["baselines"]["r3m_with_tools"])
+    lines = ["| model | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    for name, res in metrics["baselines"].items():
+        cells = [f"{res[s]:.3f}" if isinstance(res.get(s), (int, float)) else "-" for s in sets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    s, s0 = metrics["success"], metrics["success_start"]
+    lines += ["", f"reward (sampled, test): {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}; "
+              f"pass@1 {metrics['pass1_start']:.3f} -> {metrics['pass1_end']:.3f}",
+              f"greedy success with tools: {s0['with_tools']:.3f} -> {s['with_tools']:.3f}; "
+              f"without tools: {s0['without_tools']:.3f} -> {s['without_tools']:.3f}",
+              f"tool precision {metrics['tool_precision']:.3f}, recall {metrics['tool_recall']:.3f} "
+              "(test split)"]
+    for fam, d in metrics.get("distill", {}).items():
+        lines.append(f"distillation ({fam}, levels {d.get('levels')}): tool-free accuracy "
+                     f"{d['before']:.3f} -> "
+                     f"{d['after']:.3f} on {d['examples']} verified tool answers")
+    return "\n".join(lines)
+
+
+def eval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Accuracy per evaluation set and K, halting and tool calls (``train/evaluate.py``)."""
+    ks = sorted({K for r in results.values() for K in r.get("accuracy_vs_k", {})})
+    halt = any("halting" in r for r in results.values())
+    head = ["set", "n", *(f"K={K}" for K in ks), *(["halting", "avg steps"] if halt else []),
+            "accuracy", "tool calls"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, r in results.items():
+        row = [name, str(r["n"]), *(f"{r['accuracy_vs_k'][K]:.3f}" if K in r.get("accuracy_vs_k", {}) else "-"
+                                    for K in ks)]
+        if halt:
+            h = r.get("halting")
+            row += [f"{h['accuracy']:.3f}", f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
+        row += [f"{r['accuracy']:.3f}", f"{r['tool_call_rate']:.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The imitation phases that several scripts run: Stage 1 (R3M at a fixed K with the progressive
+schedule of Deep Thinking), the dense baseline on the same batches, and Stage 2 (PonderNet
+halting). ``train/imitate.py`` runs them as the plan's stages; ``train/rl_verify.py`` runs them
+as its warm start. Each is a resumable phase of a run (``loop.train_phase``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from r3m.learn.data import DemoSource, TaskSpec
+from r3m.learn.losses import LossOut, imitation_loss, ponder_imitation_loss, progressive_schedule
+from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, train_phase
+from r3m.learn.run import Run, autocast, step_rng
+
+DEMO_STREAM, SCHEDULE_STREAM = 1, 2
+
+
+@dataclass(frozen=True)
+class Imitation:
+    """How an imitation phase trains (the fields of the same names in ``train/imitate.py``)."""
+
+    steps: int
+    lr: float
+    batch_size: int = 32
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    k_train: int = 8
+    grad_steps: int = 2
+    tool_fraction: float = 0.25
+    write_penalty: float = 0.0
+    write_budget: float = 4.0
+    drift_penalty: float = 1.0
+    ckpt_every: int = 200
+    log_every: int = 25
+
+    @classmethod
+    def of(cls, cfg, **overrides) -> "Imitation":
+        """The settings a script config holds under the same field names, with ``overrides``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **overrides})
+
+    def fit_spec(self, run: Run) -> FitSpec:
+        return FitSpec(self.steps, self.lr, min(self.warmup, max(1, self.steps // 5)), self.grad_clip,
+                       self.ckpt_every, self.log_every, self.batch_size * run.world)
+
+
+def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int) -> DemoSource:
+    return DemoSource(specs, model.cfg.tool_names, seed, stream=DEMO_STREAM, tool_fraction=s.tool_fraction,
+                      turns=s.batch_size)
+
+
+def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:
+    return {"specs": [sp.as_dict() for sp in specs], "phase": phase}
+
+
+def stage1(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
+           seed: int) -> FitState:
+    """R3M imitation at K' <= k_train (``losses.progressive_schedule``), every turn of the expert
+    episodes with the memory carried; under torchrun each process draws its own batches."""
+    source = _demos(specs, model, s, seed + 7919 * run.rank)
+
+    def loss_fn(step: int) -> LossOut:
+        spec, episodes = source.get(step)
+        K, grad_steps, supervised = progressive_schedule(step_rng(seed, step, stream=SCHEDULE_STREAM), s.k_train,
+                                                         s.grad_steps)
+        with autocast(run.device):
+            return imitation_loss(model, spec, episodes, K=K, grad_steps=grad_steps, supervised_steps=supervised,
+                                  write_penalty=s.write_penalty, write_budget=s.write_budget,
+                                  drift_penalty=s.drift_penalty)
+
+    return train_phase(run, phase, model, s.fit_spec(run), loss_fn, groups=STAGE_GROUPS[1],
+                       weight_decay=s.weight_decay, extra=_extra(specs, phase))
+
+
+def dense(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
+          seed: int) -> FitState:
+    """The dense baseline: imitation of the same demonstrations as ``stage1`` with the same seed."""
+    source = _demos(specs, model, s, seed + 7919 * run.rank)
+
+    def loss_fn(step: int) -> LossOut:
+        spec, episodes = source.get(step)
+        with autocast(run.device):
+            return imitation_loss(model, spec, episodes, K=None, grad_steps=None)
+
+    return train_phase(run, phase, model, s.fit_spec(run), loss_fn, groups=("prelude", "core", "readout", "tool"),
+                       weight_decay=s.weight_decay, extra=_extra(specs, phase))
+
+
+def stage2(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation, seed: int, *,
+           lambda_p: float, beta: float) -> FitState:
+    """PonderNet halting on top of a stage-1 model, at K = k_train (``losses.ponder_imitation_loss``)."""
+    source = _demos(specs, model, s, seed + 1 + 7919 * run.rank)
+
+    def loss_fn(step: int) -> LossOut:
+        spec, episodes = source.get(step)
+        with autocast(run.device):
+            return ponder_imitation_loss(model, spec, episodes, K=s.k_train, lambda_p=lambda_p, beta=beta)
+
+    return train_phase(run, phase, model, s.fit_spec(run), loss_fn, groups=STAGE_GROUPS[2],
+                       weight_decay=s.weight_decay, extra=_extra(specs, phase))
