@@ -25,7 +25,6 @@ the same numbers), ``accuracy`` (family -> headline accuracy), ``specs`` and ``n
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from r3m.learn.evaluation import (
 )
 from r3m.learn.plots import plot_accuracy_vs_k
 from r3m.learn.policy import Policy
-from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging
+from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging, write_metrics
 from r3m.learn.run import jsonable, resolve_device
 from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint
 from r3m_agent.r3m import R3M
@@ -292,12 +291,11 @@ def main(cfg: Config) -> dict:
         "config": jsonable(cfg),
         **collect(cfg, model, results, {t.name: t.instances is not None for t in sets}),
         "specs": {t.name: t.spec.as_dict() for t in sets}, "notes": notes,
-        "seconds": time.perf_counter() - t0, "results_table": eval_table(results)}
+        "seconds": time.perf_counter() - t0}
     log_scalars(cfg, run_dir, results)
     if metrics.get("accuracy_vs_k"):
         plot_accuracy_vs_k(metrics["accuracy_vs_k"], {}, run_dir / "accuracy_vs_k.png")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    print(metrics["results_table"])
+    metrics = write_metrics(run_dir, metrics, eval_table(results))
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
     return metrics
 

@@ -259,7 +259,7 @@ def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
     dense_cfg = dense_config_like(PRESETS[cfg.lm_preset], 1.0)
     model = DenseTransformer(dense_cfg).to(run.device)
     batches = lm.LMBatches(lm.corpus(cfg.seed, cfg.lm_corpus, cfg.lm_corpus), block=128, batch_size=cfg.batch_size,
-                           seed=cfg.seed + 7919 * run.rank)
+                           seed=cfg.seed, rank=run.rank)
 
     def loss_fn(step: int) -> LossOut:
         x, y = (t.to(run.device) for t in batches.get(step))

@@ -63,15 +63,12 @@ from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss
 from r3m.learn.loop import FitSpec, Interrupted, make_optimizer, train_phase
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
-from r3m.learn.reporting import log, rl_table, setup_logging
+from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
 from r3m.learn.rollout import Episode, make_vec, run_episodes
-from r3m.learn.run import Run, jsonable, seed_everything, start_run, step_rng
+from r3m.learn.run import Run, jsonable, seed_everything, start_run, stream_rng, stream_seed
 from r3m_agent import PRESETS, R3M, load_checkpoint, model_from_checkpoint, save_checkpoint
 from r3m_agent.memory import Carry
 from r3m_agent.tokenizer import PAD_ID
-
-RL_STREAM, UPDATE_STREAM = 11, 12
-
 
 @dataclass(frozen=True)
 class Config:
@@ -254,8 +251,8 @@ def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -
     if cfg.warm_carry_steps <= 0:
         return 0
     n = max(1, cfg.warm_batch // 2)
-    source = DemoSource([dataclasses.replace(spec, levels=train_levels(cfg))], model.cfg.tool_names, cfg.seed + 4,
-                        stream=3, tool_fraction=cfg.warm_tool_fraction, episodes=n)
+    source = DemoSource([dataclasses.replace(spec, levels=train_levels(cfg))], model.cfg.tool_names, cfg.seed,
+                        stream="carry_demos", tool_fraction=cfg.warm_tool_fraction, episodes=n)
     K = cfg.k or getattr(model.cfg, "K", None)
     steps = cfg.warm_carry_steps
     train_phase(run, "warm_carry", model,
@@ -275,7 +272,7 @@ def make_policy(cfg: Config, model: torch.nn.Module, spec: TaskSpec) -> Policy:
 # -- rollouts, advantages, the update ---------------------------------------------------------------
 def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: Curriculum, levels: tuple[int, ...]):
     """G sampled episodes of each of ``groups`` train instances: a function of (seed, iteration, weights)."""
-    rng = step_rng(cfg.seed, it, stream=RL_STREAM)
+    rng = stream_rng(cfg.seed, "rollout", it)
     if cfg.curriculum:
         group_levels = curriculum.sample(rng, cfg.groups)
     else:
@@ -335,7 +332,7 @@ def reference_log_probs(ref: Policy, batch: TurnBatch, chunk: int) -> torch.Tens
 def update(cfg: Config, it: int, policy: Policy, optimizer, batch: TurnBatch,
            replay: DemoSource) -> dict:
     model, dev = policy.model, policy.device
-    gen = torch.Generator().manual_seed(int(step_rng(cfg.seed, it, stream=UPDATE_STREAM).integers(0, 2**62)))
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "update", it))
     logs: dict[str, list[float]] = {}
     step = 0
     for _ in range(cfg.epochs):
@@ -383,7 +380,7 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
             return state
         log.info(f"rl: resuming at iteration {state['iteration']} from {path}")
     curriculum = Curriculum(**state["curriculum"])
-    replay = DemoSource([spec], model.cfg.tool_names, cfg.seed + 1, stream=3, tool_fraction=cfg.warm_tool_fraction,
+    replay = DemoSource([spec], model.cfg.tool_names, cfg.seed, stream="replay", tool_fraction=cfg.warm_tool_fraction,
                         episodes=cfg.replay_batch)
     vec = make_vec(cfg.env, cfg.groups * cfg.group_size, call_budget=cfg.call_budget,
                    partial_credit=cfg.partial_credit)
@@ -533,7 +530,8 @@ def snapshot(cfg: Config, policy: Policy, levels: Sequence[int]) -> dict:
         with_tools = split_eval(cfg, policy, levels, True)
         without = split_eval(cfg, policy, levels, False)
     tool = envs.make_family(cfg.family).tool
-    sampled = sampled_test(policy, cfg.env, levels, cfg.eval_n, seed=cfg.seed + 7, temperature=cfg.temperature,
+    sampled = sampled_test(policy, cfg.env, levels, cfg.eval_n, seed=stream_seed(cfg.seed, "eval_sampling"),
+                           temperature=cfg.temperature,
                            call_budget=cfg.call_budget, partial_credit=cfg.partial_credit, tool_cost=cfg.tool_cost,
                            malformed_cost=cfg.malformed_cost)
     return {"with_tools": with_tools.accuracy, "without_tools": without.accuracy,
@@ -639,9 +637,7 @@ def _cached(path: Path, compute) -> dict:
 def finish(cfg: Config, run: Run, metrics: dict, state: dict) -> dict:
     plot_reward_curve(state["history"], metrics["reward_start"], metrics["reward_end"], run.dir / "reward_curve.png")
     metrics["history"] = state["history"]
-    metrics["results_table"] = table = rl_table(metrics)
-    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    print(table)
+    metrics = write_metrics(run.dir, metrics, rl_table(metrics))
     print(f"\nwall time {metrics['seconds']['total']:.0f} s   metrics: {run.dir / 'metrics.json'}   "
           f"tensorboard --logdir {run.dir / 'tb'}")
     return metrics

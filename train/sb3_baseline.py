@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python train/sb3_baseline.py` from the reposit
 
 from r3m.learn.baselines import MaskablePPOSettings, train_maskable_ppo
 from r3m.learn.cli import parse_config
-from r3m.learn.reporting import Logger
+from r3m.learn.reporting import Logger, grid_table, write_metrics
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,10 @@ def main(cfg: Config) -> dict:
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     result = train_maskable_ppo(cfg, run_dir, cfg.tensorboard)
     metrics = {"algorithm": result.pop("algorithm"), "env": result.pop("env"), "config": config, **result}
-    summary = metrics
     logger = Logger(str(run_dir), "sb3_eval", tensorboard=cfg.tensorboard)
-    logger.scalars(metrics["timesteps"], {f"eval/success/{k}": v for k, v in summary["success"].items()})
+    logger.scalars(metrics["timesteps"], {f"eval/success/{k}": v for k, v in metrics["success"].items()})
     logger.close()
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print("| set | n | success | mean cells filled |\n|---|---|---|---|")
-    for key, value in summary["success"].items():
-        print(f"| {key} | {summary['n'][key]} | {value:.3f} | {summary['filled'][key]:.1f} |")
+    metrics = write_metrics(run_dir, metrics, grid_table(metrics))
     print(f"\n{metrics['timesteps']} env steps, {metrics['seconds']:.0f}s; metrics: {run_dir / 'metrics.json'}")
     return metrics
 

@@ -72,7 +72,8 @@ def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
     torch.manual_seed(cfg.seed)
     dense_cfg = dense_config_like(r3m_cfg, 2.0)
     model = DenseTransformer(dense_cfg).to(run.device)
-    source = DemoSource([spec], dense_cfg.tool_names, cfg.seed + 2, stream=1, tool_fraction=0.0, turns=cfg.warm_batch)
+    source = DemoSource([spec], dense_cfg.tool_names, cfg.seed, stream="baseline_demos", tool_fraction=0.0,
+                        turns=cfg.warm_batch)
     steps = max(1, math.ceil(budget / cfg.warm_batch))
 
     def loss_fn(step: int) -> LossOut:

@@ -1,7 +1,8 @@
 """Script configs: one frozen dataclass per script, its CLI generated from it.
 
 Every field needs a default and a docstring (the string literal right below it, as in
-cleanrl's ``Args``); that docstring becomes the ``--help`` text. Unknown flags are rejected.
+cleanrl's ``Args``); that docstring becomes the ``--help`` text. Unknown flags and abbreviations
+are rejected; a boolean is ``--flag`` (true) or ``--flag true|false``.
 
     @dataclass(frozen=True)
     class Config:
@@ -10,6 +11,13 @@ cleanrl's ``Args``); that docstring becomes the ``--help`` text. Unknown flags a
 
     cfg = parse_config(Config)            # from sys.argv
     cfg = parse_config(Config, ["--lr", "3e-4"])
+
+A user's mistake (a bad value, a missing checkpoint, a device that is not there) ends as one line
+on stderr and exit status 2, before anything is created: ``__post_init__`` raises ``ValueError``
+for values, and ``main`` raises ``UsageError`` for what only it can check; ``run(main, Config)``
+turns both into that line. ``--plugin MODULE`` (a module name importable from the current folder,
+or a path to a ``.py`` file) is imported before the config is built, so a user's families and
+tools registered there can be named by the other options.
 """
 
 from __future__ import annotations
@@ -17,11 +25,15 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib
+import importlib.util
 import inspect
+import os
 import sys
 import types
 import typing
-from typing import Any, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -83,8 +95,7 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     # No abbreviations: ``--iter`` must not silently mean ``--iterations``.
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
-                                     allow_abbrev=False)
+    parser = _Parser(description=description or (cls.__doc__ or "").strip().split("\n")[0], allow_abbrev=False)
     for f in dataclasses.fields(cls):
         conv, kw = _parser_for(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -96,10 +107,49 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     return parser
 
 
+class UsageError(ValueError):
+    """A mistake in what the user asked for (printed as one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def load_plugins(names: Sequence[str]) -> None:
+    """Import each user module (by name, from the current folder too, or by ``.py`` path)."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name)
+                if not path.is_file():
+                    raise UsageError(f"--plugin {name}: no such file")
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                if os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                importlib.import_module(name)
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"--plugin {name} could not be imported: {type(exc).__name__}: {exc}") from exc
+
+
 def parse_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into ``cls``; unknown flags exit with a clear error."""
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``cls``; mistakes exit with one clear line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(cls)
-    ns, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if any(f.name == "plugin" for f in dataclasses.fields(cls)):
+        early = _Parser(add_help=False, allow_abbrev=False)
+        early.add_argument("--plugin", nargs="*", default=[])
+        try:
+            load_plugins(early.parse_known_args(argv)[0].plugin)
+        except UsageError as exc:
+            parser.error(str(exc))
+    ns, unknown = parser.parse_known_args(argv)
     if unknown:
         known = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(cls))
         parser.error(f"unknown option(s) {' '.join(unknown)}; known options: {known}")
@@ -108,6 +158,18 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+
+
+def run(main: Callable[[T], Any], cls: type[T], argv: Sequence[str] | None = None) -> Any:
+    """A script's ``__main__``: parse the config, run ``main``, and report a ``UsageError`` as one
+    line on stderr with exit status 2."""
+    cfg = parse_config(cls, argv)
+    try:
+        return main(cfg)
+    except UsageError as exc:
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else cls.__module__
+        sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
+        raise SystemExit(2) from None
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:

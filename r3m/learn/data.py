@@ -25,7 +25,7 @@ import torch
 
 from r3m import envs, tools
 from r3m.envs.text_env import TextTaskEnv
-from r3m.learn.run import step_rng
+from r3m.learn.run import stream_rng
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
 IGNORE = -100
@@ -167,18 +167,18 @@ def _tensor(values) -> torch.Tensor:
 class DemoSource:
     """Expert episodes (lists of per-turn ``Example``s), a pure function of (seed, step).
 
-    ``get(step)`` cycles through ``specs`` (one family per step) and draws, from
-    ``step_rng(seed, step, stream)``, either ``episodes`` whole episodes or, when that is None,
-    episodes until they hold at least ``turns`` turns. A share ``tool_fraction`` of the episodes
-    of a family with a tool are the tool-using demonstrations.
+    ``get(step)`` cycles through ``specs`` (one family per step) and draws, from the random stream
+    ``stream`` at (rank, step), either ``episodes`` whole episodes or, when that is None, episodes
+    until they hold at least ``turns`` turns. A share ``tool_fraction`` of the episodes of a
+    family with a tool are the tool-using demonstrations.
     """
 
-    def __init__(self, specs: Sequence[TaskSpec], tool_names: Sequence[str], seed: int, *, stream: int,
-                 tool_fraction: float, episodes: int | None = None, turns: int | None = None):
+    def __init__(self, specs: Sequence[TaskSpec], tool_names: Sequence[str], seed: int, *, stream: str,
+                 tool_fraction: float, episodes: int | None = None, turns: int | None = None, rank: int = 0):
         if (episodes is None) == (turns is None):
             raise ValueError("DemoSource needs exactly one of episodes= and turns=")
         self.specs, self.tool_names = list(specs), tuple(tool_names)
-        self.seed, self.stream, self.tool_fraction = seed, stream, tool_fraction
+        self.seed, self.stream, self.rank, self.tool_fraction = seed, stream, rank, tool_fraction
         self.n_episodes, self.n_turns = episodes, turns
         self._envs = {s.family: TextTaskEnv(s.family) for s in self.specs}
 
@@ -187,7 +187,7 @@ class DemoSource:
         return self.specs[0]
 
     def episodes(self, step: int, spec: TaskSpec) -> list[list[Example]]:
-        rng = step_rng(self.seed, step, stream=self.stream)
+        rng = stream_rng(self.seed, self.stream, self.rank, step)
         env = self._envs[spec.family]
         has_tool = bool(env.family.tool)
         out: list[list[Example]] = []

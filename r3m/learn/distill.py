@@ -28,11 +28,10 @@ from r3m.learn.loop import FitSpec, train_phase
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log
 from r3m.learn.rollout import Episode, make_vec, run_episodes
-from r3m.learn.run import Run, step_rng
+from r3m.learn.run import Run, stream_rng
 from r3m_agent.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
 TOK = Tokenizer()
-DISTILL_STREAM, DISTILL_BATCH_STREAM = 21, 22
 
 
 def split_eval(cfg, policy: Policy, levels: Sequence[int], allow_tools: bool):
@@ -77,7 +76,7 @@ def distill_levels(cfg, trained: Sequence[int]) -> tuple[int, ...]:
 
 def harvest(cfg, policy: Policy, levels: Sequence[int], batch: int = 64) -> list[Episode]:
     """The final policy plays ``distill_n`` train instances greedily with tools (fixed seeds)."""
-    rng = step_rng(cfg.seed, 0, stream=DISTILL_STREAM)
+    rng = stream_rng(cfg.seed, "distill_harvest")
     seeds = rng.integers(0, 2**31 - 1, size=cfg.distill_n).tolist()
     episodes: list[Episode] = []
     for s in range(0, len(seeds), batch):
@@ -127,15 +126,15 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
     if not examples:
         log.warning("distillation: no verified tool-derived answers to distil")
         return {cfg.family: {"before": before["tool_free"], "after": before["tool_free"], "examples": 0}}
-    replay = DemoSource([dataclasses.replace(spec, levels=others or levels)], student.cfg.tool_names, cfg.seed + 3,
-                        stream=3, tool_fraction=cfg.warm_tool_fraction, episodes=cfg.replay_batch)
+    replay = DemoSource([dataclasses.replace(spec, levels=others or levels)], student.cfg.tool_names, cfg.seed,
+                        stream="distill_replay", tool_fraction=cfg.warm_tool_fraction, episodes=cfg.replay_batch)
     replay_coef = cfg.distill_replay_coef if others else 0.0
     K = policy.K
     # a Sudoku target is partial (its single cells), not an answer, so it does not teach "answer now"
     tool_weight = 0.0 if cfg.family == "sudoku" else 1.0
 
     def loss_fn(step: int) -> LossOut:
-        rng = step_rng(cfg.seed, step, stream=DISTILL_BATCH_STREAM)
+        rng = stream_rng(cfg.seed, "distill_batches", step)
         chosen = [examples[i] for i in rng.integers(0, len(examples), size=cfg.warm_batch)]
         batch = distill_batch(cfg.family, spec, chosen)  # collated: one turn, empty memory
         out = imitation_loss(student, spec, batch, K=K, grad_steps=None, tool_weight=tool_weight)

@@ -20,6 +20,7 @@ import torch
 
 from r3m.envs.base import PRINTABLE
 from r3m.envs.families.instruct import InstructFamily, sentences
+from r3m.learn.run import stream_rng
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
 TOK = Tokenizer()
@@ -53,7 +54,7 @@ def stdlib_docs(modules: Sequence[str] = STDLIB_MODULES, max_chars: int = 600) -
 def corpus(seed: int, n_instruct: int = 20_000, n_sentences: int = 20_000) -> list[list[int]]:
     """Token documents: instruct dialogues, generated sentences and stdlib docstrings."""
     fam = InstructFamily()
-    rng = np.random.default_rng(seed)
+    rng = stream_rng(seed, "lm_corpus")
     docs = []
     for i in range(n_instruct):
         inst = fam.instance("train", i, seed=seed)
@@ -64,14 +65,15 @@ def corpus(seed: int, n_instruct: int = 20_000, n_sentences: int = 20_000) -> li
 
 
 class LMBatches:
-    """Random windows of ``block`` tokens from the concatenated documents; batch s from rng(seed, s)."""
+    """Random windows of ``block`` tokens from the concatenated documents; batch s from the stream
+    ``lm_batches`` at (rank, s)."""
 
-    def __init__(self, docs: list[list[int]], block: int, batch_size: int, seed: int):
+    def __init__(self, docs: list[list[int]], block: int, batch_size: int, seed: int, rank: int = 0):
         self.stream = torch.tensor([t for d in docs for t in d], dtype=torch.long)
-        self.block, self.batch_size, self.seed = block, batch_size, seed
+        self.block, self.batch_size, self.seed, self.rank = block, batch_size, seed, rank
 
     def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x1A, step]))
+        rng = stream_rng(self.seed, "lm_batches", self.rank, step)
         starts = rng.integers(0, len(self.stream) - self.block - 1, self.batch_size)
         x = torch.stack([self.stream[s : s + self.block + 1] for s in starts])
         return x[:, :-1], x[:, 1:]

@@ -38,10 +38,40 @@ def mean(xs: Iterable[float]) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
+def provenance() -> dict:
+    """Where a result comes from: the command, the commit (and whether the tree had uncommitted
+    changes), the machine and the library versions."""
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).resolve().parent).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"command": " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None,
+            "commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
+
+
 def write_metrics(run_dir: Path, metrics: dict, table: str) -> dict:
     """Write ``metrics.json`` (keys starting with ``_`` are internal and left out) with the results
-    table in it, print the table, and return what was written."""
+    table and the provenance in it, print the table, and return what was written."""
     public = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    public["provenance"] = provenance()
     public["results_table"] = table
     (Path(run_dir) / "metrics.json").write_text(json.dumps(public, indent=2, default=str))
     print(table)
@@ -164,4 +194,12 @@ def eval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
             row += [f"{h['accuracy']:.3f}", f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
         row += [f"{r['accuracy']:.3f}", f"{r['tool_call_rate']:.3f}"]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def grid_table(metrics: Mapping[str, Any]) -> str:
+    """Success per evaluation set of a numeric-env baseline (``train/sb3_baseline.py``)."""
+    lines = ["| set | n | success | mean cells filled |", "|---|---|---|---|"]
+    for key, value in metrics["success"].items():
+        lines.append(f"| {key} | {metrics['n'][key]} | {value:.3f} | {metrics['filled'][key]:.1f} |")
     return "\n".join(lines)

@@ -1,9 +1,12 @@
 """The run scaffold every script shares: run folder, ``config.json``, the resume check, seeding,
 threads, device and (under ``torchrun``) the process group.
 
-Data are a pure function of (seed, stream, step): the batch at step s of a stream is drawn from
-``stream_rng(seed, stream, s)``, so a resumed run sees exactly the batches the uninterrupted run
-would have, and two phases never share draws.
+Seeding. ``seed_everything(seed)`` seeds the model initialisations. Every other random draw of
+every script comes from one named stream of the table ``STREAMS``: ``stream_rng(seed, name, *key)``
+is a NumPy generator seeded with ``SeedSequence([seed, STREAMS[name], *key])``, where the key is
+the step (or iteration) and, under torchrun, the process rank. So data are a pure function of
+(seed, stream, key): a resumed run sees exactly the batches the uninterrupted run would have, two
+streams never share draws, and a new stream never shifts the others.
 """
 
 from __future__ import annotations
@@ -62,8 +65,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, stream, step]))
+# name -> stream id; what each stream draws
+STREAMS: dict[str, int] = {
+    "demos": 1,           # stage-1 and dense-baseline demonstration batches (key: rank, step)
+    "schedule": 2,        # the progressive schedule's K and gradient steps (key: step)
+    "halt_demos": 3,      # stage-2 demonstration batches (key: rank, step)
+    "lm_corpus": 4,       # stage 0: the generated part of the corpus
+    "lm_batches": 5,      # stage 0: language-model windows (key: rank, step)
+    "carry_demos": 6,     # rl_verify: whole-episode imitation with the carried memory (key: step)
+    "rollout": 7,         # rl_verify: instances, levels and sampling of an iteration (key: iteration)
+    "update": 8,          # rl_verify: minibatch order (key: iteration)
+    "replay": 9,          # rl_verify: expert episodes replayed beside the policy gradient (key: update)
+    "eval_sampling": 10,  # sampled (not greedy) test episodes
+    "distill_harvest": 11,  # distillation: the train instances the policy plays with tools
+    "distill_batches": 12,  # distillation: batches of distillation targets (key: step)
+    "distill_replay": 13,   # distillation: expert episodes replayed beside it (key: step)
+    "baseline_demos": 14,   # baselines: demonstrations of the dense baseline (key: step)
+}
+
+
+def stream_rng(seed: int, stream: str, *key: int) -> np.random.Generator:
+    """The generator of stream ``stream`` at ``key`` (see the module docstring)."""
+    if stream not in STREAMS:
+        raise KeyError(f"unknown random stream {stream!r}; add it to STREAMS: {sorted(STREAMS)}")
+    return np.random.default_rng(np.random.SeedSequence([seed, STREAMS[stream], *key]))
+
+
+def stream_seed(seed: int, stream: str, *key: int) -> int:
+    """An integer seed from a stream (for a ``torch.Generator``)."""
+    return int(stream_rng(seed, stream, *key).integers(0, 2**62))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -15,9 +15,7 @@ import torch
 from r3m.learn.data import DemoSource, TaskSpec
 from r3m.learn.losses import LossOut, imitation_loss, ponder_imitation_loss, progressive_schedule
 from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, train_phase
-from r3m.learn.run import Run, autocast, step_rng
-
-DEMO_STREAM, SCHEDULE_STREAM = 1, 2
+from r3m.learn.run import Run, autocast, stream_rng
 
 
 @dataclass(frozen=True)
@@ -50,9 +48,11 @@ class Imitation:
                        self.ckpt_every, self.log_every, self.batch_size * run.world)
 
 
-def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int) -> DemoSource:
-    return DemoSource(specs, model.cfg.tool_names, seed, stream=DEMO_STREAM, tool_fraction=s.tool_fraction,
-                      turns=s.batch_size)
+def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int, run: Run,
+           stream: str = "demos") -> DemoSource:
+    """Each torchrun process draws its own batches (the rank is part of the stream's key)."""
+    return DemoSource(specs, model.cfg.tool_names, seed, stream=stream, tool_fraction=s.tool_fraction,
+                      turns=s.batch_size, rank=run.rank)
 
 
 def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:
@@ -63,11 +63,11 @@ def stage1(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpe
            seed: int) -> FitState:
     """R3M imitation at K' <= k_train (``losses.progressive_schedule``), every turn of the expert
     episodes with the memory carried; under torchrun each process draws its own batches."""
-    source = _demos(specs, model, s, seed + 7919 * run.rank)
+    source = _demos(specs, model, s, seed, run)
 
     def loss_fn(step: int) -> LossOut:
         spec, episodes = source.get(step)
-        K, grad_steps, supervised = progressive_schedule(step_rng(seed, step, stream=SCHEDULE_STREAM), s.k_train,
+        K, grad_steps, supervised = progressive_schedule(stream_rng(seed, "schedule", step), s.k_train,
                                                          s.grad_steps)
         with autocast(run.device):
             return imitation_loss(model, spec, episodes, K=K, grad_steps=grad_steps, supervised_steps=supervised,
@@ -81,7 +81,7 @@ def stage1(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpe
 def dense(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
           seed: int) -> FitState:
     """The dense baseline: imitation of the same demonstrations as ``stage1`` with the same seed."""
-    source = _demos(specs, model, s, seed + 7919 * run.rank)
+    source = _demos(specs, model, s, seed, run)
 
     def loss_fn(step: int) -> LossOut:
         spec, episodes = source.get(step)
@@ -95,7 +95,7 @@ def dense(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec
 def stage2(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation, seed: int, *,
            lambda_p: float, beta: float) -> FitState:
     """PonderNet halting on top of a stage-1 model, at K = k_train (``losses.ponder_imitation_loss``)."""
-    source = _demos(specs, model, s, seed + 1 + 7919 * run.rank)
+    source = _demos(specs, model, s, seed, run, stream="halt_demos")
 
     def loss_fn(step: int) -> LossOut:
         spec, episodes = source.get(step)
