@@ -15,6 +15,18 @@ _CELL = np.arange(81)
 _ROW, _COL, _BOX = _CELL // 9, _CELL % 9, (_CELL // 27) * 3 + (_CELL % 9) // 3
 
 
+def _move(action: Any) -> int:
+    """``action`` as an int in [0, 729): the types ``Discrete.contains`` accepts, bools excluded."""
+    integral = isinstance(action, (int, np.integer)) or (
+        isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer))
+    if not integral or isinstance(action, (bool, np.bool_)):
+        raise TypeError(f"sudoku-grid-v0 actions are integers in Discrete(729), got {type(action).__name__} "
+                        f"{action!r:.40}")
+    if not 0 <= int(action) < 729:
+        raise ValueError(f"sudoku-grid-v0 actions are cell * 9 + digit - 1 in 0..728, got {int(action)}")
+    return int(action)
+
+
 class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     """Fill a Sudoku one (cell, digit) at a time; instances come from ``SudokuFamily``.
 
@@ -24,7 +36,10 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     ## Action
     ``Discrete(729)``: ``cell * 9 + (digit - 1)`` writes ``digit`` into ``cell`` (0..80, row-major).
     ``action_masks()`` gives the valid ones (for sb3-contrib's MaskablePPO): the cell is empty
-    and the digit is not yet in its row, column or box.
+    and the digit is not yet in its row, column or box. An action must be a Python or numpy
+    integer (or a 0-d integer array) in 0..728: anything else is a caller's bug, not a move,
+    and raises (``TypeError`` for another type, including ``"5"``, ``1.5`` and ``True``;
+    ``ValueError`` out of range).
 
     ## Reward
     0 per move. When the board is full: the Sudoku verifier's verdict, 1.0 if the grid is a
@@ -32,8 +47,8 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Episode End
     Terminated when the board is full (reward as above); at a dead end, when some empty cell has
-    no valid digit left so the board can no longer be completed (reward 0); and at an invalid
-    (masked) action, which leaves the board unchanged (reward 0). No truncation: an episode
+    no valid digit left so the board can no longer be completed (reward 0); and at an action
+    in ``Discrete(729)`` that the mask forbids, which leaves the board unchanged (reward 0). No truncation: an episode
     lasts at most 81 moves.
 
     ## Arguments
@@ -44,7 +59,8 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     the moves that fill the remaining empty cells with the solution.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    # render_fps: Gymnasium's checker asks every env that renders for it; ansi frames are not timed.
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, difficulty: int | None = None, split: str = "train", data_seed: int = 0,
                  render_mode: str | None = None):
@@ -97,9 +113,9 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     def step(self, action):
         if self._done:
             raise RuntimeError("episode is over: call reset() before step()")
-        a = int(action)
+        a = _move(action)
         free = self._free()
-        if not (0 <= a < 729 and free[a // 9, a % 9]):
+        if not free[a // 9, a % 9]:
             self._done = True
             info = self._info(False, 0.0, f"invalid action {a}: cell taken or digit already in its unit")
             return self._board.copy(), 0.0, True, False, info

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from r3m import tools
-from r3m.envs.base import PRINTABLE, Instance, TaskFamily, make_family, reset_instance
+from r3m.envs.ascii import PRINTABLE, describe_char, first_non_printable
+from r3m.envs.base import Instance, TaskFamily, make_family, reset_instance
+from r3m.envs.spaces import PrintableText
 from r3m.verifiers import Verdict, wrong
 
 MAX_RESULT_CHARS = 512
@@ -16,7 +17,8 @@ MAX_ACTION_CHARS = 1024
 
 
 def sanitize(text: str, limit: int) -> str:
-    """Printable ASCII only (others become '?'), at most ``limit`` characters."""
+    """Printable ASCII only (others become '?'), at most ``limit`` characters: for tool output,
+    which a user's tool may write in any alphabet and at any length."""
     text = text[:limit]
     return text if all(c in PRINTABLE for c in text) else "".join(c if c in PRINTABLE else "?" for c in text)
 
@@ -29,16 +31,23 @@ class TextTaskEnv(gym.Env[str, str]):
     the call as written followed by ``<result>OUTPUT</result>`` (or ``<result>error: ...</result>``).
 
     ## Action
-    ``Text``: one string. ``<call>NAME ARGS</call>`` runs registered tool NAME on ARGS and
-    continues the episode; anything else is the final answer.
+    ``Text``: one string of printable ASCII (codes 32-126 and newline), at most 1024 characters.
+    ``<call>NAME ARGS</call>`` runs registered tool NAME on ARGS and continues the episode;
+    anything else is the final answer, at most the family's ``max_answer_chars`` once
+    surrounding whitespace is stripped. Policy text is untrusted, so a string outside the
+    action space (another character, or too long) is not an error: it ends the episode with
+    reward 0 and ``info["reason"]`` saying why. A non-string action is a programming error and
+    raises ``TypeError``.
 
     ## Reward
     0 for a tool call. For the final answer, the family's verifier: 1.0 if correct, else 0.0
-    (or the verifier's partial-credit score with ``partial_credit=True``).
+    (or the verifier's partial-credit score with ``partial_credit=True``); 0 for an answer
+    longer than ``max_answer_chars`` and for an action outside the action space.
 
     ## Episode End
-    Terminated after the final answer. Truncated with reward 0 when the policy makes more
-    than ``call_budget`` calls; malformed calls and calls to disabled tools count too.
+    Terminated after the final answer and after an action outside the action space. Truncated
+    with reward 0 when the policy makes more than ``call_budget`` calls; malformed calls and
+    calls to disabled tools count too.
 
     ## Arguments
     ``family``: a registered family name or a ``TaskFamily``; ``call_budget`` (default 4);
@@ -49,9 +58,12 @@ class TextTaskEnv(gym.Env[str, str]):
     external evaluation sets; ``info["split"]`` is then "external").
     ``info`` carries family, difficulty, split, tool_calls and malformed_calls, and after an
     answer ``correct``, ``score`` and ``reason``. It never carries the oracle answer.
+    ``reset`` raises ``ValueError`` for an instance whose prompt breaks the family's contract
+    (a character outside printable ASCII, or longer than ``max_prompt_chars``).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    # render_fps: Gymnasium's checker asks every env that renders for it; ansi frames are not timed.
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -73,10 +85,9 @@ class TextTaskEnv(gym.Env[str, str]):
         self.data_seed = data_seed
         self.render_mode = render_mode
         turn_chars = MAX_ACTION_CHARS + MAX_RESULT_CHARS + len(tools.RESULT_OPEN + tools.RESULT_CLOSE)
-        self.observation_space = spaces.Text(
-            self.family.max_prompt_chars + (self.call_budget + 1) * turn_chars, min_length=1, charset=PRINTABLE
-        )
-        self.action_space = spaces.Text(MAX_ACTION_CHARS, min_length=0, charset=PRINTABLE)
+        # PrintableText, not spaces.Text: Gymnasium's async vector env misreads Text (envs/spaces.py)
+        self.observation_space = PrintableText(self.family.max_prompt_chars + (self.call_budget + 1) * turn_chars)
+        self.action_space = PrintableText(MAX_ACTION_CHARS, min_length=0)
         self._instance: Instance | None = None
         self._transcript = ""
         self._calls = self._malformed = 0
@@ -88,6 +99,7 @@ class TextTaskEnv(gym.Env[str, str]):
         self._instance, self._split = reset_instance(self, options)
         if self._split == "external":
             self._instance = self._external(self._instance)
+        self._check_prompt(self._instance)
         self._transcript = self._instance.prompt
         self._calls = self._malformed = 0
         self._done = False
@@ -96,12 +108,29 @@ class TextTaskEnv(gym.Env[str, str]):
     def step(self, action: str):
         if self._done:
             raise RuntimeError("episode is over: call reset() before step()")
-        if isinstance(action, str) and tools.is_call(action):
+        if not isinstance(action, str):
+            raise TypeError(f"a text env's action is a str (the policy's text), got {type(action).__name__}")
+        outside = self._outside_action_space(action)
+        if outside:
+            return self._end(wrong(f"action outside the action space: {outside}"))
+        if tools.is_call(action):
             return self._tool_step(action)
-        verdict = self._score(action)
+        length, limit = len(action.strip()), self.family.max_answer_chars
+        if length > limit:
+            return self._end(wrong(f"answer too long ({length} > {limit} characters)"))
+        return self._end(self.family.verify(self._instance, action))
+
+    def _end(self, verdict: Verdict):
         self._done = True
         reward = 1.0 if verdict.correct else (verdict.score if self.partial_credit else 0.0)
         return self._transcript, reward, True, False, self._info(verdict)
+
+    def _outside_action_space(self, action: str) -> str | None:
+        """Why ``action`` is not in ``action_space``, or None."""
+        if len(action) > self.action_space.max_length:
+            return f"{len(action)} characters (at most {self.action_space.max_length})"
+        bad = first_non_printable(action)
+        return None if bad is None else f"{describe_char(bad)} is not printable ASCII"
 
     def _tool_step(self, action: str):
         self._calls += 1
@@ -120,7 +149,7 @@ class TextTaskEnv(gym.Env[str, str]):
             result = tools.call(parsed.name, parsed.args)
             if not result.ok and result.error and result.error.startswith("unknown tool"):
                 self._malformed += 1
-        self._transcript += sanitize(action.strip(), MAX_ACTION_CHARS) + tools.format_result(
+        self._transcript += action.strip() + tools.format_result(
             sanitize(result.transcript_text(), MAX_RESULT_CHARS)
         )
         return self._transcript, 0.0, False, False, self._info()
@@ -130,15 +159,23 @@ class TextTaskEnv(gym.Env[str, str]):
             raise ValueError(f"options['instance'] must be an Instance of family {self.family.name!r}")
         return inst
 
+    def _check_prompt(self, inst: Instance) -> None:
+        """A prompt outside the observation space is the family's bug: say so, never clip it."""
+        name, limit = self.family.name, self.family.max_prompt_chars
+        if not isinstance(inst.prompt, str) or not inst.prompt:
+            raise ValueError(f"{name}: instance {inst.key!r} has an empty or non-str prompt")
+        bad = first_non_printable(inst.prompt)
+        if bad is not None:
+            raise ValueError(f"{name}: instance {inst.key!r} has {describe_char(bad)} in its prompt, outside "
+                             "printable ASCII; transliterate generated text with r3m.envs.ascii_fold")
+        if len(inst.prompt) > limit:
+            raise ValueError(f"{name}: instance {inst.key!r} has a prompt of {len(inst.prompt)} characters, "
+                             f"more than max_prompt_chars={limit}")
+
     def _tool_allowed(self, name: str) -> bool:
         if isinstance(self.tools_enabled, bool):
             return self.tools_enabled
         return name in self.tools_enabled
-
-    def _score(self, action: Any) -> Verdict:
-        if not isinstance(action, str):
-            return wrong(f"action must be a string, got {type(action).__name__}")
-        return self.family.verify(self._instance, action)
 
     def _info(self, verdict: Verdict | None = None) -> dict[str, Any]:
         info = {
@@ -153,6 +190,13 @@ class TextTaskEnv(gym.Env[str, str]):
         return info
 
     # -- demonstrations and rendering -----------------------------------------------------
+    @property
+    def instance(self) -> Instance:
+        """The instance being played. It holds the oracle: for demonstrations and checks, never a policy."""
+        if self._instance is None:
+            raise RuntimeError("call reset() before reading the instance")
+        return self._instance
+
     def expert_actions(self, use_tools: bool) -> list[str]:
         """The expert's actions for the current instance: tool calls (if ``use_tools``), then the answer."""
         if self._instance is None:

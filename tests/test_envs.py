@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -32,6 +34,15 @@ def test_check_env(env_id):
     doc = type(env.unwrapped).__doc__ or ""
     for section in ("Observation", "Action", "Reward", "Episode End"):
         assert section in doc, f"{env_id} docstring lacks a {section} section"
+
+
+@pytest.mark.parametrize("env_id", TEXT_ENV_IDS + ["sudoku-grid-v0"])
+def test_check_env_has_nothing_to_say_about_render_fps(env_id):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(gym.make(env_id).unwrapped, skip_render_check=True)
+    assert not [w for w in caught if "fps" in str(w.message)]
+    assert gym.make(env_id).unwrapped.metadata["render_fps"] > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -136,8 +147,10 @@ def test_step_fuzz_never_raises(env_id):
         if env._done:
             env.reset()
         obs, reward, terminated, truncated, info = env.step(action)
-        assert reward in (0.0, 1.0) and isinstance(obs, str)
+        assert reward in (0.0, 1.0) and isinstance(obs, str) and env.observation_space.contains(obs)
         assert all(32 <= ord(c) < 127 or c == "\n" for c in obs)
+        if not env.action_space.contains(action):
+            assert terminated and reward == 0.0 and "outside the action space" in info["reason"]
         if terminated or truncated:
             assert isinstance(info["reason"], str) and info["reason"]
 
@@ -193,3 +206,78 @@ def test_step_after_end_and_bad_options_raise_clearly():
         env.reset(options={"difficulty": 1, "bogus": 1})
     with pytest.raises(ValueError, match="split"):
         env.reset(options={"split": "validation"})
+
+
+# -- the action contract ---------------------------------------------------------------------
+@pytest.mark.parametrize("action", [5, None, b"42", ["42"], 4.2])
+def test_non_str_action_is_a_programming_error(action):
+    env = gym.make("arithmetic-v0").unwrapped
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="action is a str"):
+        env.step(action)
+    _, reward, terminated, _, _ = env.step(env.expert_actions(False)[-1])  # the episode is still running
+    assert terminated and reward == 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("make_action, why", [
+    (lambda answer: answer + "\t", r"'\\t' \(U\+0009\) is not printable ASCII"),
+    (lambda answer: answer + "\u00e9", r"'\u00e9' \(U\+00E9\) is not printable ASCII"),
+    (lambda answer: "<call>calculator 1\u00b2</call>", r"'\u00b2' \(U\+00B2\)"),
+    (lambda answer: answer + " " * 1100, r"1\d{3} characters \(at most 1024\)"),
+    (lambda answer: "<call>calculator " + "1+" * 600 + "1</call>", r"characters \(at most 1024\)"),
+])
+def test_action_outside_the_action_space_ends_with_zero(family, make_action, why):
+    """Policy text is untrusted: outside the action space it ends the episode, never crashes, and
+    never scores, even when the verifier (which ignores whitespace) would accept it."""
+    env = gym.make(f"{family}-v0", partial_credit=True).unwrapped
+    obs0, _ = env.reset(seed=1)
+    action = make_action(env.expert_actions(False)[-1])
+    assert not env.action_space.contains(action)
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert (reward, terminated, truncated, info["correct"], info["score"]) == (0.0, True, False, False, 0.0)
+    assert re.search("action outside the action space: .*" + why, info["reason"]), info["reason"]
+    assert obs == obs0 and env.observation_space.contains(obs)
+
+
+def test_answer_longer_than_max_answer_chars_scores_zero():
+    env = gym.make("arithmetic-v0").unwrapped
+    env.reset(seed=0)
+    answer = env.expert_actions(False)[-1]
+    sign = "-" if answer.startswith("-") else ""
+    padded = sign + "0" * 1000 + answer.lstrip("-")  # leading zeros: the verifier alone says correct
+    assert env.family.verify(env.instance, padded).correct
+    _, reward, terminated, _, info = env.step(padded)
+    assert reward == 0.0 and terminated and f"answer too long ({len(padded)} > 16 characters)" == info["reason"]
+    env.reset(seed=0)
+    _, reward, *_ = env.step("  " + env.expert_actions(False)[-1] + "\n")  # surrounding whitespace: not counted
+    assert reward == 1.0
+
+
+def test_calls_are_not_answers_and_observations_stay_in_space():
+    """A call longer than max_answer_chars runs as before; full-length calls fill the transcript to at
+    most the observation space's bound."""
+    env = gym.make("arithmetic-v0", call_budget=3).unwrapped
+    obs, _ = env.reset(seed=0)
+    call = "<call>calculator " + "+".join(["1"] * 60) + "</call>"
+    assert len(call) > env.family.max_answer_chars
+    obs, reward, terminated, truncated, info = env.step(call)
+    assert obs.endswith("<result>60</result>") and not (terminated or truncated)
+    longest = "<call>calculator " + "x" * (1024 - 24) + "</call>"
+    for _ in range(2):
+        obs, *_ = env.step(longest)
+        assert env.observation_space.contains(obs)
+    obs, reward, terminated, truncated, info = env.step(longest)  # one past the budget
+    assert truncated and env.observation_space.contains(obs)
+
+
+@pytest.mark.parametrize("prompt, pattern", [
+    ("calc: 1\u00d72", r"arithmetic: instance 'ext' has '\u00d7' \(U\+00D7\) in its prompt.*ascii_fold"),
+    ("calc: " + "1+" * 40 + "1", "prompt of 87 characters, more than max_prompt_chars=64"),
+    ("", "empty"),
+])
+def test_reset_refuses_a_prompt_outside_the_observation_space(prompt, pattern):
+    env = gym.make("arithmetic-v0").unwrapped
+    inst = envs.Instance("arithmetic", 1, prompt, "3", "ext", {"expression": "1+2"})
+    with pytest.raises(ValueError, match=pattern):
+        env.reset(options={"instance": inst})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -49,15 +50,30 @@ def test_expert_fill_scores_one():
         assert "".join(map(str, obs)) == inst.answer and not env.action_masks().any()
 
 
-def test_invalid_action_terminates_with_zero():
+def test_masked_action_terminates_with_zero():
     env = SudokuGridEnv(difficulty=2)
     obs, _ = env.reset(seed=0)
     given = int(np.flatnonzero(obs)[0])
-    for action in (given * 9, 729, -1):
+    for action in (given * 9, np.int64(given * 9 + 1), np.array(given * 9 + 2)):
         env.reset(seed=0)
         new_obs, reward, terminated, _, info = env.step(action)
         assert terminated and reward == 0.0 and not info["correct"] and "invalid" in info["reason"]
         assert np.array_equal(new_obs, obs)
+
+
+@pytest.mark.parametrize("action, error", [(729, ValueError), (-1, ValueError), (np.int32(800), ValueError),
+                                           ("5", TypeError), (1.5, TypeError), (5.0, TypeError),
+                                           (True, TypeError), (np.array([5]), TypeError), (None, TypeError)])
+def test_action_outside_discrete_729_raises(action, error):
+    """Not a move but a caller's bug: it raises, names the space, and leaves the episode running."""
+    env = SudokuGridEnv(difficulty=1)
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(error, match="729|728"):
+        env.step(action)
+    blank = int(np.flatnonzero(obs == 0)[0])
+    legal = blank * 9 + int(np.flatnonzero(env.action_masks()[blank * 9 : blank * 9 + 9])[0])
+    _, _, _, _, info = env.step(np.int64(legal))
+    assert info["filled"] == 1
 
 
 def test_random_valid_moves_reach_full_board_or_dead_end():
