@@ -1,7 +1,8 @@
 """The R³M task suite as Gymnasium environments.
 
 ``import envs`` registers the families and their env ids; then ``gymnasium.make("sudoku-v0")``.
-Add your own task with ``envs.register_task`` (see the README's plug-in guide).
+Add your own task with ``envs.register_task`` (see the README's plug-in guide). External
+evaluation sets are in ``envs.eval_sets`` (``list_eval_sets``, ``load_eval_set``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ from r3m.envs.base import (
     register_family,
     split_of,
 )
+from r3m.envs.eval_sets import (
+    eval_dir,
+    eval_set_path,
+    list_eval_sets,
+    load_eval_set,
+    register_eval_set,
+    unregister_eval_set,
+)
 from r3m.envs.text_env import TextTaskEnv
 
 __all__ = [
-    "ENV_IDS", "SPLITS", "Instance", "TaskFamily", "TextTaskEnv", "list_families", "make_family",
-    "register_env", "register_family", "register_task", "split_of",
+    "ENV_IDS", "SPLITS", "Instance", "TaskFamily", "TextTaskEnv", "eval_dir", "eval_set_path", "list_eval_sets",
+    "list_families", "load_eval_set", "make_family", "register_env", "register_eval_set", "register_family",
+    "register_task", "split_of", "unregister_eval_set",
 ]
 
 # family name -> (module, family class, env class)

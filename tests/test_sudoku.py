@@ -11,8 +11,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import needs_eval_data
-from r3m_agent.evaluation import SUDOKU_EVAL_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,8 +30,11 @@ from r3m.envs.families.sudoku_gen import (
 from r3m.tools.sudoku_solver import solve
 from r3m.verifiers.sudoku import UNITS, verify, verify_batch
 
-EVAL = SUDOKU_EVAL_DIR
 FAMILY = SudokuFamily()
+# The external evaluation sets live beside the checkout (../shared/eval, or $R3M_EVAL_DIR).
+needs_eval_data = pytest.mark.skipif(not envs.eval_set_path("norvig_top95").exists(),
+                                     reason=f"external evaluation sets not found at {envs.eval_dir()} "
+                                            "(set R3M_EVAL_DIR)")
 BANK = [e for level in FAMILY.bank.values() for e in level]
 
 
@@ -109,6 +110,24 @@ def test_singles_rounds_is_simultaneous():
     for r in range(9):
         grid[r * 9 + r] = 0
     assert singles_rounds(grid) == 1 and singles_rounds(_grid(solution)) == 0
+
+
+def test_forced_cells_are_the_naked_singles():
+    solution = FAMILY.bank[1][0].solution
+    one_per_row = "".join("." if i % 10 == 0 else ch for i, ch in enumerate(solution))  # cells (r, r)
+    inst = FAMILY.from_puzzle(one_per_row, solution)
+    assert FAMILY.forced_cells(inst) == {r * 10: solution[r * 10] for r in range(9)}
+    assert FAMILY.forced_cells(FAMILY.from_puzzle(solution, solution)) == {}
+    for level in (1, 3, 5):
+        for i in range(20):
+            inst = FAMILY.instance("train", i, level)
+            forced = FAMILY.forced_cells(inst)
+            assert all(inst.answer[c] == d for c, d in forced.items())  # forced digits are the solution's
+            for cell in range(81):  # independent reference: candidates from the row, column and box
+                if inst.data["puzzle"][cell] == ".":
+                    seen = {inst.data["puzzle"][j] for u in UNITS if cell in u for j in u}
+                    left = set("123456789") - seen
+                    assert (cell in forced) == (len(left) == 1)
 
 
 # -- transforms ------------------------------------------------------------------------------
@@ -233,7 +252,7 @@ def test_verify_batch_agrees_with_verify():
 # -- solver tool -------------------------------------------------------------------------------
 @needs_eval_data
 def test_solver_on_norvig_top95():
-    with open(EVAL / "norvig_top95.csv") as f:
+    with open(envs.eval_set_path("norvig_top95")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 95
     for row in rows:

@@ -10,17 +10,20 @@ is a transform of a test bank entry only; bank entries are pairwise non-isomorph
 
 from __future__ import annotations
 
+import csv
+import os
 from itertools import permutations, product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.base import Instance, TaskFamily, make_family
+from r3m.envs.eval_sets import sample_indices
 from r3m.envs.families.sudoku_gen import BANK_PATH, LEVELS, Entry, read_bank
 from r3m.envs.text_env import TextTaskEnv
 from r3m.verifiers import Verdict
-from r3m.verifiers.sudoku import verify
+from r3m.verifiers.sudoku import DIGITS, PEERS, verify
 
 PREFIX = "sudoku:"
 _PERM3 = tuple(permutations(range(3)))
@@ -70,6 +73,8 @@ class SudokuFamily(TaskFamily):
     5. 21-24 givens, minimal (no given can be removed) and never singles-solvable; bt_nodes ~570.
 
     ``instance.data``: ``puzzle``, ``solution``, ``givens``, ``rounds``, ``bt_nodes``.
+    External evaluation sets (``r3m.envs.list_eval_sets("sudoku")``) load through
+    ``load_sudoku_csv``; the same task as a numeric env is ``numeric_env`` (sudoku-grid-v0).
     """
 
     name = "sudoku"
@@ -77,6 +82,8 @@ class SudokuFamily(TaskFamily):
     answer_len = 81
     max_prompt_chars = len(PREFIX) + 81
     max_answer_chars = 81
+    max_tool_args_chars = 81  # the puzzle, so every payload (ARGS or answer) is 81 characters
+    numeric_env = "sudoku-grid-v0"
 
     def __init__(self, bank_path: str | Path = BANK_PATH):
         self.bank_path = Path(bank_path)
@@ -123,6 +130,34 @@ class SudokuFamily(TaskFamily):
     def tool_args(self, instance: Instance) -> str:
         return instance.data["puzzle"]
 
+    def forced_cells(self, instance: Instance) -> dict[int, str]:
+        """Blank cells whose row, column and box givens leave one digit (naked singles): cell -> digit.
+
+        The cells a solver fills without search at its first step; a policy that gets them wrong
+        has not read the board. Computed from ``instance.data``, never from the prompt text.
+        """
+        grid = instance.data["puzzle"]
+        out = {}
+        for i, ch in enumerate(grid):
+            if ch == ".":
+                left = DIGITS - {grid[j] for j in PEERS[i]}
+                if len(left) == 1:
+                    out[i] = next(iter(left))
+        return out
+
+
+def load_sudoku_csv(path: str | os.PathLike, limit: int | None = None, seed: int = 0) -> list[Instance]:
+    """Instances for an external Sudoku CSV (``puzzle,solution,...`` header): evaluation only,
+    never training. With ``limit`` smaller than the file, a fixed sample of ``limit`` rows drawn
+    with ``seed`` (``eval_sets.sample_indices``). Keys are ``"{file stem}:{i}"``, ``i`` counting
+    the rows kept."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows = [rows[i] for i in sample_indices(len(rows), limit, seed)]
+    fam = make_family("sudoku")
+    return [fam.from_puzzle(r["puzzle"], r["solution"], key=f"{path.stem}:{i}") for i, r in enumerate(rows)]
+
 
 class SudokuEnv(TextTaskEnv):
     """Solve one 9x9 Sudoku (see ``SudokuFamily`` for the difficulty levels).
@@ -132,9 +167,11 @@ class SudokuEnv(TextTaskEnv):
     blanks, e.g. ``sudoku:53..7....6..195...`` (88 characters); then any tool calls and results.
 
     ## Action
-    ``Text``: the final answer, the 81 digits of the filled grid row-major (whitespace ignored);
-    or ``<call>sudoku_solver PUZZLE</call>`` with the 81-character puzzle, whose result is the
-    81-digit solution (or ``error: ...``).
+    ``Text``: the final answer, the 81 digits of the filled grid row-major (surrounding whitespace
+    ignored; an answer of more than 81 characters scores 0, so no separators); or
+    ``<call>sudoku_solver PUZZLE</call>`` with the 81-character puzzle, whose result is the
+    81-digit solution (or ``error: ...``). Printable ASCII only, as for every text env
+    (``TextTaskEnv``): other text ends the episode with reward 0.
 
     ## Reward
     1.0 if the answer is a valid completion (keeps every given, every row, column and box holds
