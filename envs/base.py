@@ -12,17 +12,18 @@ import abc
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
 from r3m import tools
+from r3m.envs.ascii import PRINTABLE  # noqa: F401  (re-exported: the contract's alphabet)
 from r3m.verifiers import Verdict
 
 SPLITS = {"train": 0, "test": 1}
 TEST_EVERY = 5  # one key in five is a test key
 MAX_REDRAWS = 10_000
-PRINTABLE = frozenset(chr(c) for c in range(32, 127)) | {"\n"}
+DECODES = ("fill", "causal")
 
 
 def split_of(key: str) -> str:
@@ -49,7 +50,14 @@ class TaskFamily(abc.ABC):
     Class attributes: ``name``; ``levels`` (difficulty knob values, easiest first);
     ``tool`` (registered tool whose demonstration applies, or None); ``answer_len``
     (fixed answer width for fill decoding, e.g. 81 for Sudoku; None for free-form);
-    ``max_prompt_chars`` and ``max_answer_chars`` (bounds that size the env's spaces).
+    ``max_prompt_chars`` and ``max_answer_chars`` (bounds that size the env's spaces and that
+    the env enforces); ``max_tool_args_chars`` (bound on the ARGS the expert writes in a call,
+    None: ``max_prompt_chars``); ``decode`` (how a model writes the answer: ``"fill"``, into
+    fixed answer slots, or ``"causal"``, token by token); ``numeric_env`` (a numeric Gymnasium
+    env id of the same task for off-the-shelf RL baselines, or None).
+
+    Everything a family writes (prompts, answers, tool ARGS) is printable ASCII
+    (``envs.ascii.PRINTABLE``); apply ``r3m.envs.ascii_fold`` to text from other sources.
     """
 
     name: ClassVar[str]
@@ -58,6 +66,9 @@ class TaskFamily(abc.ABC):
     answer_len: ClassVar[int | None] = None
     max_prompt_chars: ClassVar[int] = 1024
     max_answer_chars: ClassVar[int] = 256
+    max_tool_args_chars: ClassVar[int | None] = None
+    decode: ClassVar[str] = "fill"
+    numeric_env: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
@@ -66,6 +77,27 @@ class TaskFamily(abc.ABC):
     @abc.abstractmethod
     def verify(self, instance: Instance, answer: str) -> Verdict:
         """Score ``answer`` by calling this family's pure verifier on the instance's data."""
+
+    def payload_chars(self, levels: Sequence[int] | None = None) -> int:
+        """A guaranteed upper bound on the length of any payload the expert writes at ``levels``
+        (default: all): its final answer, or the ARGS of a tool call.
+
+        Training sizes its answer slots from it (``payload_chars(levels) + 1``) and treats a
+        longer payload as an error, so a family overrides it only with a bound that holds for
+        every instance, derived from its level specs (``check_family`` verifies it on samples).
+        """
+        self.check_levels(levels)
+        args = (self.max_tool_args_chars or self.max_prompt_chars) if self.tool else 0
+        return max(self.max_answer_chars, args)
+
+    def check_levels(self, levels: Sequence[int] | None) -> tuple[int, ...]:
+        """``levels`` as a tuple (None: all of this family's); an unknown level raises ValueError."""
+        if levels is None:
+            return tuple(self.levels)
+        unknown = [lvl for lvl in levels if lvl not in self.levels]
+        if unknown or not levels:
+            raise ValueError(f"{self.name}: levels must be a non-empty subset of {self.levels}, got {levels!r}")
+        return tuple(levels)
 
     def tool_args(self, instance: Instance) -> str:
         """The ARGS an expert writes in ``<call>{tool} ARGS</call>``."""
@@ -103,33 +135,62 @@ class TaskFamily(abc.ABC):
                            f"after {MAX_REDRAWS} draws; the content space is too small")
 
 
-_FAMILIES: dict[str, str | type[TaskFamily]] = {}
+# A family entry: lazy "module:Class", a TaskFamily subclass, an instance, or a zero-argument factory.
+FamilyEntry = Union[str, type[TaskFamily], TaskFamily, Callable[[], TaskFamily]]
+_FAMILIES: dict[str, FamilyEntry] = {}
 _INSTANCES: dict[str, TaskFamily] = {}
 
 
-def register_family(name: str, entry_point: str | type[TaskFamily]) -> None:
-    """Register a family class (or lazy ``"module:Class"``) under ``name``; duplicates raise."""
+def register_family(name: str, entry_point: FamilyEntry) -> None:
+    """Register a family entry under ``name``, loaded on first ``make_family``; duplicates raise.
+
+    ``r3m.envs.register_task`` is the checked way to add a family and its env together.
+    """
     if name in _FAMILIES:
         raise ValueError(f"task family {name!r} is already registered ({_FAMILIES[name]!r})")
     _FAMILIES[name] = entry_point
+
+
+def unregister_family(name: str) -> None:
+    """Forget the family registered under ``name`` (and its shared object); KeyError if unknown."""
+    if name not in _FAMILIES:
+        raise KeyError(f"unknown task family {name!r}; registered: {list_families()}")
+    del _FAMILIES[name]
+    _INSTANCES.pop(name, None)
 
 
 def list_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def make_family(name: str | TaskFamily) -> TaskFamily:
-    """The (shared, stateless) family object registered under ``name``."""
+def load_family(entry: FamilyEntry) -> TaskFamily:
+    """The family object an entry stands for: imported, constructed or called as needed."""
+    if isinstance(entry, str):
+        module, colon, attr = entry.partition(":")
+        if not colon:
+            raise ValueError(f"a family entry point is 'module:Class', got {entry!r}")
+        entry = getattr(importlib.import_module(module), attr)
+    if isinstance(entry, TaskFamily):
+        return entry
+    if not callable(entry):
+        raise TypeError(f"a task family must be a TaskFamily subclass, instance or factory, got {entry!r}")
+    family = entry()
+    if not isinstance(family, TaskFamily):
+        raise TypeError(f"{entry!r} returned {type(family).__name__}, not a TaskFamily")
+    return family
+
+
+def make_family(name: str | FamilyEntry) -> TaskFamily:
+    """The (shared, stateless) family object registered under ``name``; given a family object,
+    class or factory instead of a name, that family (built afresh from a class or factory)."""
     if isinstance(name, TaskFamily):
         return name
+    if not isinstance(name, str):
+        return load_family(name)
     if name not in _FAMILIES:
         raise KeyError(f"unknown task family {name!r}; registered: {list_families()}")
     if name not in _INSTANCES:
-        entry = _FAMILIES[name]
-        if isinstance(entry, str):
-            module, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module), attr)
-        _INSTANCES[name] = entry()
+        _INSTANCES[name] = load_family(_FAMILIES[name])
     return _INSTANCES[name]
 
 

@@ -31,7 +31,7 @@ from r3m.tools.syntax import (
 __all__ = [
     "CALL_CLOSE", "CALL_OPEN", "RESULT_CLOSE", "RESULT_OPEN", "ParsedCall", "ToolResult",
     "ToolSpec", "call", "format_call", "format_result", "is_call", "list_tools", "parse_call",
-    "register_tool", "spec",
+    "register_tool", "spec", "unregister_tool",
 ]
 
 MAX_ARGS_CHARS = 4096
@@ -86,6 +86,13 @@ def register_tool(
     if budget <= 0:
         raise ValueError(f"tool {name!r}: budget must be positive, got {budget}")
     _REGISTRY[name] = ToolSpec(name, entry_point, int(budget), description)
+
+
+def unregister_tool(name: str) -> None:
+    """Remove tool ``name`` (so a notebook cell that registers it can run again); KeyError if unknown."""
+    spec(name)
+    del _REGISTRY[name]
+    _LOADED.pop(name, None)
 
 
 def list_tools() -> list[str]:

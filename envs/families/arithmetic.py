@@ -17,7 +17,7 @@ Tool: ``calculator`` on the expression; the expert answers with its output.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -92,6 +92,28 @@ def _count_mul(node: Node) -> int:
     return (node.op == "*") + _count_mul(node.left) + _count_mul(node.right)
 
 
+def max_expression_chars(level: Level) -> int:
+    """Longest expression ``level`` can draw: ``n + 1`` operands of the widest literal, ``n``
+    operators and, when the level has parentheses, at most one pair around each non-root operation."""
+    n = level.ops[1]
+    parens = 2 * (n - 1) if level.paren_depth else 0
+    return (n + 1) * max(level.digits[1], level.factor_digits) + n + parens
+
+
+def max_answer_chars(level: Level) -> int:
+    """Longest value ``level`` can produce, sign included: ``|a +- b| <= |a| + |b|`` and
+    ``|f * x| <= F * |x|`` bound the magnitude of a tree with ``n`` operators by ``bound[n]``."""
+    bound = [10 ** level.digits[1] - 1]
+    for n in range(1, level.ops[1] + 1):
+        options = []
+        if set(level.symbols) & {"+", "-"}:
+            options.append(max(bound[k] + bound[n - 1 - k] for k in range(n)))
+        if "*" in level.symbols:
+            options.append((10**level.factor_digits - 1) * bound[n - 1])
+        bound.append(max(options))
+    return len(str(bound[-1])) + ("-" in level.symbols)
+
+
 class ArithmeticFamily(TaskFamily):
     name = "arithmetic"
     tool = "calculator"
@@ -116,6 +138,11 @@ class ArithmeticFamily(TaskFamily):
     def tool_args(self, instance: Instance) -> str:
         return instance.data["expression"]
 
+    def payload_chars(self, levels: Sequence[int] | None = None) -> int:
+        """The longest expression (the calculator's ARGS) or value the levels can produce."""
+        return max(max(max_expression_chars(LEVELS[lvl]), max_answer_chars(LEVELS[lvl]))
+                   for lvl in self.check_levels(levels))
+
 
 class ArithmeticEnv(TextTaskEnv):
     """Integer arithmetic as a text episode (see ``envs.families.arithmetic`` for the levels).
@@ -129,6 +156,10 @@ class ArithmeticEnv(TextTaskEnv):
     ``+``, leading zeros and surrounding whitespace are tolerated). Or a tool call
     ``<call>calculator EXPR</call>``, whose result is the exact value (the expert passes the
     expression after ``calc: `` and answers with the result).
+
+    Printable ASCII only, the answer at most 16 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
 
     ## Reward
     1 for the exact value, else 0; with ``partial_credit=True``, a wrong answer with the right

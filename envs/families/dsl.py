@@ -197,6 +197,10 @@ class DslEnv(TextTaskEnv):
     ``budget exceeded``. The expert calls it at levels 1-2 and answers with its result; at
     levels 3-5 it answers directly (see the module docstring).
 
+    Printable ASCII only, the answer at most 128 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
+
     ## Reward
     1 if the program reproduces every shown and held-out example (9-12 in all), else 0; with
     ``partial_credit=True`` the fraction of examples reproduced (a malformed program scores 0).

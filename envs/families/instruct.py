@@ -284,6 +284,7 @@ class InstructFamily(TaskFamily):
     name = "instruct"
     max_prompt_chars = MAX_PROMPT
     max_answer_chars = MAX_REPLY
+    decode = "causal"  # free-form replies of any length up to 60: generated, not filled into slots
 
     def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
         level = LEVELS[difficulty]
@@ -314,6 +315,10 @@ class InstructEnv(TextTaskEnv):
     ## Action
     The reply, free text (the oracle's is at most 60 characters, e.g. ``HELLO ANNA, DONE``).
     No tool applies: a tool call runs but only spends the call budget.
+
+    Printable ASCII only, the answer at most 60 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
 
     ## Reward
     1 when every constraint holds (any reply meeting them, not one string: any three fruits

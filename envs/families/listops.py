@@ -21,7 +21,7 @@ Tool: ``list_eval`` on the expression; the expert answers with its output.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -93,6 +93,16 @@ def render(xs: list[int], chain: list[tuple[str, str]]) -> str:
     return text
 
 
+def max_expression_chars(level: Level) -> int:
+    """Longest expression ``level`` can draw: the longest list (``2n + 1`` characters, one digit
+    per element) wrapped in the deepest chain of the widest op. No op lengthens a list, so every
+    answer is shorter than the list literal and this bounds answers too."""
+    n = level.length[1]
+    params = {"rot": len(str(n - 1)) + 1, "map": 3, "keep": 3}  # "11," "+3," ">4,"
+    widest = max(len(op) + 2 + params.get(op, 0) for op in level.ops)
+    return 2 * n + 1 + level.depth[1] * widest
+
+
 class ListOpsFamily(TaskFamily):
     name = "listops"
     tool = "list_eval"
@@ -123,6 +133,10 @@ class ListOpsFamily(TaskFamily):
     def tool_args(self, instance: Instance) -> str:
         return instance.data["expression"]
 
+    def payload_chars(self, levels: Sequence[int] | None = None) -> int:
+        """The longest expression (``list_eval``'s ARGS, longer than any answer) of the levels."""
+        return max(max_expression_chars(LEVELS[lvl]) for lvl in self.check_levels(levels))
+
 
 class ListOpsEnv(TextTaskEnv):
     """List transforms as a text episode (ops and levels in ``envs.families.listops``).
@@ -135,6 +149,10 @@ class ListOpsEnv(TextTaskEnv):
     The final answer: the resulting list as ``[0,4,7]`` (digits, commas, brackets; whitespace
     tolerated). Or a tool call ``<call>list_eval EXPR</call>`` whose result is the list (the
     expert passes the expression after ``list: `` and answers with the result).
+
+    Printable ASCII only, the answer at most 32 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
 
     ## Reward
     1 for the exact list, else 0; with ``partial_credit=True``, an answer of the right length

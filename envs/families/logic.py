@@ -239,6 +239,10 @@ class LogicEnv(TextTaskEnv):
     ``<call>csp_solver PUZZLE</call>`` with the prompt verbatim as PUZZLE; its result is the
     first solution python-constraint2 finds, in the answer format (the expert's answer).
 
+    Printable ASCII only, the answer at most 128 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
+
     ## Reward
     1 if the assignment satisfies every statement, clue or clause (knights-knaves and zebra
     solutions are unique; any satisfying SAT assignment counts), else 0; with

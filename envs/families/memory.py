@@ -25,6 +25,7 @@ Levels (sentences before the question):
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -167,7 +168,7 @@ def load_babi(path_or_lines: str | os.PathLike | Iterable[str]) -> list[Instance
         if not line.strip():
             continue
         num, _, text = line.strip(" ").partition(" ")
-        if not num.isdigit():
+        if not re.fullmatch(r"[0-9]+", num):  # ASCII digits only (str.isdigit takes any script's)
             raise ValueError(f"bAbI line {lineno}: expected a line number, got {line[:40]!r}")
         if int(num) == 1:
             story = []
@@ -195,6 +196,10 @@ class MemoryEnv(TextTaskEnv):
     ## Action
     The final answer: one location word (``garden``). No tool applies: the expert answers
     directly (a tool call still runs the named registered tool and counts against the budget).
+
+    Printable ASCII only, the answer at most 16 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
 
     ## Reward
     1 if the word matches, ignoring case and surrounding whitespace, else 0 (no partial credit).

@@ -15,6 +15,8 @@ No tool applies: the expert answers directly.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from r3m.envs.base import Instance, TaskFamily
@@ -40,6 +42,10 @@ class PrefixFamily(TaskFamily):
     def verify(self, instance: Instance, answer: str) -> Verdict:
         return verify(instance.data["bits"], answer)
 
+    def payload_chars(self, levels: Sequence[int] | None = None) -> int:
+        """The longest bit string of ``levels``: the answer has one bit per input bit."""
+        return max(LENGTHS[level][1] for level in self.check_levels(levels))
+
 
 class PrefixEnv(TextTaskEnv):
     """Running parity of a bit string as a text episode (see ``envs.families.prefix``).
@@ -50,6 +56,10 @@ class PrefixEnv(TextTaskEnv):
     ## Action
     The final answer: as many bits as the input, bit i the parity of input bits 0..i
     (``0100111`` for the prompt above; whitespace ignored). No tool applies.
+
+    Printable ASCII only, the answer at most 32 characters (``max_answer_chars``) once
+    surrounding whitespace is stripped: other text ends the episode with reward 0
+    (``TextTaskEnv``).
 
     ## Reward
     1 for the exact bit string, else 0; with ``partial_credit=True``, the fraction of bits right
