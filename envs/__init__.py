@@ -36,9 +36,9 @@ from r3m.envs.text_env import TextTaskEnv
 
 __all__ = [
     "DECODES", "ENV_IDS", "PRINTABLE", "SPLITS", "FamilyCheck", "Instance", "PrintableText", "TaskFamily",
-    "TextTaskEnv", "ascii_fold", "check_family", "eval_dir", "eval_set_path", "list_eval_sets", "list_families",
-    "load_eval_set", "make_family", "register_env", "register_eval_set", "register_family", "register_task",
-    "split_of", "unregister_eval_set", "unregister_task",
+    "TextTaskEnv", "ascii_fold", "check_family", "eval_dir", "eval_set_path", "list_eval_sets",
+    "list_families", "load_eval_set", "make_family", "register_env", "register_eval_set", "register_family",
+    "register_task", "split_of", "unregister_eval_set", "unregister_task",
 ]
 
 # family name -> (module, family class, env class); loaded on first use, not checked at import

@@ -96,7 +96,8 @@ class TaskFamily(abc.ABC):
             return tuple(self.levels)
         unknown = [lvl for lvl in levels if lvl not in self.levels]
         if unknown or not levels:
-            raise ValueError(f"{self.name}: levels must be a non-empty subset of {self.levels}, got {levels!r}")
+            raise ValueError(f"{self.name}: levels must be a non-empty subset of {self.levels}, "
+                             f"got {levels!r}")
         return tuple(levels)
 
     def tool_args(self, instance: Instance) -> str:

@@ -8,8 +8,8 @@ demonstrations, with the tool and without, end with reward 1 in the family's tex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from r3m import tools
 from r3m.envs.ascii import describe_char, first_non_printable
@@ -58,7 +58,8 @@ def action_problems(family: TaskFamily, actions: Sequence[str], use_tools: bool)
         elif tools.is_call(action):
             parsed = tools.parse_call(action)
             problem = (f"{what} is a malformed call: {parsed.error}" if parsed.error else
-                       text_problem(f"{what}, the ARGS of the call", parsed.args, args_limit, "max_tool_args_chars"))
+                       text_problem(f"{what}, the ARGS of the call", parsed.args, args_limit,
+                                    "max_tool_args_chars"))
         else:
             problem = text_problem(f"{what}, the answer", action.strip(), family.max_answer_chars,
                                    "max_answer_chars")
@@ -94,8 +95,9 @@ def check_family(family: str | TaskFamily, n: int = 20, levels: Sequence[int] | 
     Each instance is reset with ``options={"split", "difficulty", "index"}`` in the family's
     text env. Recorded as failures: an exception (type and message), a demonstration that does
     not end with reward 1, an observation outside ``observation_space``, an expert action
-    outside ``action_space`` (or over its limits), an expert payload (the answer, or a call's ARGS) longer than
-    ``payload_chars`` of its level, and a prompt or oracle answer that breaks the contract.
+    outside ``action_space`` (or over its limits), an expert payload (the answer, or a call's
+    ARGS) longer than ``payload_chars`` of its level, and a prompt or oracle answer that breaks
+    the contract.
     """
     fam = make_family(family)
     levels = fam.check_levels(levels)
@@ -129,8 +131,8 @@ def _episode(env: TextTaskEnv, options: dict, use_tools: bool, bound: int, first
             if not env.observation_space.contains(obs):
                 problems.append(f"observation before expert action {k} ({mode}) is not in observation_space")
             if isinstance(action, str) and len(payload(action)) > bound:
-                problems.append(f"expert payload {k} ({mode}) has {len(payload(action))} characters, more than "
-                                f"payload_chars={bound} of its level")
+                problems.append(f"expert payload {k} ({mode}) has {len(payload(action))} characters, "
+                                f"more than payload_chars={bound} of its level")
             obs, reward, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 break

@@ -19,15 +19,15 @@ import importlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Union
 
 import numpy as np
 
 from r3m.envs.base import Instance
 
-Loader = Callable[[Path, Union[int, None], int], list[Instance]]
+Loader = Callable[[Path, int | None, int], list[Instance]]
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 MISSING = ("warn", "raise")
 log = logging.getLogger("r3m")
@@ -38,7 +38,7 @@ class EvalSet:
     name: str
     family: str
     relpath: str  # under eval_dir(), "/"-separated
-    loader: Union[str, Loader]
+    loader: str | Loader
     limit: int | None = None  # rows kept by default (a fixed sample); None: the whole file
     description: str = ""
 
@@ -61,7 +61,7 @@ def sample_indices(n: int, limit: int | None, seed: int) -> list[int]:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False)).tolist()
 
 
-def register_eval_set(name: str, family: str, relpath: str, loader: Union[str, Loader],
+def register_eval_set(name: str, family: str, relpath: str, loader: str | Loader,
                       limit: int | None = None, description: str = "") -> None:
     """Register an evaluation set of ``family`` stored at ``eval_dir() / relpath``; duplicates raise."""
     if name in _SETS:
@@ -123,7 +123,7 @@ def load_eval_set(name: str, limit: int | None = None, seed: int = 0,
             log.warning(message)
         return None
     limit = spec.limit if limit is None else limit
-    if isinstance(limit, bool) or not isinstance(limit, (int, type(None))) or (limit is not None and limit < 1):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     return list(_loader(spec)(path, limit, seed))
 

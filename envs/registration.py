@@ -32,7 +32,8 @@ TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
 ENV_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*-v[0-9]+")
 
 
-def register_env(env_id: str, entry_point: Any = "r3m.envs.text_env:TextTaskEnv", *, family: str, **kwargs) -> None:
+def register_env(env_id: str, entry_point: Any = "r3m.envs.text_env:TextTaskEnv", *, family: str,
+                 **kwargs: Any) -> None:
     """``gymnasium.register`` that refuses to overwrite an existing id (Gymnasium only warns)."""
     _check_env_id(env_id)
     gym.register(id=env_id, entry_point=entry_point, kwargs={"family": family, **kwargs})
@@ -84,8 +85,8 @@ def check_declaration(name: str, fam: TaskFamily) -> None:
     """The family's class attributes against the contract; raises ValueError naming what is wrong."""
     where = f"task family {name!r} ({type(fam).__name__})"
     if getattr(fam, "name", None) != name:
-        raise ValueError(f"{where}: family.name is {getattr(fam, 'name', None)!r}; it must equal the registered "
-                         "name, which instances carry")
+        raise ValueError(f"{where}: family.name is {getattr(fam, 'name', None)!r}; it must equal the "
+                         "registered name, which instances carry")
     levels = fam.levels
     if (not isinstance(levels, tuple) or not levels or len(set(levels)) != len(levels)
             or not all(_is_int(lvl) for lvl in levels)):
@@ -100,7 +101,8 @@ def check_declaration(name: str, fam: TaskFamily) -> None:
         if value is not None and not _is_positive_int(value):
             raise ValueError(f"{where}: {attr} must be None or a positive int, got {value!r}")
     if fam.answer_len is not None and fam.answer_len > fam.max_answer_chars:
-        raise ValueError(f"{where}: answer_len={fam.answer_len} exceeds max_answer_chars={fam.max_answer_chars}")
+        raise ValueError(f"{where}: answer_len={fam.answer_len} exceeds "
+                         f"max_answer_chars={fam.max_answer_chars}")
     if fam.tool is not None and fam.tool not in tools.list_tools():
         raise ValueError(f"{where}: tool {fam.tool!r} is not registered (tools.register_tool first); "
                          f"registered: {tools.list_tools()}")
@@ -115,7 +117,8 @@ def check_samples(fam: TaskFamily) -> None:
         try:
             inst = fam.instance("train", 0, difficulty=level)
         except Exception as exc:
-            raise ValueError(f"{where}: generating a train instance failed ({type(exc).__name__}: {exc})") from exc
+            raise ValueError(f"{where}: generating a train instance failed "
+                             f"({type(exc).__name__}: {exc})") from exc
         problems = instance_problems(fam, inst)
         for use_tools in ((False, True) if fam.tool else (False,)):
             try:
@@ -126,7 +129,8 @@ def check_samples(fam: TaskFamily) -> None:
                                  f"({type(exc).__name__}: {exc})") from exc
             problems += action_problems(fam, actions, use_tools)
         if problems:
-            raise ValueError(f"{where}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if problems[1:] else ""))
+            more = f" (and {len(problems) - 1} more)" if problems[1:] else ""
+            raise ValueError(f"{where}: {problems[0]}{more}")
 
 
 def _check_env_id(env_id: str) -> None:

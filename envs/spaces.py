@@ -19,9 +19,9 @@ process; switching shared memory off would need every caller to know to do it.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces

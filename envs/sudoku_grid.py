@@ -48,8 +48,8 @@ class SudokuGridEnv(gym.Env[np.ndarray, np.int64]):
     ## Episode End
     Terminated when the board is full (reward as above); at a dead end, when some empty cell has
     no valid digit left so the board can no longer be completed (reward 0); and at an action
-    in ``Discrete(729)`` that the mask forbids, which leaves the board unchanged (reward 0). No truncation: an episode
-    lasts at most 81 moves.
+    in ``Discrete(729)`` that the mask forbids, which leaves the board unchanged (reward 0).
+    No truncation: an episode lasts at most 81 moves.
 
     ## Arguments
     ``difficulty`` (1-5, None draws a level per instance), ``split`` ("train"/"test"),

@@ -86,7 +86,8 @@ class TextTaskEnv(gym.Env[str, str]):
         self.render_mode = render_mode
         turn_chars = MAX_ACTION_CHARS + MAX_RESULT_CHARS + len(tools.RESULT_OPEN + tools.RESULT_CLOSE)
         # PrintableText, not spaces.Text: Gymnasium's async vector env misreads Text (envs/spaces.py)
-        self.observation_space = PrintableText(self.family.max_prompt_chars + (self.call_budget + 1) * turn_chars)
+        obs_chars = self.family.max_prompt_chars + (self.call_budget + 1) * turn_chars
+        self.observation_space = PrintableText(obs_chars)
         self.action_space = PrintableText(MAX_ACTION_CHARS, min_length=0)
         self._instance: Instance | None = None
         self._transcript = ""

@@ -52,7 +52,8 @@ VERIFIER_CASES = {  # name -> (verifier, problem, an answer that is correct with
 
 def test_every_tool_and_verifier_is_covered():
     assert set(TOOL_CASES) == {t for t in tools.list_tools() if not t.startswith("test_")}
-    assert set(VERIFIER_CASES) == {"arithmetic", "listops", "dsl", "logic", "sudoku", "prefix", "instruct", "memory"}
+    assert set(VERIFIER_CASES) == {"arithmetic", "listops", "dsl", "logic", "sudoku", "prefix", "instruct",
+                                   "memory"}
 
 
 @pytest.mark.parametrize("script", sorted(FOREIGN))
@@ -62,7 +63,7 @@ def test_tools_refuse_foreign_digits(tool, script):
     assert tools.call(tool, args).ok, "the ASCII version must be a valid call"
     result = tools.call(tool, _foreign(args, FOREIGN[script]))
     assert not result.ok and result.error, result
-    assert not result.error.startswith(f"{tool} failed:"), f"an exception leaked out of {tool}: {result.error}"
+    assert not result.error.startswith(f"{tool} failed:"), f"an exception leaked from {tool}: {result.error}"
 
 
 @pytest.mark.parametrize("script", sorted(FOREIGN))
@@ -72,7 +73,7 @@ def test_verifiers_refuse_foreign_digits(name, script):
     assert verify(problem, answer).correct, "the ASCII version must be correct"
     verdict = verify(problem, _foreign(answer, FOREIGN[script]))
     assert not verdict.correct and verdict.score == 0.0, verdict
-    assert not verdict.reason.startswith("unparseable answer"), f"an exception leaked in {name}: {verdict.reason}"
+    assert not verdict.reason.startswith("unparseable answer"), f"{name} raised inside: {verdict.reason}"
 
 
 def test_reported_cases():

@@ -30,8 +30,8 @@ def tiny_sets(tmp_path, monkeypatch):
         for inst in rows:
             writer.writerow([inst.data["puzzle"].replace(".", "0"), inst.answer, inst.data["givens"]])
     envs.register_eval_set("test_tiny", "sudoku", "mine/tiny.csv", load_sudoku_csv, description="6 rows")
-    envs.register_eval_set("test_tiny3", "sudoku", "mine/tiny.csv", "r3m.envs.families.sudoku:load_sudoku_csv",
-                           limit=3)
+    envs.register_eval_set("test_tiny3", "sudoku", "mine/tiny.csv",
+                           "r3m.envs.families.sudoku:load_sudoku_csv", limit=3)
     envs.register_eval_set("test_absent", "sudoku", "mine/absent.csv", load_sudoku_csv)
     yield rows
     for name in ("test_tiny", "test_tiny3", "test_absent"):
@@ -40,7 +40,8 @@ def tiny_sets(tmp_path, monkeypatch):
 
 def test_builtin_sets_registered():
     assert envs.list_eval_sets("sudoku") == SUDOKU_SETS and envs.list_eval_sets("dsl") == []
-    assert eval_sets.eval_set("royle17_1000").limit == 1000 and eval_sets.eval_set("norvig_top95").limit is None
+    assert eval_sets.eval_set("royle17_1000").limit == 1000
+    assert eval_sets.eval_set("norvig_top95").limit is None
     assert eval_sets.eval_set("royle17_1000").relpath == "sudoku/royle_sudoku17.csv"
 
 
@@ -110,8 +111,8 @@ def test_registry_refuses_bad_entries(tiny_sets):
     assert "test_x" not in envs.list_eval_sets()
 
 
-@pytest.mark.skipif(not envs.eval_set_path("norvig_hardest").exists(), reason="external evaluation sets absent "
-                                                                               "(set R3M_EVAL_DIR)")
+@pytest.mark.skipif(not envs.eval_set_path("norvig_hardest").exists(),
+                    reason="external evaluation sets absent (set R3M_EVAL_DIR)")
 def test_real_sets_load():
     hardest = envs.load_eval_set("norvig_hardest")
     assert len(hardest) == 11 and hardest[0].key == "norvig_hardest:0"
