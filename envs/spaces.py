@@ -65,7 +65,7 @@ class SharedTexts(Sequence):
         return tuple(self)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+        return isinstance(other, Sequence) and not isinstance(other, str) and tuple(self) == tuple(other)
 
     def __repr__(self) -> str:
         return f"SharedTexts({tuple(self)!r})"

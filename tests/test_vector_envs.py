@@ -83,7 +83,7 @@ def test_shared_texts_is_a_live_view_and_deepcopies_to_a_tuple():
     assert isinstance(view, SharedTexts) and tuple(view) == ("", "")  # unwritten slots read empty
     write_to_shared_memory(space, 0, "calc: 1+2", memory)
     write_to_shared_memory(space, 1, "a\nb ~", memory)
-    assert view == ("calc: 1+2", "a\nb ~") and view[1] == "a\nb ~" and len(view) == 2
+    assert view == ("calc: 1+2", "a\nb ~") and view[1] == "a\nb ~" and len(view) == 2 and view != "ab"
     snapshot = copy.deepcopy(view)
     write_to_shared_memory(space, 0, "x", memory)
     assert snapshot == ("calc: 1+2", "a\nb ~") and isinstance(snapshot, tuple) and view[0] == "x"
