@@ -42,7 +42,7 @@ class Args:
     """Options of bench_dsl.py; every field is a --flag."""
 
     data: str = ""
-    """the List Function 250 file (JSON lines, 11 examples per concept; default: list_functions/ in the
+    """the List Function 250 file (JSON lines, 11 examples per concept; empty: list_functions/ in the
     evaluation-data folder, $R3M_EVAL_DIR or ../shared/eval)"""
     out: str = str(ROOT / "bench/results/dsl.json")
     """where the results JSON goes"""

@@ -49,7 +49,7 @@ class Args:
     compile: bool = False
     """torch.compile the models (CUDA only)"""
     presets: tuple[str, ...] = ()
-    """presets to run (default: all; --quick on CPU: cpu-tiny cpu-small)"""
+    """presets to run (empty: all; --quick on CPU: cpu-tiny cpu-small)"""
     ks: tuple[int, ...] = (1, 4, 8, 16)
     """refinement steps to time"""
     batch: int = 0

@@ -49,7 +49,7 @@ class Args:
     """Options of bench_sudoku.py; every field is a --flag."""
 
     eval_dir: str = ""
-    """folder with the evaluation CSVs (default: sudoku/ in $R3M_EVAL_DIR or ../shared/eval)"""
+    """folder with the evaluation CSVs (empty: sudoku/ in $R3M_EVAL_DIR or ../shared/eval)"""
     out: str = str(ROOT / "bench/results/sudoku.json")
     """where the results JSON goes"""
     seconds: float = 3.0

@@ -22,6 +22,10 @@ from torch import nn
 from r3m_agent.dense import DenseConfig, DenseTransformer
 from r3m_agent.r3m import R3M, R3MConfig
 
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this project (missing, empty, corrupt, foreign)."""
+
+
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "R3M": (R3M, R3MConfig),
     "DenseTransformer": (DenseTransformer, DenseConfig),
@@ -111,6 +115,30 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             for n in names if norm(saved.get(n, "<missing>")) != norm(current.get(n, "<missing>"))]
 
 
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The payload of a checkpoint file; ``CheckpointError`` says plainly what is wrong with a file
+    that is missing, empty, unreadable or not written by ``save_checkpoint``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes); save_checkpoint writes atomically, "
+                              "so this file was not written by it")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in reason or "Weights only load failed" in str(exc):
+            reason = "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("model_class") not in MODELS or "model" not in payload:
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint written by save_checkpoint "
+                              f"(expected a model of {sorted(MODELS)})")
+    return payload
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, map_location: str | torch.device = "cpu",
                     restore_rng: bool = False) -> dict[str, Any]:
@@ -119,7 +147,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     Raises ``ValueError`` naming every differing field when ``model``'s config differs from the
     saved one, or when the model class differs.
     """
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = read_checkpoint(path, map_location)
     if model is not None:
         model = unwrap(model)
         if type(model).__name__ != payload["model_class"]:
@@ -139,7 +167,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the saved model class from its saved config and load its weights."""
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = read_checkpoint(path, map_location)
     model_cls, config_cls = MODELS[payload["model_class"]]
     model = model_cls(config_cls.from_dict(payload["config"]))
     model.load_state_dict(payload["model"])

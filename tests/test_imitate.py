@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from r3m.learn.cli import parse_config
+from r3m.learn.cli import UsageError, parse_config
 from r3m.train import imitate
 
 TINY = dict(families=("arithmetic",), levels=(1,), steps=12, halt_steps=4, batch_size=8, eval_n=3,
@@ -63,7 +63,7 @@ def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
 
 def test_existing_run_dir_needs_resume(tmp_path):
     run(tmp_path, "x", stage="1", baseline=False, steps=2)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(UsageError, match="--resume"):
         run(tmp_path, "x", stage="1", baseline=False, steps=2)
     with pytest.raises(ValueError, match="different config"):
         run(tmp_path, "x", stage="1", baseline=False, steps=3, resume=True)

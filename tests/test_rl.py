@@ -16,7 +16,7 @@ from r3m.learn.evaluation import shaped_reward, tool_metrics
 from r3m.learn.distill import distill_examples, naked_singles
 from r3m.learn.losses import action_tokens, clipped_objective
 from r3m_agent import R3M, R3MConfig, save_checkpoint
-from r3m.learn.cli import parse_config
+from r3m.learn.cli import UsageError, parse_config
 from r3m.learn.policy import Policy
 from r3m.learn.rollout import Episode, Turn, make_vec, run_episodes
 from r3m_agent.tokenizer import EOS_ID, PAD_ID
@@ -262,7 +262,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     strip = [{k: v for k, v in h.items() if k not in drop} for h in full["history"]]
     assert [{k: v for k, v in h.items() if k not in drop} for h in resumed["history"]] == strip
     assert resumed["reward_end"] == full["reward_end"] and resumed["success"] == full["success"]
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UsageError):
         rl_verify.main(_cfg(tmp_path, "full", **kw))
 
 

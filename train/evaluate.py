@@ -38,7 +38,8 @@ if __package__ in (None, ""):  # `python train/evaluate.py` from the repository 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3m import envs
-from r3m.learn.cli import parse_config
+from r3m.learn import cli
+from r3m.learn.cli import UsageError, check_device
 from r3m.learn.data import TaskSpec, payload_width
 from r3m.learn.evaluation import (
     FamilyEval, env_id_of, evaluate_family, evaluate_instances, halting_summary, load_sudoku_csv, sudoku_eval_dir,
@@ -47,7 +48,7 @@ from r3m.learn.plots import plot_accuracy_vs_k
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging, write_metrics
 from r3m.learn.run import jsonable, resolve_device
-from r3m_agent.checkpoint import MODELS, load_checkpoint, model_from_checkpoint
+from r3m_agent.checkpoint import model_from_checkpoint, read_checkpoint
 from r3m_agent.r3m import R3M
 
 SUDOKU_ENV = "sudoku-v0"
@@ -60,9 +61,9 @@ class Config:
     checkpoint: str = ""
     """Checkpoint file (.pt) to evaluate (required)."""
     envs: tuple[str, ...] = ()
-    """Registered text env ids (default: the envs of the families in the checkpoint's specs)."""
+    """Registered text env ids (empty: the envs of the families in the checkpoint's specs)."""
     levels: tuple[int, ...] = ()
-    """Levels to evaluate (default: the checkpoint's training levels plus the next harder one;
+    """Levels to evaluate (empty: the checkpoint's training levels plus the next harder one;
     every level for a family without a spec). Levels a family lacks are skipped."""
     n: int = 50
     """Test-split instances per level and env (0: skip the envs, e.g. for CSVs only)."""
@@ -85,7 +86,7 @@ class Config:
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     out: str = ""
-    """Output directory (default runs/evaluate-<time>)."""
+    """Output directory (empty: runs/evaluate-<time>)."""
     tensorboard: bool = True
     """Write the results as TensorBoard scalars under --out/tb."""
 
@@ -96,6 +97,7 @@ class Config:
             raise ValueError(f"--k needs one or more values >= 1, got {self.k}")
         if self.n < 0 or self.csv_limit < 0 or self.batch_size < 1:
             raise ValueError("--n and --csv-limit must be >= 0 and --batch-size >= 1")
+        check_device(self.device)
 
 
 @dataclass
@@ -111,16 +113,9 @@ class Target:
 
 # -- inputs ----------------------------------------------------------------------------------
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        payload = load_checkpoint(path, map_location=device)
-    except Exception as exc:  # a truncated file or something torch.load cannot read
-        raise ValueError(f"{path!r} is not a readable checkpoint: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("model_class") not in MODELS:
-        raise ValueError(f"{path!r} is not an R3M/dense checkpoint (expected one written by save_checkpoint)")
-    model = model_from_checkpoint(path, map_location=device).eval()
-    return model, payload
+    """The model and payload of a checkpoint (``CheckpointError`` says what is wrong with a bad file)."""
+    payload = read_checkpoint(path, map_location=device)
+    return model_from_checkpoint(path, map_location=device).eval(), payload
 
 
 def saved_specs(payload: dict[str, Any]) -> dict[str, TaskSpec]:
@@ -143,9 +138,9 @@ def family_of(env_id: str) -> str:
     if env_id in envs.ENV_IDS:
         return envs.ENV_IDS[env_id]
     if env_id in gym.registry:
-        raise ValueError(f"{env_id!r} is not a text env (sudoku-grid-v0 is evaluated by "
-                         f"train/sb3_baseline.py); text envs: {sorted(envs.ENV_IDS)}")
-    raise ValueError(f"unknown env id {env_id!r}; registered text envs: {sorted(envs.ENV_IDS)}")
+        raise UsageError(f"--envs {env_id}: not a text env (numeric envs such as sudoku-grid-v0 are evaluated "
+                         f"by train/sb3_baseline.py); text envs: {', '.join(sorted(envs.ENV_IDS))}")
+    raise UsageError(f"--envs {env_id}: unknown env id; registered text envs: {', '.join(sorted(envs.ENV_IDS))}")
 
 
 def eval_levels(cfg: Config, family: str, spec: TaskSpec, from_checkpoint: bool) -> tuple[int, ...]:
@@ -153,7 +148,7 @@ def eval_levels(cfg: Config, family: str, spec: TaskSpec, from_checkpoint: bool)
     if cfg.levels:
         levels = tuple(lv for lv in cfg.levels if lv in all_levels)
         if not levels:
-            raise ValueError(f"--levels {cfg.levels} has none of {family}'s levels {all_levels}")
+            raise UsageError(f"--levels {' '.join(map(str, cfg.levels))}: none is a level of {family} {all_levels}")
         return levels
     if not from_checkpoint:
         return tuple(all_levels)
@@ -167,8 +162,8 @@ def csv_path(name: str) -> Path:
         path = sudoku_eval_dir() / f"{name}.csv"
     if not path.is_file():
         known = sorted(p.stem for p in sudoku_eval_dir().glob("*.csv"))
-        raise FileNotFoundError(f"Sudoku CSV {name!r} not found (looked at {path}); "
-                                f"names in {sudoku_eval_dir()}: {known}")
+        raise UsageError(f"--sudoku-csv {name}: not found (looked at {path}); names in {sudoku_eval_dir()}: "
+                         f"{', '.join(known) or 'none (set R3M_EVAL_DIR)'}")
     return path
 
 
@@ -179,7 +174,7 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
     specs = dict(saved)
     env_ids = (cfg.envs or tuple(env_id_of(f) for f in saved)) if cfg.n else ()
     if not env_ids and not cfg.sudoku_csv:
-        raise ValueError("nothing to evaluate: the checkpoint names no families (or --n is 0); "
+        raise UsageError("nothing to evaluate: the checkpoint names no families (or --n is 0); "
                          "pass --envs and/or --sudoku-csv")
     families = [family_of(e) for e in env_ids]
     out = []
@@ -301,4 +296,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    cli.run(main, Config)

@@ -30,12 +30,13 @@ import torch
 if __package__ in (None, ""):  # `python train/imitate.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r3m import tools
+from r3m import envs, tools
 from r3m.learn import lm, signals, stages
-from r3m.learn.cli import parse_config
+from r3m.learn import cli
+from r3m.learn.cli import check_device
 from r3m.learn.data import IGNORE, TaskSpec, payload_width
 from r3m.learn.evaluation import (
-    accuracy_on, eval_levels, evaluate_family, halting_summary, train_levels,
+    accuracy_on, eval_levels, evaluate_family, halting_summary,
 )
 from r3m.learn.losses import LossOut
 from r3m.learn.loop import Interrupted, train_phase
@@ -54,8 +55,9 @@ class Config:
     """Stages to run, comma separated: 0 (dense LM sanity), 1 (R3M, fixed K), 2 (adaptive halting)."""
     families: tuple[str, ...] = ("prefix",)
     """Task families to train and evaluate on (registered names)."""
-    levels: tuple[int, ...] = (1, 2, 3)
-    """Training levels; the test split is evaluated on these and on the next, harder level."""
+    levels: tuple[int, ...] = ()
+    """Training levels, each a level of every family (empty: each family's first three); the test
+    split is evaluated on these and on the next, harder level."""
     preset: str = "cpu-tiny"
     """R3M size (r3m_agent.PRESETS); the dense baseline is matched to its parameter count."""
     device: str = "auto"
@@ -76,6 +78,9 @@ class Config:
     """AdamW weight decay on matrices."""
     grad_clip: float = 1.0
     """Gradient-norm clipping."""
+    max_bad_steps: int = 20
+    """Stop the run after this many optimiser steps in a row with a NaN/inf loss or gradient (each
+    such step is skipped; the last checkpoint stays as it was)."""
     k_train: int = 8
     """Largest number of refinement steps used in training."""
     grad_steps: int = 2
@@ -115,7 +120,7 @@ class Config:
     lm_corpus: int = 20000
     """Stage 0: instruct dialogues and generated sentences in the corpus (each), beside stdlib docstrings."""
     out: str = ""
-    """Run directory (default runs/imitate-<time>)."""
+    """Run directory (empty: runs/imitate-<time>)."""
     resume: bool = False
     """Continue the run in --out from its checkpoints."""
     ckpt_every: int = 200
@@ -142,6 +147,14 @@ class Config:
             raise ValueError(f"unknown preset; choose from {sorted(PRESETS)}")
         if self.k_train < 1 or not 1 <= self.grad_steps:
             raise ValueError("need k_train >= 1 and grad_steps >= 1")
+        for name, value, stage in (("steps", self.steps, 1), ("halt-steps", self.halt_steps, 2),
+                                   ("lm-steps", self.lm_steps, 0)):
+            if stage in stages and value < 1:
+                raise ValueError(f"--{name} must be >= 1 when stage {stage} runs, got {value}")
+        if self.batch_size < 1 or self.eval_n < 1 or not self.eval_ks or min(self.eval_ks) < 1:
+            raise ValueError("need --batch-size >= 1, --eval-n >= 1 and --eval-ks values >= 1")
+        check_families(self.families, self.levels)
+        check_device(self.device)
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -152,10 +165,22 @@ class Config:
 
 
 # -- set-up ----------------------------------------------------------------------------------
+def check_families(families: tuple[str, ...], levels: tuple[int, ...]) -> None:
+    known = envs.list_families()
+    unknown = [f for f in families if f not in known]
+    if unknown or not families:
+        raise ValueError(f"--families {' '.join(unknown) or '(none)'}: not registered; registered: {', '.join(known)}")
+    for fam in families:
+        bad = [lv for lv in levels if lv not in envs.make_family(fam).levels]
+        if bad:
+            raise ValueError(f"--levels {' '.join(map(str, bad))}: not levels of {fam} "
+                             f"{envs.make_family(fam).levels}")
+
+
 def task_specs(cfg: Config) -> list[TaskSpec]:
     specs = []
     for fam in cfg.families:
-        levels = train_levels(fam, cfg.levels)
+        levels = tuple(cfg.levels) or envs.make_family(fam).levels[:3]
         mode = "causal" if fam == "instruct" else "fill"
         width = payload_width(fam, tuple(sorted(set(levels) | set(eval_levels(fam, levels)))), cfg.tool_fraction > 0)
         specs.append(TaskSpec(fam, mode, width, levels))
@@ -211,7 +236,7 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
                             "malformed_rate": c[cfg.k_train].malformed_rate}
                         for f, c in with_tools.items()}
     metrics["_write_rate"] = state_write_rate(run, "stage1")
-    _log_eval(run, "stage1", metrics)
+    _log_eval(run, "stage1", metrics, cfg.steps)
     return model
 
 
@@ -251,7 +276,7 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
                                            for lv in halted.by_level}
     metrics["halting"] = halting
     metrics["_halt_steps"] = steps_by_level
-    _log_eval(run, "stage2", metrics)
+    _log_eval(run, "stage2", metrics, cfg.steps + cfg.halt_steps)
 
 
 def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
@@ -266,7 +291,7 @@ def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
         with autocast(run.device):
             logits = model(x).logits
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        return LossOut(loss, float(loss.detach()), 0.0, [], 0.0, 0.0)
+        return LossOut(loss, float(loss.detach()), 0.0, [], None, None)
 
     settings = stages.Imitation.of(cfg, steps=cfg.lm_steps)
     state = train_phase(run, "stage0", model, settings.fit_spec(run), loss_fn, groups=("prelude", "core", "readout"),
@@ -308,10 +333,11 @@ def state_write_rate(run: Run, phase: str) -> float:
     return mean(rates[len(rates) // 2 :])
 
 
-def _log_eval(run: Run, phase: str, metrics: dict) -> None:
+def _log_eval(run: Run, phase: str, metrics: dict, step: int) -> None:
+    """The evaluation's scalars, at the last training step of the phase (so curves line up)."""
     if not run.main:
         return
-    logger = run.logger(phase + "_eval")
+    logger = run.logger(phase + "_eval", purge_step=step)
     values = {}
     for fam, curve in metrics.get("accuracy_vs_k", {}).items():
         values.update({f"eval/accuracy/{fam}/K{K:02d}": acc for K, acc in curve.items()})
@@ -321,7 +347,7 @@ def _log_eval(run: Run, phase: str, metrics: dict) -> None:
         values[f"tools/call_rate/{fam}"] = t["call_rate"]
     if "writes_per_sample" in metrics:
         values["memory/eval_writes_per_sample"] = metrics["writes_per_sample"]
-    logger.scalars(0, values)
+    logger.scalars(step, values)
     logger.close()
 
 
@@ -378,4 +404,4 @@ def finish(cfg: Config, run: Run, metrics: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    cli.run(main, Config)

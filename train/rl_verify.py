@@ -39,6 +39,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,26 +48,27 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3m import envs, tools
 from r3m.learn import baselines, distill, stages
-from r3m.learn.cli import parse_config
+from r3m.learn import cli
+from r3m.learn.cli import check_device
 from r3m.learn.data import DemoSource, TaskSpec, payload_width
 from r3m.learn.evaluation import (
     eval_levels, evaluate_family, evaluate_instances, sampled_test, shaped_reward, tool_metrics,
 )
 from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss
-from r3m.learn.loop import FitSpec, Interrupted, make_optimizer, train_phase
+from r3m.learn.loop import FitSpec, Interrupted, make_optimizer, progress_bar, train_phase
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
 from r3m.learn.rollout import Episode, make_vec, run_episodes
 from r3m.learn.run import Run, jsonable, seed_everything, start_run, stream_rng, stream_seed
 from r3m_agent import PRESETS, R3M, load_checkpoint, model_from_checkpoint, save_checkpoint
+from r3m_agent.checkpoint import read_checkpoint
 from r3m_agent.memory import Carry
 from r3m_agent.tokenizer import PAD_ID
 
@@ -79,7 +81,7 @@ class Config:
     init: str = ""
     """Imitation checkpoint to start from (empty: run a short imitation warm start)."""
     out: str = ""
-    """Run directory (default runs/rl-<env>-<time>)."""
+    """Run directory (empty: runs/rl-<env>-<time>)."""
     resume: bool = False
     """Continue the run in --out from its checkpoints."""
     seed: int = 0
@@ -151,6 +153,9 @@ class Config:
     """Weight levels by group success s(1-s) (else uniform)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping."""
+    max_bad_steps: int = 20
+    """Stop the run after this many optimiser steps in a row with a NaN/inf loss or gradient (each
+    such step is skipped; the last checkpoint stays as it was)."""
     eval_n: int = 40
     """Test instances per level for the before/after evaluations."""
     external: bool = True
@@ -194,6 +199,12 @@ class Config:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.k < 0 or (self.k == 0 and not self.init):
             raise ValueError("--k must be >= 1 (0 only with --init: the checkpoint's K)")
+        levels = envs.make_family(self.family).levels
+        if any(lv not in levels for lv in self.levels):
+            raise ValueError(f"--levels {' '.join(map(str, self.levels))}: {self.family} has levels {levels}")
+        if self.init:
+            init_spec(self.init, self.family)  # a missing or unreadable checkpoint fails here, one line
+        check_device(self.device)
 
     @property
     def family(self) -> str:
@@ -202,25 +213,26 @@ class Config:
 
 # -- set-up ---------------------------------------------------------------------------------------
 def train_levels(cfg: Config) -> tuple[int, ...]:
-    fam_levels = envs.make_family(cfg.family).levels
-    levels = tuple(lv for lv in cfg.levels if lv in fam_levels) if cfg.levels else tuple(fam_levels)
-    if not levels:
-        raise ValueError(f"--levels {cfg.levels} are not levels of {cfg.family} {fam_levels}")
-    return levels
+    """The levels to train and evaluate: --levels, or all of the family's."""
+    return tuple(cfg.levels) or tuple(envs.make_family(cfg.family).levels)
+
+
+def init_spec(path: str, family: str) -> TaskSpec:
+    """The decoding spec of ``family`` saved in checkpoint ``path`` (ValueError if there is none)."""
+    payload = read_checkpoint(path)
+    specs = [TaskSpec.from_dict(d) for d in (payload.get("extra") or {}).get("specs", [])]
+    spec = next((s for s in specs if s.family == family), None)
+    if spec is None:
+        raise ValueError(f"--init {path} has no decoding spec for family {family!r} (it lists "
+                         f"{[s.family for s in specs]}); train one with train/imitate.py --families {family}")
+    return spec
 
 
 def starting_model(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
     """(model, this family's decoding spec, demonstrations the warm start used)."""
     if not cfg.init:
         return warm_start(cfg, run)
-    payload = torch.load(cfg.init, map_location="cpu", weights_only=True)
-    specs = [TaskSpec.from_dict(d) for d in (payload.get("extra") or {}).get("specs", [])]
-    spec = next((s for s in specs if s.family == cfg.family), None)
-    if spec is None:
-        raise ValueError(f"{cfg.init} has no decoding spec for family {cfg.family!r} (extra['specs'] lists "
-                         f"{[s.family for s in specs]}); train one with train/imitate.py "
-                         f"--families {cfg.family}")
-    return model_from_checkpoint(cfg.init).to(run.device), spec, 0
+    return model_from_checkpoint(cfg.init).to(run.device), init_spec(cfg.init, cfg.family), 0
 
 
 def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
@@ -257,7 +269,7 @@ def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -
     steps = cfg.warm_carry_steps
     train_phase(run, "warm_carry", model,
                 FitSpec(steps, cfg.carry_lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=10,
-                        samples_per_step=n),
+                        samples_per_step=n, max_bad_steps=cfg.max_bad_steps),
                 lambda step: imitation_loss(model, spec, source.get(step)[1], K=K, grad_steps=None),
                 extra={"specs": [spec.as_dict()]})
     has_tool = envs.make_family(cfg.family).tool is not None
@@ -385,8 +397,7 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
     vec = make_vec(cfg.env, cfg.groups * cfg.group_size, call_budget=cfg.call_budget,
                    partial_credit=cfg.partial_credit)
     logger = run.logger("rl")
-    bar = tqdm(total=cfg.iterations, initial=state["iteration"], desc="rl", disable=not cfg.progress,
-               dynamic_ncols=True)
+    bar = progress_bar(run, cfg.iterations, state["iteration"], "rl")
     done_here = 0
     try:
         while state["iteration"] < cfg.iterations:
@@ -405,6 +416,9 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
             bar.update(1)
             bar.set_postfix(reward=f"{stats['rl/reward']:.3f}", pass1=f"{stats['rl/pass@1']:.2f}",
                             calls=f"{stats['tools/call_rate']:.2f}", kl=f"{stats.get('rl/kl', 0.0):.3f}")
+            if cfg.progress and bar.disable:
+                log.info(f"rl: iteration {state['iteration']}/{cfg.iterations} reward {stats['rl/reward']:.3f} "
+                         f"pass@1 {stats['rl/pass@1']:.2f} calls {stats['tools/call_rate']:.2f}")
             if state["iteration"] % cfg.ckpt_every == 0:
                 _save_rl(path, model, optimizer, state, curriculum, spec)
         state["done"] = True
@@ -627,10 +641,13 @@ def main(cfg: Config) -> dict:
 
 
 def _cached(path: Path, compute) -> dict:
+    """``compute()``, stored in ``path`` (written atomically) so a resumed run reuses it."""
     if path.exists():
         return json.loads(path.read_text())
     value = compute()
-    path.write_text(json.dumps(value, indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
     return value
 
 
@@ -644,4 +661,4 @@ def finish(cfg: Config, run: Run, metrics: dict, state: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    cli.run(main, Config)

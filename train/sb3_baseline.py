@@ -12,8 +12,8 @@ train split:
   royle_sudoku17), played through ``reset(options={"instance": ...})``. These external sets are
   evaluation only: nothing here trains or tunes on them.
 
-Writes ``--out``: ``metrics.json``, the model zip, SB3's TensorBoard logs (``tb/``) and the
-evaluation scalars (``eval/`` prefix).
+Writes ``--out``: ``metrics.json``, the model zip, ``training_curve.png``, SB3's TensorBoard logs
+(``tb/``) and the evaluation scalars (``eval/`` prefix).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ if __package__ in (None, ""):  # `python train/sb3_baseline.py` from the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3m.learn.baselines import MaskablePPOSettings, train_maskable_ppo
-from r3m.learn.cli import parse_config
-from r3m.learn.reporting import Logger, grid_table, write_metrics
+from r3m.learn import cli
+from r3m.learn.reporting import Logger, grid_table, setup_logging, write_metrics
+from r3m.learn.run import check_out
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,23 @@ class Config(MaskablePPOSettings):
     threads: int = 1
     """torch CPU threads (0: torch's default)."""
     out: str = ""
-    """Run directory (default runs/sb3-<time>)."""
+    """Run directory (empty: runs/sb3-<time>)."""
     tensorboard: bool = True
     """Write TensorBoard logs (SB3's rollout/train scalars and eval/ success)."""
+    progress: bool = True
+    """Show a progress bar (plain log lines when the output is not a terminal)."""
 
 
 def main(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    setup_logging()
     run_dir = Path(cfg.out or f"runs/sb3-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    result = train_maskable_ppo(cfg, run_dir, cfg.tensorboard)
+    result = train_maskable_ppo(cfg, run_dir, cfg.tensorboard, cfg.progress)
     metrics = {"algorithm": result.pop("algorithm"), "env": result.pop("env"), "config": config, **result}
     logger = Logger(str(run_dir), "sb3_eval", tensorboard=cfg.tensorboard)
     logger.scalars(metrics["timesteps"], {f"eval/success/{k}": v for k, v in metrics["success"].items()})
@@ -65,4 +70,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    cli.run(main, Config)

@@ -24,6 +24,7 @@ import torch
 
 from r3m import envs  # noqa: F401  (registers sudoku-grid-v0)
 from r3m.envs.base import Instance
+from r3m.learn.cli import check_device
 from r3m.learn.data import DemoSource, TaskSpec
 from r3m.learn.distill import split_eval
 from r3m.learn.evaluation import EVAL_SEED, evaluate_instances, load_sudoku_csv, sudoku_eval_dir
@@ -103,7 +104,7 @@ def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dic
                                    eval_n=cfg.eval_n, seed=cfg.seed)
     run_dir = run.dir / "sb3"
     run_dir.mkdir(parents=True, exist_ok=True)
-    res = train_maskable_ppo(settings, run_dir, cfg.tensorboard)
+    res = train_maskable_ppo(settings, run_dir, cfg.tensorboard, cfg.progress)
     return dict(res["success"]), {"timesteps": settings.timesteps, "train_levels": list(settings.levels)}
 
 
@@ -155,6 +156,7 @@ class MaskablePPOSettings:
                              f"got {self.levels} / {self.eval_levels}")
         if self.timesteps < 1 or self.n_envs < 1 or self.n_steps < 1 or self.eval_n < 0 or self.csv_limit < 0:
             raise ValueError("timesteps, n_envs and n_steps must be >= 1; eval_n and csv_limit >= 0")
+        check_device(self.device)
 
 
 class GridFeatures(gym.Wrapper):
@@ -288,14 +290,53 @@ def evaluate_grid(model, cfg: "MaskablePPOSettings") -> dict[str, Any]:
     return summary
 
 
-def train_maskable_ppo(cfg: MaskablePPOSettings, run_dir: Path, tensorboard: bool = True) -> dict[str, Any]:
-    """Train for ``cfg.timesteps`` env steps, save the model and evaluate it; returns the metrics."""
+def _progress_callback(total: int, progress: bool):
+    """An SB3 callback: a progress bar on a terminal (plain log lines otherwise) and the outcome of
+    every finished training episode, for the training curve."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from r3m.learn.loop import progress_bar
+    from r3m.learn.run import Run
+
+    class Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = progress_bar(Run(Path("."), torch.device("cpu"), progress=progress), total, 0, "maskable_ppo")
+            self.episodes: list[tuple[int, float]] = []  # (env steps so far, episode reward)
+            self.next_line = total // 10
+
+        def _on_step(self) -> bool:
+            n = self.training_env.num_envs
+            self.bar.update(n)
+            for info in self.locals.get("infos", []):
+                if "episode" in info:
+                    self.episodes.append((self.num_timesteps, float(info["episode"]["r"])))
+            if progress and self.bar.disable and self.num_timesteps >= self.next_line:
+                recent = [r for _, r in self.episodes[-200:]]
+                log.info(f"maskable_ppo: {self.num_timesteps}/{total} env steps, mean episode reward "
+                         f"{mean(recent):.3f} over the last {len(recent)} episodes")
+                self.next_line += max(1, total // 10)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return Progress()
+
+
+def train_maskable_ppo(cfg: MaskablePPOSettings, run_dir: Path, tensorboard: bool = True,
+                       progress: bool = True) -> dict[str, Any]:
+    """Train for ``cfg.timesteps`` env steps, save the model and evaluate it; returns the metrics
+    and writes ``training_curve.png`` (episode reward against env steps)."""
     import time
+
+    from r3m.learn.plots import plot_training_curve
 
     t0 = time.perf_counter()
     model = build_maskable_ppo(cfg, run_dir, tensorboard)
-    model.learn(total_timesteps=cfg.timesteps, tb_log_name="maskable_ppo")
+    callback = _progress_callback(cfg.timesteps, progress)
+    model.learn(total_timesteps=cfg.timesteps, tb_log_name="maskable_ppo", callback=callback)
     train_seconds = time.perf_counter() - t0
+    plot_training_curve(callback.episodes, run_dir / "training_curve.png", "MaskablePPO on " + GRID_ENV)
     model.save(run_dir / "model.zip")
     log.info(f"MaskablePPO trained {model.num_timesteps} env steps in {train_seconds:.0f}s; evaluating")
     summary = evaluate_grid(model, cfg)

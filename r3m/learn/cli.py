@@ -111,6 +111,10 @@ class UsageError(ValueError):
     """A mistake in what the user asked for (printed as one line, exit status 2)."""
 
 
+class RunStopped(RuntimeError):
+    """A run that stopped for a reason the user should read (printed as one line, exit status 1)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
@@ -160,16 +164,38 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
         parser.error(str(exc))
 
 
+def check_device(name: str) -> None:
+    """Raise ValueError unless ``name`` (cpu, cuda, cuda:N, mps or auto) is usable on this machine."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu, cuda, cuda:N and auto are supported")
+
+
 def run(main: Callable[[T], Any], cls: type[T], argv: Sequence[str] | None = None) -> Any:
-    """A script's ``__main__``: parse the config, run ``main``, and report a ``UsageError`` as one
-    line on stderr with exit status 2."""
+    """A script's ``__main__``: parse the config, run ``main``, and report a ``UsageError`` (exit 2)
+    or a ``RunStopped`` (exit 1) as one line on stderr."""
+    from r3m_agent.checkpoint import CheckpointError
+
     cfg = parse_config(cls, argv)
     try:
         return main(cfg)
-    except UsageError as exc:
+    except (UsageError, CheckpointError, RunStopped) as exc:
         prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else cls.__module__
         sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
-        raise SystemExit(2) from None
+        raise SystemExit(1 if isinstance(exc, RunStopped) else 2) from None
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -10,6 +10,7 @@ a pure function of (seed, step), a resumed phase ends exactly where an uninterru
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from r3m.learn.cli import RunStopped
 from r3m.learn.losses import LossOut
 from r3m.learn.reporting import log
 from r3m.learn.run import Run
@@ -35,6 +37,11 @@ STAGE_GROUPS: dict[int, tuple[str, ...]] = {
 
 class Interrupted(Exception):
     """Raised when a run's ``stop_after`` step budget is spent (tests simulate a killed run with it)."""
+
+
+class Diverged(RunStopped):
+    """Raised after ``FitSpec.max_bad_steps`` steps in a row had a NaN/inf loss or gradient; the
+    phase's last checkpoint (written before them) is left as it was."""
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -59,6 +66,7 @@ class FitState:
     step: int = 0
     done: bool = False
     nan_steps: int = 0
+    bad_in_a_row: int = 0
     grad_norms: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -73,6 +81,7 @@ class FitSpec:
     ckpt_every: int = 200
     log_every: int = 25
     samples_per_step: int = 1
+    max_bad_steps: int = 20  # consecutive NaN/inf steps (each skipped) before the phase gives up
 
 
 def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: FitSpec,
@@ -91,9 +100,8 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
         if state.done:
             return state
         log.info(f"{phase}: resuming at step {state.step} from {path}")
-    logger = run.logger(phase)
-    bar = tqdm(total=spec.steps, initial=state.step, desc=phase, disable=not (run.progress and run.main),
-               dynamic_ncols=True, leave=False)
+    logger = run.logger(phase, purge_step=state.step + 1)
+    bar = progress_bar(run, spec.steps, state.step, phase)
     model.train()
     t0, last_t, last_step = time.time(), time.time(), state.step
     try:
@@ -107,15 +115,21 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
             out = loss_fn(state.step)
             optimizer.zero_grad(set_to_none=True)
             norm = float("nan")
-            if math.isfinite(float(out.loss.detach())):
+            if all_finite(out.loss.detach()):  # every process agrees, or a lone skip would hang the others
                 out.loss.backward()
                 average_gradients(model)
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip))
             if math.isfinite(norm):
                 optimizer.step()
+                state.bad_in_a_row = 0
             else:  # skip the update: one bad batch must not poison the weights
                 state.nan_steps += 1
+                state.bad_in_a_row += 1
                 optimizer.zero_grad(set_to_none=True)
+                if state.bad_in_a_row >= spec.max_bad_steps:
+                    raise Diverged(f"{phase}: {state.bad_in_a_row} steps in a row up to step {state.step + 1} had a "
+                                   f"NaN/inf loss or gradient; stopped. The last checkpoint ({path}, if one was "
+                                   "written) is untouched; lower the learning rate or tighten the clipping")
             state.grad_norms.append(norm)
             state.losses.append(float(out.loss.detach()))
             state.step += 1
@@ -126,10 +140,13 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
                 rate = (state.step - last_step) * spec.samples_per_step / max(now - last_t, 1e-9)
                 last_t, last_step = now, state.step
                 bar.set_postfix(loss=f"{state.losses[-1]:.3f}", samples_s=f"{rate:.0f}")
+                if run.progress and run.main and bar.disable:  # no terminal: a plain line per log interval
+                    log.info(f"{phase}: step {state.step}/{spec.steps} loss {state.losses[-1]:.4f} "
+                             f"{rate:.0f} samples/s")
                 if run.main:
                     logger.scalars(state.step, _scalars(out, lr, norm, state, rate, scalars_fn))
-            if state.step % spec.ckpt_every == 0 and state.step < spec.steps and run.main:
-                _save(path, target, optimizer, state, extra)
+            if state.step % spec.ckpt_every == 0 and state.step < spec.steps and run.main and not state.bad_in_a_row:
+                _save(path, target, optimizer, state, extra)  # never in the middle of a run of bad steps
         state.done = True
         state.seconds += time.time() - t0
         if run.main:
@@ -138,6 +155,22 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
         bar.close()
         logger.close()
     return state
+
+
+def progress_bar(run: Run, total: int, initial: int, desc: str) -> tqdm:
+    """A progress bar on a terminal; disabled (the loop logs plain lines instead) when stderr is a
+    file or pipe, where carriage-return redraws would fill the log."""
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, disable=not (run.progress and run.main and interactive),
+                dynamic_ncols=True, leave=False)
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every process (on this one without torchrun)."""
+    ok = torch.tensor(float(math.isfinite(float(loss))), device=loss.device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
 
 
 def average_gradients(model: torch.nn.Module) -> None:
@@ -164,8 +197,11 @@ def _scalars(out: LossOut, lr: float, norm: float, state: FitState, rate: float,
              scalars_fn: Callable[[int, LossOut], dict] | None) -> dict:
     values = {"train/loss": float(out.loss.detach()), "train/token_loss": out.token_loss, "train/lr": lr,
               "train/grad_norm": norm, "train/nan_steps": state.nan_steps, "train/samples_per_s": rate,
-              "tools/tool_loss": out.tool_loss, "memory/writes_per_sample": out.writes,
-              "memory/write_rate": out.write_rate}
+              "tools/tool_loss": out.tool_loss}
+    if out.writes is not None:  # a model without memory logs no memory scalars
+        values["memory/writes_per_sample"] = out.writes
+    if out.write_rate is not None:
+        values["memory/write_rate"] = out.write_rate
     for k, loss in enumerate(out.step_losses, start=1):
         values[f"train/step_loss/{k:02d}"] = loss
     values.update(out.scalars or {})

@@ -32,8 +32,8 @@ class LossOut(NamedTuple):
     token_loss: float
     tool_loss: float
     step_losses: list[float]  # mean loss at each supervised step (last entries = latest steps)
-    writes: float  # hard writes per sample in this call
-    write_rate: float  # fraction of refinement steps that wrote
+    writes: float | None  # hard writes per sample in this call (None: the model has no memory)
+    write_rate: float | None  # fraction of refinement steps that wrote (None: no memory)
     scalars: dict | None = None  # anything else to log (e.g. halt/...)
 
 
@@ -135,7 +135,9 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
             write_rate += rows * float(out.write_probs.gt(0.5).float().mean())
         step_losses = step_losses or [float(x) for x in per_step.detach()]
         n += rows
-    return LossOut(total / n, token_sum / n, tool_sum / n, step_losses, writes / max(1, len(episodes)), write_rate / n)
+    has_memory = turn.out.write_probs is not None
+    return LossOut(total / n, token_sum / n, tool_sum / n, step_losses,
+                   writes / max(1, len(episodes)) if has_memory else None, write_rate / n if has_memory else None)
 
 
 def progressive_schedule(rng: np.random.Generator, k_train: int, grad_steps: int) -> tuple[int, int, int]:
@@ -210,7 +212,9 @@ def ponder_imitation_loss(model: torch.nn.Module, spec: TaskSpec, episodes: Sequ
         step_losses = step_losses or [float(x) for x in per_sample.detach().mean(1)]
         n += rows
     halt = {k: v / n for k, v in halt.items()}
-    return LossOut(loss / n, recon / n, tool_sum / n, step_losses, writes / len(episodes), 0.0, halt)
+    has_memory = turn.out.write_probs is not None
+    return LossOut(loss / n, recon / n, tool_sum / n, step_losses, writes / len(episodes) if has_memory else None,
+                   None, halt)
 
 
 # -- penalties ----------------------------------------------------------------------------------------

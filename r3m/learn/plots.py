@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 
 def plot_accuracy_vs_k(curves: Mapping[str, Mapping[int, float]], baseline: Mapping[str, float], path: Path,
@@ -24,6 +25,10 @@ def plot_accuracy_vs_k(curves: Mapping[str, Mapping[int, float]], baseline: Mapp
         if fam in baseline:
             ax.axhline(baseline[fam], color=color, ls="--", lw=1, label=f"dense {fam} (same params)")
     ax.set_xscale("log", base=2)
+    ks = sorted({k for curve in curves.values() for k in curve})
+    ax.xaxis.set_major_locator(FixedLocator(ks))  # K is an integer: tick exactly the evaluated values
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("refinement steps K")
     ax.set_ylabel("exact accuracy (test split)")
     ax.set_ylim(-0.02, 1.02)
@@ -46,6 +51,8 @@ def plot_halting_steps(steps: Mapping[str, Mapping[int, Sequence[float]]], path:
         ax.set_title(f"{fam}: halting steps by difficulty")
         ax.set_xlabel("steps used")
         ax.set_ylabel("episodes")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -61,8 +68,29 @@ def plot_reward_curve(history: Sequence[Mapping[str, float]], start: float, end:
     ax.axhline(start, color="grey", ls="--", lw=1, label=f"test reward at start ({start:.3f})")
     ax.axhline(end, color="black", ls=":", lw=1, label=f"test reward at end ({end:.3f})")
     ax.set_xlabel("RL iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("reward / success")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_training_curve(episodes: Sequence[tuple[int, float]], path: Path, title: str, window: int = 100) -> None:
+    """Episode reward against env steps (each episode a dot, a moving mean over ``window`` episodes)."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    if episodes:
+        steps, rewards = np.array(episodes, dtype=float).T
+        ax.plot(steps, rewards, ".", alpha=0.15, ms=3, label="episode reward")
+        w = min(window, len(rewards))
+        smooth = np.convolve(rewards, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1:], smooth, "-", label=f"mean of the last {w} episodes")
+        ax.legend(fontsize=7)
+    ax.set_title(title)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode reward")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

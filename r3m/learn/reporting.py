@@ -82,19 +82,26 @@ class Logger:
     """``scalars(step, {tag: value})`` to TensorBoard (``DIR/tb/NAME``) and ``DIR/scalars_NAME.jsonl``.
 
     One logger per phase of a run (``stage1``, ``dense``, ``stage2``, ...): the phases share tag
-    names, so TensorBoard overlays them as runs of one experiment.
+    names, so TensorBoard overlays them as runs of one experiment. ``purge_step``: a resumed phase
+    drops what it had logged from that step on (it is about to log those steps again).
     """
 
     def __init__(self, run_dir: str, name: str = "main", tensorboard: bool = True,
-                 hparams: Mapping[str, Any] | None = None):
+                 hparams: Mapping[str, Any] | None = None, purge_step: int | None = None):
         os.makedirs(run_dir, exist_ok=True)
         self.run_dir, self.name = run_dir, name
-        self._jsonl = open(os.path.join(run_dir, f"scalars_{name}.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(run_dir, f"scalars_{name}.jsonl")
+        if purge_step is not None and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] < purge_step]
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, "tb", name))
+            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, "tb", name), purge_step=purge_step)
             if hparams:
                 table = "\n".join(f"|{k}|{v}|" for k, v in hparams.items())
                 self._tb.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from r3m.learn.cli import UsageError
 from r3m.learn.reporting import Logger
 
 # Settings that may differ between a run and its ``--resume`` (they do not change the numbers).
@@ -50,8 +52,8 @@ class Run:
     def ckpt(self, phase: str) -> Path:
         return self.dir / "ckpt" / f"{phase}.pt"
 
-    def logger(self, phase: str) -> Logger:
-        return Logger(str(self.dir), phase, tensorboard=self.tensorboard and self.main)
+    def logger(self, phase: str, purge_step: int | None = None) -> Logger:
+        return Logger(str(self.dir), phase, tensorboard=self.tensorboard and self.main, purge_step=purge_step)
 
 
 def jsonable(cfg: Any) -> dict:
@@ -122,6 +124,20 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def check_out(out: Path) -> None:
+    """A run folder must be a folder (or not exist yet) under a folder this process can write."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+    try:  # permission bits do not tell (root ignores them; /proc refuses root): try writing
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write under {parent} ({exc.strerror})") from None
+
+
 def start_run(cfg: Any, prefix: str, stop_after: int = 0) -> Run:
     """The run folder of ``cfg`` (``cfg.out`` or ``runs/<prefix>-<time>``), its device and threads.
 
@@ -142,15 +158,16 @@ def start_run(cfg: Any, prefix: str, stop_after: int = 0) -> Run:
         if not cfg.out:
             raise ValueError("under torchrun pass --out (every process must write to the same run folder)")
     out = Path(cfg.out or f"runs/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out(out)
     saved = out / "config.json"
     current = jsonable(cfg)
     if saved.exists() and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        raise UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if cfg.resume and saved.exists():
         old = json.loads(saved.read_text())
         changed = {k: (old.get(k), v) for k, v in current.items() if k not in RESUMABLE and old.get(k) != v}
         if changed:
-            raise ValueError(f"--resume with a different config than {saved}: {changed}")
+            raise UsageError(f"--resume with a different config than {saved}: {changed}")
     barrier()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

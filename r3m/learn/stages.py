@@ -36,6 +36,7 @@ class Imitation:
     drift_penalty: float = 1.0
     ckpt_every: int = 200
     log_every: int = 25
+    max_bad_steps: int = 20
 
     @classmethod
     def of(cls, cfg, **overrides) -> "Imitation":
@@ -45,7 +46,7 @@ class Imitation:
 
     def fit_spec(self, run: Run) -> FitSpec:
         return FitSpec(self.steps, self.lr, min(self.warmup, max(1, self.steps // 5)), self.grad_clip,
-                       self.ckpt_every, self.log_every, self.batch_size * run.world)
+                       self.ckpt_every, self.log_every, self.batch_size * run.world, self.max_bad_steps)
 
 
 def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int, run: Run,

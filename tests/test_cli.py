@@ -1,0 +1,109 @@
+"""Every script's command line: --help, the flag conventions, and user mistakes that end as one line on
+stderr with exit status 2 and nothing created."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from r3m.learn import cli
+from r3m.learn.cli import build_parser, parse_config
+from r3m.learn.data import TaskSpec
+from r3m.train import evaluate, imitate, rl_verify, sb3_baseline
+from r3m_agent import R3M, R3MConfig, save_checkpoint
+
+SCRIPTS = {"imitate": imitate, "rl_verify": rl_verify, "evaluate": evaluate, "sb3_baseline": sb3_baseline}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_help_prints_every_option_once_with_its_default(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(SCRIPTS[name].Config, ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(SCRIPTS[name].Config):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+    assert text.count("(default:") == len(dataclasses.fields(SCRIPTS[name].Config))
+    assert "[true|false]" in text and "[HALT]" not in text.upper().replace("[TRUE|FALSE]", "")
+
+
+def test_booleans_abbreviations_and_percent_signs(capsys):
+    cfg = parse_config(imitate.Config, ["--baseline", "false", "--tensorboard", "--progress", "off"])
+    assert cfg.baseline is False and cfg.tensorboard is True and cfg.progress is False
+    with pytest.raises(SystemExit):
+        parse_config(rl_verify.Config, ["--iter", "3"])  # no abbreviation of --iterations
+    assert "unknown option(s) --iter" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(rl_verify.Config, ["--halt", "maybe"])
+    assert "expected a boolean" in capsys.readouterr().err
+    help_text = build_parser(imitate.Config).format_help()  # drift_penalty's doc has a % sign
+    assert "%" in help_text
+
+
+def _ckpt(path, spec_family: str | None = "prefix") -> str:
+    torch.manual_seed(0)
+    model = R3M(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=2, semantic_slots=0))
+    extra = {"specs": [TaskSpec(spec_family, "fill", 10, (1,)).as_dict()]} if spec_family else None
+    save_checkpoint(path, model, extra=extra)
+    return str(path)
+
+
+def _mistakes(tmp):
+    blocker = tmp / "a_file"
+    blocker.write_text("x")
+    empty, corrupt = tmp / "empty.pt", tmp / "corrupt.pt"
+    empty.write_bytes(b"")
+    corrupt.write_bytes(os.urandom(2048))
+    existing = tmp / "existing"
+    existing.mkdir()
+    (existing / "config.json").write_text("{}")
+    good = _ckpt(tmp / "good.pt")
+    out = ["--out", str(tmp / "new")]
+    return [
+        ("imitate", ["--families", "nosuch"], "not registered"),
+        ("imitate", ["--levels", "9"], "not levels of"),
+        ("imitate", ["--steps", "-3"], "--steps must be >= 1"),
+        ("imitate", ["--steps", "0"], "--steps must be >= 1"),
+        ("imitate", ["--stage", "2", "--halt-steps", "0", "--resume"], "--halt-steps must be >= 1"),
+        ("imitate", ["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "--device"),
+        ("imitate", ["--device", "tpu"], "--device"),
+        ("imitate", ["--out", str(blocker)], "is a file"),
+        ("imitate", ["--out", str(blocker / "sub")], "is a file"),
+        ("imitate", ["--out", "/proc/r3m-run"], "cannot write"),
+        ("imitate", ["--out", str(existing)], "already holds a run"),
+        ("rl_verify", ["--env", "nosuch-v0"], "registered text env"),
+        ("rl_verify", ["--init", str(tmp / "missing.pt")], "does not exist"),
+        ("rl_verify", ["--init", str(empty)], "is empty"),
+        ("rl_verify", ["--init", str(corrupt)], "not a readable checkpoint"),
+        ("rl_verify", ["--init", good, "--env", "arithmetic-v0"], "no decoding spec"),
+        ("rl_verify", ["--levels", "0", "7"], "has levels"),
+        ("rl_verify", ["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "--device"),
+        ("evaluate", ["--checkpoint", str(tmp / "missing.pt")], "does not exist"),
+        ("evaluate", ["--checkpoint", str(empty)], "is empty"),
+        ("evaluate", ["--checkpoint", str(corrupt)], "not a readable checkpoint"),
+        ("evaluate", ["--checkpoint", good, "--envs", "nosuch-v0"], "unknown env id"),
+        ("evaluate", ["--checkpoint", good, "--envs", "sudoku-grid-v0"], "not a text env"),
+        ("evaluate", ["--checkpoint", good, "--sudoku-csv", "nosuch"], "not found"),
+        ("evaluate", ["--checkpoint", good, "--levels", "9"], "none is a level"),
+        ("sb3_baseline", ["--levels", "9"], "levels must be"),
+        ("sb3_baseline", ["--out", str(blocker)], "is a file"),
+    ], out
+
+
+def test_user_mistakes_end_in_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cases, out = _mistakes(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(SCRIPTS[name].main, SCRIPTS[name].Config, [*argv, *out] if "--out" not in argv else argv)
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert exit_.value.code == 2, (name, argv, err)
+        assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], (name, argv, err)
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, no runs/

@@ -1,0 +1,89 @@
+"""The training loop: NaN/inf steps skipped and counted, a run that keeps producing them stops with a
+clear message and leaves its last checkpoint loadable; resume from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from r3m.learn.losses import LossOut
+from r3m.learn.loop import Diverged, FitSpec, fit, make_optimizer
+from r3m.learn.run import Run
+from r3m_agent import R3M, R3MConfig, load_checkpoint
+
+
+def tiny():
+    torch.manual_seed(0)
+    return R3M(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=2, semantic_slots=0, K=2))
+
+
+def loss_with_nan_at(model, bad_steps):
+    ids = torch.randint(10, 40, (2, 5), generator=torch.Generator().manual_seed(1))
+
+    def loss_fn(step: int) -> LossOut:
+        out = model(ids, K=2)
+        loss = out.logits.float().pow(2).mean()
+        if step in bad_steps:
+            loss = loss * float("nan")  # an injected NaN: the loss and every gradient from it
+        return LossOut(loss, float(loss.detach()), 0.0, [], 0.0, 0.0)
+
+    return loss_fn
+
+
+def params(model):
+    return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+
+
+def test_a_nan_step_is_skipped_and_counted(tmp_path):
+    model = tiny()
+    run = Run(tmp_path, torch.device("cpu"), tensorboard=False, progress=False)
+    seen = []
+
+    def loss_fn(step):
+        seen.append(params(model))
+        return loss_with_nan_at(model, {3})(step)
+
+    state = fit(run, "p", model, make_optimizer(model, 1e-2, 0.0), FitSpec(6, 1e-2, warmup=1), loss_fn)
+    assert state.nan_steps == 1 and state.done and math.isnan(state.grad_norms[3])
+    assert torch.equal(seen[3], seen[4])  # no update from the NaN step
+    assert not torch.equal(seen[2], seen[3])  # the others update
+    assert torch.isfinite(params(model)).all()
+
+
+def test_nan_steps_in_a_row_stop_the_run_and_the_last_checkpoint_loads(tmp_path):
+    model = tiny()
+    run = Run(tmp_path, torch.device("cpu"), tensorboard=False, progress=False)
+    spec = FitSpec(40, 1e-2, warmup=1, ckpt_every=5, max_bad_steps=4)
+    with pytest.raises(Diverged, match="4 steps in a row"):
+        fit(run, "p", model, make_optimizer(model, 1e-2, 0.0), spec, loss_with_nan_at(model, set(range(12, 40))))
+    fresh = tiny()
+    payload = load_checkpoint(run.ckpt("p"), fresh)
+    assert payload["extra"]["fit"]["step"] == 10 and not payload["extra"]["fit"]["done"]
+    assert torch.isfinite(params(fresh)).all()
+    # a later, healthy attempt resumes from that checkpoint
+    state = fit(run, "p", fresh, make_optimizer(fresh, 1e-2, 0.0), FitSpec(14, 1e-2, warmup=1, ckpt_every=5),
+                loss_with_nan_at(fresh, set()))
+    assert state.done and state.step == 14 and len(state.losses) == 14
+
+
+def test_nan_run_through_the_command_line_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """imitate with a loss that is always NaN: exit 1, one line naming the phase and the remedy."""
+    from r3m.learn import cli, losses
+    from r3m.train import imitate
+
+    real = losses.imitation_loss
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out._replace(loss=out.loss * float("nan"))
+
+    monkeypatch.setattr("r3m.learn.stages.imitation_loss", poisoned)
+    argv = ["--families", "arithmetic", "--levels", "1", "--steps", "10", "--batch-size", "4", "--k-train", "2",
+            "--max-bad-steps", "3", "--baseline", "false", "--stage", "1", "--progress", "false",
+            "--tensorboard", "false", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(imitate.main, imitate.Config, argv)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert exit_.value.code == 1 and len(err) == 1 and "NaN/inf" in err[0] and "stage1" in err[0]
