@@ -32,7 +32,7 @@ from r3m import tools  # noqa: E402
 from r3m.tools.dsl_search import synthesize  # noqa: E402
 from r3m.verifiers.dsl import DslError, format_examples, parse_examples, parse_program, run  # noqa: E402
 from r3m.learn.cli import parse_config  # noqa: E402
-from r3m.learn.evaluation import eval_dir  # noqa: E402
+from r3m.envs import eval_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

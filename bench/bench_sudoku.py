@@ -38,7 +38,7 @@ from r3m import envs  # noqa: E402
 from r3m import tools  # noqa: E402
 from r3m.verifiers.sudoku import verify, verify_batch  # noqa: E402
 from r3m.learn.cli import parse_config  # noqa: E402
-from r3m.learn.evaluation import sudoku_eval_dir  # noqa: E402
+from r3m.envs import eval_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("norvig_top95", "norvig_hardest", "magictour_top1465", "royle_sudoku17")
@@ -177,7 +177,7 @@ def main(args: Args) -> dict:
     results["solver"] = {}
     for name in SETS:
         sample = args.royle_sample if name == "royle_sudoku17" else 0
-        rows = load_set(Path(args.eval_dir or sudoku_eval_dir()) / f"{name}.csv", sample, args.limit)
+        rows = load_set(Path(args.eval_dir or eval_dir() / "sudoku") / f"{name}.csv", sample, args.limit)
         results["solver"][name] = bench_solver(rows)
         print(f"{name}: {results['solver'][name]}", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

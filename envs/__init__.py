@@ -24,6 +24,7 @@ from r3m.envs.base import (
 from r3m.envs.checks import FamilyCheck, check_family
 from r3m.envs.eval_sets import (
     eval_dir,
+    eval_set,
     eval_set_path,
     list_eval_sets,
     load_eval_set,
@@ -36,7 +37,7 @@ from r3m.envs.text_env import TextTaskEnv
 
 __all__ = [
     "DECODES", "ENV_IDS", "PRINTABLE", "SPLITS", "FamilyCheck", "Instance", "PrintableText", "TaskFamily",
-    "TextTaskEnv", "ascii_fold", "check_family", "eval_dir", "eval_set_path", "list_eval_sets",
+    "TextTaskEnv", "ascii_fold", "check_family", "eval_dir", "eval_set", "eval_set_path", "list_eval_sets",
     "list_families", "load_eval_set", "make_family", "register_env", "register_eval_set", "register_family",
     "register_task", "split_of", "unregister_eval_set", "unregister_task",
 ]

@@ -100,6 +100,14 @@ class TaskFamily(abc.ABC):
                              f"got {levels!r}")
         return tuple(levels)
 
+    def distill_targets(self, instance: Instance) -> dict[int, str] | None:
+        """What a tool-free model can be taught from this instance's verified answer: None (the
+        default) for the whole answer; or ``{answer position: character}`` for the part of it that
+        follows from the prompt without search (Sudoku: the forced cells), when a small model cannot
+        be expected to produce the rest. A partial target is not an answer, so distillation then
+        leaves the tool choice alone."""
+        return None
+
     def tool_args(self, instance: Instance) -> str:
         """The ARGS an expert writes in ``<call>{tool} ARGS</call>``."""
         raise NotImplementedError(f"{self.name} has no tool demonstration")

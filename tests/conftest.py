@@ -10,8 +10,9 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-from r3m.learn.evaluation import sudoku_eval_dir  # noqa: E402
+from r3m.envs import eval_set_path  # noqa: E402
 
 # The external evaluation sets live beside the checkout (../shared/eval, or $R3M_EVAL_DIR).
-needs_eval_data = pytest.mark.skipif(not (sudoku_eval_dir() / "norvig_top95.csv").exists(),
-                                     reason=f"external evaluation sets not found at {sudoku_eval_dir()} (set R3M_EVAL_DIR)")
+needs_eval_data = pytest.mark.skipif(not eval_set_path("norvig_top95").exists(),
+                                     reason=f"external evaluation sets not found at {eval_set_path('norvig_top95').parent} "
+                                            "(set R3M_EVAL_DIR)")

@@ -87,7 +87,7 @@ def _mistakes(tmp):
         ("evaluate", ["--checkpoint", str(corrupt)], "not a readable checkpoint"),
         ("evaluate", ["--checkpoint", good, "--envs", "nosuch-v0"], "unknown env id"),
         ("evaluate", ["--checkpoint", good, "--envs", "sudoku-grid-v0"], "not a text env"),
-        ("evaluate", ["--checkpoint", good, "--sudoku-csv", "nosuch"], "not found"),
+        ("evaluate", ["--checkpoint", good, "--sets", "nosuch"], "not registered"),
         ("evaluate", ["--checkpoint", good, "--levels", "9"], "none is a level"),
         ("sb3_baseline", ["--levels", "9"], "levels must be"),
         ("sb3_baseline", ["--out", str(blocker)], "is a file"),

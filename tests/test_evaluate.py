@@ -46,7 +46,7 @@ def test_k_values_and_halting_give_imitate_keys(ckpts, tmp_path):
     h = m["halting"]["sudoku"]
     assert {"accuracy", "avg_steps", "fixed_k", "fixed_k_accuracy"} <= set(h)
     assert h["fixed_k"] == 3 and 1.0 <= h["avg_steps"] <= 3.0  # halting is capped at the largest K
-    assert m["csv"] == {} and m["specs"]["sudoku"]["width"] == 82 and m["notes"] == []
+    assert m["sets"] == {} and m["specs"]["sudoku"]["width"] == 82 and m["notes"] == []
     assert m["writes_per_sample"] >= 0 and m["tool_call_rate"] == 0.0  # tools off by default
     assert m["phase"] == "stage1" and m["step"] == 7
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -63,8 +63,8 @@ def test_default_levels_are_training_levels_plus_next(ckpts, tmp_path):
 @needs_eval_data
 def test_csv_subset_with_tools(ckpts, tmp_path):
     m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), n=0, k=(2,), tools=True,
-            sudoku_csv=("norvig_top95",), csv_limit=3)
-    res = m["csv"]["norvig_top95"]
+            sets=("norvig_top95",), set_limit=3)
+    res = m["sets"]["norvig_top95"]
     assert res["n"] == 3 and res["accuracy"] == 0.0  # untrained: runs, scores nothing
     assert set(res["accuracy_vs_k"]) == {2}
     assert {"accuracy", "avg_steps", "writes_per_sample", "tool_call_rate", "malformed_rate"} <= set(res)
@@ -73,7 +73,7 @@ def test_csv_subset_with_tools(ckpts, tmp_path):
 
 @needs_eval_data
 def test_tools_flag_reaches_the_env(ckpts, tmp_path):
-    kw = dict(checkpoint=str(ckpts / "caller.pt"), k=(1,), sudoku_csv=("norvig_easy50",), csv_limit=2)
+    kw = dict(checkpoint=str(ckpts / "caller.pt"), k=(1,), sets=("norvig_easy50",), set_limit=2)
     on = run(tmp_path, tools=True, **kw)
     assert on["tool_call_rate"] == 1.0 and on["tools"]["sudoku"]["call_rate"] == 1.0
     off = run(tmp_path, tools=False, **kw)
@@ -83,7 +83,7 @@ def test_tools_flag_reaches_the_env(ckpts, tmp_path):
 @needs_eval_data
 def test_dense_checkpoint_without_specs(ckpts, tmp_path):
     m = run(tmp_path, checkpoint=str(ckpts / "dense.pt"), envs=("sudoku-v0",), k=(1, 2), halt=True,
-            sudoku_csv=("norvig_easy50",), csv_limit=2)
+            sets=("norvig_easy50",), set_limit=2)
     assert "accuracy_vs_k" not in m and "halting" not in m
     assert set(m["baseline_accuracy"]) == {"sudoku"}
     assert m["accuracy"]["sudoku"] == m["baseline_accuracy"]["sudoku"]
@@ -91,7 +91,7 @@ def test_dense_checkpoint_without_specs(ckpts, tmp_path):
                                     "levels": [1, 2, 3, 4, 5]}
     assert sum("no decoding spec" in n for n in m["notes"]) == 1  # env and CSV share the derived spec
     assert any("--k is ignored" in n for n in m["notes"])
-    assert m["csv"]["norvig_easy50"]["n"] == 2 and "accuracy_vs_k" not in m["csv"]["norvig_easy50"]
+    assert m["sets"]["norvig_easy50"]["n"] == 2 and "accuracy_vs_k" not in m["sets"]["norvig_easy50"]
 
 
 @pytest.mark.parametrize("kw, err, match", [
@@ -99,7 +99,7 @@ def test_dense_checkpoint_without_specs(ckpts, tmp_path):
     (dict(checkpoint="junk.pt"), ValueError, "not a readable checkpoint"),
     (dict(checkpoint="r3m.pt", envs=("nope-v0",)), ValueError, "unknown env id"),
     (dict(checkpoint="r3m.pt", envs=("sudoku-grid-v0",)), ValueError, "not a text env"),
-    pytest.param(dict(checkpoint="r3m.pt", sudoku_csv=("no_such_set",)), ValueError, "norvig_top95",
+    pytest.param(dict(checkpoint="r3m.pt", sets=("no_such_set",)), ValueError, "norvig_top95",
                  marks=needs_eval_data),
     (dict(checkpoint="r3m.pt", levels=(9,)), ValueError, "none is a level of sudoku"),
     (dict(checkpoint="dense.pt"), ValueError, "nothing to evaluate"),
@@ -116,8 +116,8 @@ def test_config_validation_and_cli():
         Config()
     with pytest.raises(ValueError, match="--k"):
         Config(checkpoint="x", k=(0,))
-    argv = ["--checkpoint", "x.pt", "--k", "1", "4", "--sudoku-csv", "norvig_top95", "--tools", "on"]
+    argv = ["--checkpoint", "x.pt", "--k", "1", "4", "--sets", "norvig_top95", "--tools", "on"]
     cfg = parse_config(Config, argv)
-    assert cfg.k == (1, 4) and cfg.sudoku_csv == ("norvig_top95",) and cfg.tools is True
+    assert cfg.k == (1, 4) and cfg.sets == ("norvig_top95",) and cfg.tools is True
     with pytest.raises(SystemExit):
         parse_config(Config, ["--checkpoint", "x.pt", "--kk", "1"])

@@ -13,7 +13,7 @@ from r3m import envs
 from r3m import tools
 from r3m.envs.base import Instance, TaskFamily
 from r3m.learn.evaluation import shaped_reward, tool_metrics
-from r3m.learn.distill import distill_examples, naked_singles
+from r3m.learn.distill import distill_examples
 from r3m.learn.losses import action_tokens, clipped_objective
 from r3m_agent import R3M, R3MConfig, save_checkpoint
 from r3m.learn.cli import UsageError, parse_config
@@ -201,12 +201,10 @@ def test_distill_examples_keep_verified_tool_answers_only():
            _episode("n:6", [], "6", True),  # no call
            _episode("n:8", [("<call>calculator 8</call>", "8")], "9", False)]  # not verified
     ex = distill_examples(eps)
-    assert [(e.context, e.tool, e.payload) for e in ex] == [("n:12", 0, "12")]
+    assert [(e.context, e.tool, e.payload, targets) for e, targets in ex] == [("n:12", 0, "12", None)]
 
 
-def test_naked_singles_and_curriculum():
-    puzzle = "12345678." + "." * 72
-    assert naked_singles(puzzle) == {8: "9"}
+def test_curriculum_moves_weight_to_levels_with_mixed_success():
     cur = rl_verify.Curriculum((1, 2, 3))
     for _ in range(10):
         cur.update([1, 1, 3], [1.0, 1.0, 0.0])  # level 1 always solved, level 3 always failed

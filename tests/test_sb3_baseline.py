@@ -14,7 +14,7 @@ from r3m.learn.baselines import GridFeatures, make_grid_env as make_env, play_gr
 from r3m.train.sb3_baseline import Config, main
 
 TINY = dict(timesteps=64, n_envs=2, n_steps=32, batch_size=32, n_epochs=1, net=(32,), eval_levels=(1,),
-            eval_n=2, csv_limit=2, tensorboard=False)
+            eval_n=2, set_limit=2, tensorboard=False, progress=False)
 
 
 def _params(path):
@@ -26,9 +26,10 @@ def _params(path):
 @needs_eval_data
 def test_tiny_run_trains_evaluates_and_is_seeded(tmp_path):
     a = main(Config(**TINY, out=str(tmp_path / "a")))
-    assert set(a["success"]) == {"test", "norvig_easy50", "norvig_top95", "royle17_1000"}
+    sets = {"norvig_easy50", "norvig_top95", "norvig_hardest", "magictour_top1465", "royle17_1000"}
+    assert set(a["success"]) == {"test", *sets}
     assert all(0.0 <= v <= 1.0 for v in a["success"].values())
-    assert a["n"] == {"test": 2, "norvig_easy50": 2, "norvig_top95": 2, "royle17_1000": 2}
+    assert a["n"] == {"test": 2, **{name: 2 for name in sets}}
     assert a["timesteps"] >= 64 and a["seconds"] > 0
     assert all(f >= 1 for f in a["filled"].values())  # every board got at least one masked move
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["success"] == a["success"]

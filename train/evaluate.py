@@ -1,25 +1,26 @@
-"""Evaluate a checkpoint on registered text envs and on external Sudoku sets.
+"""Evaluate a checkpoint on registered text envs and on external evaluation sets.
 
     python train/evaluate.py --checkpoint runs/x/ckpt/stage1.pt --k 1 2 4 8
     python train/evaluate.py --checkpoint runs/x/ckpt/stage2.pt --envs sudoku-v0 --halt true \\
-        --sudoku-csv norvig_top95 royle_sudoku17 --csv-limit 1000 --tools true
+        --sets norvig_top95 royle17_1000 --set-limit 200 --tools true
 
 Any checkpoint (R3M or the dense baseline; from imitation or RL) is played greedily through
 the envs, so every answer is scored by the same verifier that gives the training reward:
 - on each ``--envs`` id, ``--n`` test-split instances per level (seeded as in
-  ``r3m_agent.evaluation.evaluate_family``, so every model sees the same instances);
-- on each ``--sudoku-csv`` file (a name in ``../shared/eval/sudoku/`` or a path), played
-  through ``sudoku-v0`` with ``reset(options={"instance": ...})``, optionally a fixed-seed
-  sample of ``--csv-limit`` puzzles. These files are evaluation-only data: nothing reads them
-  for training or tuning, and this script never writes a checkpoint.
+  ``r3m.learn.evaluation.evaluate_family``, so every model sees the same instances);
+- on each ``--sets`` name (a registered external evaluation set, ``r3m.envs.list_eval_sets()``,
+  read from ``$R3M_EVAL_DIR`` or ``../shared/eval``), played through its family's text env with
+  ``reset(options={"instance": ...})``, optionally a fixed-seed sample of ``--set-limit``
+  instances. These files are evaluation-only data: nothing reads them for training or tuning,
+  and this script never writes a checkpoint.
 R3M runs at each ``--k`` (and, with ``--halt``, with learned halting capped at the largest K);
 a dense model has no K and is evaluated once. Decoding (fill or causal, payload width,
 alignment) comes from the checkpoint's ``extra["specs"]``; a family missing there gets a
-default (fill, right-aligned, ``payload_width(family)``; instruct causal), noted in the output.
+default (the family's decode mode and payload width, ``r3m.learn.data.task_spec``), noted in the output.
 
 ``--out/metrics.json`` has imitate's shape: ``accuracy_vs_k`` (family -> K -> accuracy over the
 evaluated levels; R3M), ``baseline_accuracy`` (family -> accuracy; dense), ``halting`` (with
-``--halt``), ``writes_per_sample``, ``tools`` and ``tool_call_rate``, plus ``csv`` (file ->
+``--halt``), ``writes_per_sample``, ``tools`` and ``tool_call_rate``, plus ``sets`` (set name ->
 the same numbers), ``accuracy`` (family -> headline accuracy), ``specs`` and ``notes``.
 """
 
@@ -40,9 +41,9 @@ if __package__ in (None, ""):  # `python train/evaluate.py` from the repository 
 from r3m import envs
 from r3m.learn import cli
 from r3m.learn.cli import UsageError, check_device
-from r3m.learn.data import TaskSpec, payload_width
+from r3m.learn.data import TaskSpec, task_spec
 from r3m.learn.evaluation import (
-    FamilyEval, env_id_of, evaluate_family, evaluate_instances, halting_summary, load_sudoku_csv, sudoku_eval_dir,
+    FamilyEval, env_id_of, evaluate_family, evaluate_instances, halting_summary,
 )
 from r3m.learn.plots import plot_accuracy_vs_k
 from r3m.learn.policy import Policy
@@ -50,9 +51,6 @@ from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging, wr
 from r3m.learn.run import jsonable, resolve_device
 from r3m_agent.checkpoint import model_from_checkpoint, read_checkpoint
 from r3m_agent.r3m import R3M
-
-SUDOKU_ENV = "sudoku-v0"
-
 
 @dataclass(frozen=True)
 class Config:
@@ -66,19 +64,19 @@ class Config:
     """Levels to evaluate (empty: the checkpoint's training levels plus the next harder one;
     every level for a family without a spec). Levels a family lacks are skipped."""
     n: int = 50
-    """Test-split instances per level and env (0: skip the envs, e.g. for CSVs only)."""
+    """Test-split instances per level and env (0: skip the envs, e.g. for evaluation sets only)."""
     k: tuple[int, ...] = (1, 2, 4, 8)
     """Refinement steps to evaluate R3M at (ignored for a dense model)."""
     halt: bool = False
     """Also evaluate with learned halting, capped at the largest --k (R3M only)."""
     tools: bool = False
     """Let the policy call tools (the env runs them through the tool registry)."""
-    sudoku_csv: tuple[str, ...] = ()
-    """External Sudoku CSVs: names in ../shared/eval/sudoku (e.g. norvig_top95) or paths."""
-    csv_limit: int = 0
-    """Puzzles per CSV: a fixed sample drawn with --csv-seed (0: the whole file)."""
-    csv_seed: int = 0
-    """Seed of the --csv-limit sample."""
+    sets: tuple[str, ...] = ()
+    """Registered external evaluation sets (r3m.envs.list_eval_sets(), e.g. norvig_top95)."""
+    set_limit: int = 0
+    """Instances per set: a fixed sample drawn with --set-seed (0: the set's registered size)."""
+    set_seed: int = 0
+    """Seed of the --set-limit sample."""
     batch_size: int = 100
     """Episodes played at once."""
     device: str = "auto"
@@ -95,8 +93,12 @@ class Config:
             raise ValueError("--checkpoint is required")
         if not self.k or min(self.k) < 1:
             raise ValueError(f"--k needs one or more values >= 1, got {self.k}")
-        if self.n < 0 or self.csv_limit < 0 or self.batch_size < 1:
-            raise ValueError("--n and --csv-limit must be >= 0 and --batch-size >= 1")
+        if self.n < 0 or self.set_limit < 0 or self.batch_size < 1:
+            raise ValueError("--n and --set-limit must be >= 0 and --batch-size >= 1")
+        unknown = [s for s in self.sets if s not in envs.list_eval_sets()]
+        if unknown:
+            raise ValueError(f"--sets {' '.join(unknown)}: not registered; registered: "
+                             f"{', '.join(envs.list_eval_sets())}")
         check_device(self.device)
 
 
@@ -127,7 +129,7 @@ def spec_for(family: str, specs: dict[str, TaskSpec], notes: list[str]) -> TaskS
     if family in specs:
         return specs[family]
     levels = envs.make_family(family).levels
-    spec = TaskSpec(family, "causal" if family == "instruct" else "fill", payload_width(family), levels)
+    spec = task_spec(family, levels)
     notes.append(f"{family}: no decoding spec in the checkpoint; using the default "
                  f"(mode={spec.mode}, width={spec.width})")
     specs[family] = spec  # derived (and noted) once per family
@@ -156,36 +158,28 @@ def eval_levels(cfg: Config, family: str, spec: TaskSpec, from_checkpoint: bool)
     return tuple(lv for lv in all_levels if lv in spec.levels) + tuple(harder[:1])
 
 
-def csv_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix != ".csv" and len(path.parts) == 1:
-        path = sudoku_eval_dir() / f"{name}.csv"
-    if not path.is_file():
-        known = sorted(p.stem for p in sudoku_eval_dir().glob("*.csv"))
-        raise UsageError(f"--sudoku-csv {name}: not found (looked at {path}); names in {sudoku_eval_dir()}: "
-                         f"{', '.join(known) or 'none (set R3M_EVAL_DIR)'}")
-    return path
-
-
 def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Target]:
     """Every evaluation set, validated before any evaluation runs. Env sets are named by family
-    (by env id when one family is asked for under several ids), CSV sets by file stem."""
+    (by env id when one family is asked for under several ids), external sets by their name."""
     saved = saved_specs(payload)
     specs = dict(saved)
     env_ids = (cfg.envs or tuple(env_id_of(f) for f in saved)) if cfg.n else ()
-    if not env_ids and not cfg.sudoku_csv:
+    if not env_ids and not cfg.sets:
         raise UsageError("nothing to evaluate: the checkpoint names no families (or --n is 0); "
-                         "pass --envs and/or --sudoku-csv")
+                         "pass --envs and/or --sets")
     families = [family_of(e) for e in env_ids]
     out = []
     for env_id, fam in zip(env_ids, families):
         spec = spec_for(fam, specs, notes)
         name = fam if families.count(fam) == 1 else env_id
         out.append(Target(name, env_id, spec, eval_levels(cfg, fam, spec, fam in saved)))
-    for name in cfg.sudoku_csv:
-        path = csv_path(name)
-        instances = load_sudoku_csv(path, limit=cfg.csv_limit or None, seed=cfg.csv_seed)
-        out.append(Target(path.stem, SUDOKU_ENV, spec_for("sudoku", specs, notes), instances=instances))
+    for name in cfg.sets:
+        family = envs.eval_set(name).family
+        instances = envs.load_eval_set(name, limit=cfg.set_limit or None, seed=cfg.set_seed)
+        if instances is None:
+            raise UsageError(f"--sets {name}: its file is missing ({envs.eval_set_path(name)}); set R3M_EVAL_DIR "
+                             "to the folder of the evaluation sets")
+        out.append(Target(name, env_id_of(family), spec_for(family, specs, notes), instances=instances))
     return out
 
 
@@ -222,9 +216,9 @@ def evaluate_target(cfg: Config, model: torch.nn.Module, target: Target) -> dict
     return res
 
 
-def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], is_csv: dict[str, bool]) -> dict:
+def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], external: dict[str, bool]) -> dict:
     """imitate's metrics.json shape from the per-set results."""
-    fams = {n: r for n, r in results.items() if not is_csv[n]}
+    fams = {n: r for n, r in results.items() if not external[n]}
     m: dict[str, Any] = {"accuracy": {n: r["accuracy"] for n, r in fams.items()}}
     if isinstance(model, R3M):
         m["accuracy_vs_k"] = {n: r["accuracy_vs_k"] for n, r in fams.items()}
@@ -233,7 +227,7 @@ def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], is_cs
             m["halting"] = {n: r["halting"] for n, r in fams.items()}
     else:
         m["baseline_accuracy"] = dict(m["accuracy"])
-    m["csv"] = {n: r for n, r in results.items() if is_csv[n]}
+    m["sets"] = {n: r for n, r in results.items() if external[n]}
     m["writes_per_sample"] = mean(r["writes_per_sample"] for r in results.values())
     m["writes_per_sample_by_family"] = {n: r["writes_per_sample"] for n, r in fams.items()}
     m["tools"] = {n: {"enabled": cfg.tools, "call_rate": r["tool_call_rate"],

@@ -34,7 +34,7 @@ from r3m import envs, tools
 from r3m.learn import lm, signals, stages
 from r3m.learn import cli
 from r3m.learn.cli import check_device
-from r3m.learn.data import IGNORE, TaskSpec, payload_width
+from r3m.learn.data import IGNORE, TaskSpec, task_spec
 from r3m.learn.evaluation import (
     accuracy_on, eval_levels, evaluate_family, halting_summary,
 )
@@ -181,9 +181,7 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
     specs = []
     for fam in cfg.families:
         levels = tuple(cfg.levels) or envs.make_family(fam).levels[:3]
-        mode = "causal" if fam == "instruct" else "fill"
-        width = payload_width(fam, tuple(sorted(set(levels) | set(eval_levels(fam, levels)))), cfg.tool_fraction > 0)
-        specs.append(TaskSpec(fam, mode, width, levels))
+        specs.append(task_spec(fam, levels, eval_levels(fam, levels)))
     return specs
 
 

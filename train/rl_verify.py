@@ -56,9 +56,9 @@ from r3m import envs, tools
 from r3m.learn import baselines, distill, stages
 from r3m.learn import cli
 from r3m.learn.cli import check_device
-from r3m.learn.data import DemoSource, TaskSpec, payload_width
+from r3m.learn.data import DemoSource, TaskSpec, task_spec
 from r3m.learn.evaluation import (
-    eval_levels, evaluate_family, evaluate_instances, sampled_test, shaped_reward, tool_metrics,
+    eval_levels, evaluate_family, evaluate_instances, external_sets, sampled_test, shaped_reward, tool_metrics,
 )
 from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss
 from r3m.learn.loop import FitSpec, Interrupted, make_optimizer, progress_bar, train_phase
@@ -159,7 +159,8 @@ class Config:
     eval_n: int = 40
     """Test instances per level for the before/after evaluations."""
     external: bool = True
-    """Sudoku: also evaluate on ../shared/eval/sudoku (norvig_easy50, norvig_top95, royle17 sample)."""
+    """Also evaluate on the family's registered external sets (r3m.envs.list_eval_sets; for Sudoku the
+    collections in ../shared/eval/sudoku). A missing file is skipped with one warning."""
     distill: bool | None = None
     """Distillation phase: on, off, or none = where it applies (families with a tool)."""
     distill_n: int = 512
@@ -239,9 +240,7 @@ def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
     """Stage 1 (and with --halt Stage 2) imitation on this family, as the phases ``warm_stage1``
     and ``warm_stage2`` of this run: a short, copy-like warm start (no drift penalty)."""
     levels = train_levels(cfg)
-    fam = cfg.family
-    width = payload_width(fam, tuple(sorted(set(levels) | set(eval_levels(fam, levels)))), cfg.warm_tool_fraction > 0)
-    spec = TaskSpec(fam, "causal" if fam == "instruct" else "fill", width, levels)
+    spec = task_spec(cfg.family, levels, eval_levels(cfg.family, levels))
     seed_everything(cfg.seed)
     model = R3M(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k, tool_names=tuple(tools.list_tools())))
     model = model.to(run.device)
@@ -555,10 +554,10 @@ def snapshot(cfg: Config, policy: Policy, levels: Sequence[int]) -> dict:
 
 
 def external_eval(cfg: Config, policy: Policy) -> dict[str, dict]:
-    """Sudoku: success with and without tools and tool metrics on each external set."""
+    """Success with and without tools and tool metrics on each of the family's external sets."""
     out = {}
     tool = envs.make_family(cfg.family).tool
-    for key, instances in baselines.external_sets().items():
+    for key, instances in external_sets(cfg.family).items():
         with torch.no_grad():
             w = evaluate_instances(policy, cfg.env, instances, allow_tools=True,
                                    env_kwargs={"call_budget": cfg.call_budget})
@@ -589,7 +588,7 @@ def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, state: dict, s
         "curriculum": state["curriculum"], "distill": {},
     }
     sets = {"test": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]}}
-    if cfg.family == "sudoku" and cfg.external:
+    if cfg.external:
         ext = external_eval(cfg, policy)
         metrics["external"] = ext
         sets.update({k: {"with_tools": v["with_tools"], "without_tools": v["without_tools"]}

@@ -8,9 +8,10 @@ masks (see ``r3m.learn.baselines``). Evaluation, after an env-step budget of tra
 train split:
 - ``test``: the sudoku-grid-v0 test split, ``eval_n`` puzzles per level, seeded exactly as
   ``r3m.learn.evaluation.evaluate_family`` seeds sudoku-v0, so both see the same puzzles;
-- ``norvig_easy50``, ``norvig_top95`` and ``royle17_1000`` (a fixed 1,000-puzzle sample of
+- the Sudoku family's registered external sets (``r3m.envs.list_eval_sets("sudoku")``: the
+  Norvig and magictour collections and ``royle17_1000``, a fixed 1,000-puzzle sample of
   royle_sudoku17), played through ``reset(options={"instance": ...})``. These external sets are
-  evaluation only: nothing here trains or tunes on them.
+  evaluation only: nothing here trains or tunes on them; a missing file is skipped with a warning.
 
 Writes ``--out``: ``metrics.json``, the model zip, ``training_curve.png``, SB3's TensorBoard logs
 (``tb/``) and the evaluation scalars (``eval/`` prefix).

@@ -130,6 +130,10 @@ class SudokuFamily(TaskFamily):
     def tool_args(self, instance: Instance) -> str:
         return instance.data["puzzle"]
 
+    def distill_targets(self, instance: Instance) -> dict[int, str]:
+        """The forced cells: what a model can learn to fill from a verified solution without search."""
+        return self.forced_cells(instance)
+
     def forced_cells(self, instance: Instance) -> dict[int, str]:
         """Blank cells whose row, column and box givens leave one digit (naked singles): cell -> digit.
 

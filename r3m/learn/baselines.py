@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 from r3m import envs  # noqa: F401  (registers sudoku-grid-v0)
-from r3m.envs.base import Instance
 from r3m.learn.cli import check_device
 from r3m.learn.data import DemoSource, TaskSpec
 from r3m.learn.distill import split_eval
-from r3m.learn.evaluation import EVAL_SEED, evaluate_instances, load_sudoku_csv, sudoku_eval_dir
+from r3m.learn.evaluation import EVAL_SEED, evaluate_instances, external_sets
 from r3m.learn.losses import LossOut, imitation_loss
 from r3m.learn.loop import FitSpec, train_phase
 from r3m.learn.policy import Policy
@@ -35,24 +34,7 @@ from r3m.learn.reporting import log, mean
 from r3m.learn.run import Run
 from r3m_agent import DenseTransformer, dense_config_like
 
-GRID_ENV = "sudoku-grid-v0"
 LEVELS = (1, 2, 3, 4, 5)
-# success key -> (CSV file stem, fixed sample size or None for the whole file)
-EXTERNAL = {"norvig_easy50": ("norvig_easy50", None), "norvig_top95": ("norvig_top95", None),
-            "royle17_1000": ("royle_sudoku17", 1000)}
-
-
-def external_sets(limit: int | None = None) -> dict[str, list]:
-    """The external Sudoku sets that are present (a missing file is skipped with a warning)."""
-    sets = {}
-    for key, (stem, size) in EXTERNAL.items():
-        path = sudoku_eval_dir() / f"{stem}.csv"
-        if path.exists():
-            size = size if limit is None else min(size or limit, limit)
-            sets[key] = load_sudoku_csv(path, limit=size, seed=0)
-        else:
-            log.warning(f"external Sudoku set {path} is missing: skipped")
-    return sets
 
 
 # -- the dense Transformer ---------------------------------------------------------------------------
@@ -62,7 +44,7 @@ def run_baselines(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
     success, details = {}, {}
     name = "dense_2x_no_tools"
     success[name], details[name] = dense_baseline(cfg, run, r3m_cfg, spec, budget, levels)
-    if cfg.family == "sudoku":
+    if envs.make_family(cfg.family).numeric_env:  # the family offers a numeric env for off-the-shelf RL
         success["maskable_ppo"], details["maskable_ppo"] = maskable_ppo(cfg, run, budget, levels)
     return success, details
 
@@ -81,14 +63,15 @@ def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
         s, episodes = source.get(step)
         return imitation_loss(model, s, episodes, K=None, grad_steps=None)
 
-    train_phase(run, "dense2x", model, FitSpec(steps, cfg.dense_lr, warmup=max(1, min(100, steps // 5)),
-                                               ckpt_every=max(1, steps // 4), samples_per_step=cfg.warm_batch),
+    fit_spec = FitSpec(steps, cfg.dense_lr, warmup=max(1, min(100, steps // 5)), ckpt_every=max(1, steps // 4),
+                       samples_per_step=cfg.warm_batch)
+    train_phase(run, "dense2x", model, fit_spec,
                 loss_fn, weight_decay=0.01, extra={"specs": [spec.as_dict()]})
     policy = Policy(model, spec.mode, spec.width)
     with torch.no_grad():
         res = {"test": split_eval(cfg, policy, levels, False).accuracy}
-        if cfg.family == "sudoku" and cfg.external:
-            for key, instances in external_sets().items():
+        if cfg.external:
+            for key, instances in external_sets(cfg.family).items():
                 res[key] = evaluate_instances(policy, cfg.env, instances, allow_tools=False).accuracy
     details = {"params": sum(p.numel() for p in model.parameters()), "demonstrations": steps * cfg.warm_batch}
     return res, details
@@ -100,8 +83,8 @@ def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dic
     except ImportError as exc:
         log.warning(f"MaskablePPO baseline unavailable: {exc}")
         return {}, {"error": str(exc)}
-    settings = MaskablePPOSettings(timesteps=cfg.sb3_timesteps or budget, eval_levels=tuple(levels),
-                                   eval_n=cfg.eval_n, seed=cfg.seed)
+    settings = MaskablePPOSettings(family=cfg.family, timesteps=cfg.sb3_timesteps or budget,
+                                   eval_levels=tuple(levels), eval_n=cfg.eval_n, seed=cfg.seed, external=cfg.external)
     run_dir = run.dir / "sb3"
     run_dir.mkdir(parents=True, exist_ok=True)
     res = train_maskable_ppo(settings, run_dir, cfg.tensorboard, cfg.progress)
@@ -113,6 +96,9 @@ def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dic
 class MaskablePPOSettings:
     """MaskablePPO on sudoku-grid-v0, evaluated on the test split and the external Sudoku sets."""
 
+    family: str = "sudoku"
+    """A family whose numeric env (TaskFamily.numeric_env) is a 9x9 board with action_masks() (the
+    features below are a board one-hot and the candidate mask)."""
     timesteps: int = 200_000
     """Env-step budget for training (moves, summed over the parallel envs)."""
     levels: tuple[int, ...] = (1, 2)
@@ -121,9 +107,12 @@ class MaskablePPOSettings:
     """Test-split levels to evaluate; ``success["test"]`` is their mean (equal counts)."""
     eval_n: int = 100
     """Test puzzles per evaluated level."""
-    csv_limit: int = 0
-    """Testing aid: cap each external set at this many puzzles (fixed-seed sample; 0: no cap). The
-    success keys keep their names; ``n`` in metrics.json records the counts actually played."""
+    external: bool = True
+    """Also evaluate on the family's registered external sets (r3m.envs.list_eval_sets; a missing file
+    is skipped with a warning)."""
+    set_limit: int = 0
+    """Cap each external set at this many puzzles (fixed-seed sample; 0: each set's registered size);
+    ``n`` in metrics.json records the counts actually played."""
     n_envs: int = 8
     """Parallel training envs (DummyVecEnv)."""
     n_steps: int = 256
@@ -154,9 +143,11 @@ class MaskablePPOSettings:
         if bad or not self.levels:
             raise ValueError(f"levels must be non-empty and within {LEVELS}, "
                              f"got {self.levels} / {self.eval_levels}")
-        if self.timesteps < 1 or self.n_envs < 1 or self.n_steps < 1 or self.eval_n < 0 or self.csv_limit < 0:
-            raise ValueError("timesteps, n_envs and n_steps must be >= 1; eval_n and csv_limit >= 0")
+        if self.timesteps < 1 or self.n_envs < 1 or self.n_steps < 1 or self.eval_n < 0 or self.set_limit < 0:
+            raise ValueError("timesteps, n_envs and n_steps must be >= 1; eval_n and set_limit >= 0")
         check_device(self.device)
+        if self.family not in envs.list_families() or not envs.make_family(self.family).numeric_env:
+            raise ValueError(f"--family {self.family}: not a registered family with a numeric env")
 
 
 class GridFeatures(gym.Wrapper):
@@ -202,17 +193,21 @@ class GridFeatures(gym.Wrapper):
 
 
 def make_grid_env(levels: Sequence[int], split: str = "train", candidates: bool = False,
-             move_reward: float = 0.0) -> GridFeatures:
-    env = gym.make(GRID_ENV, split=split, disable_env_checker=True)
+                  move_reward: float = 0.0, family: str = "sudoku") -> GridFeatures:
+    """``family``'s numeric env with the MLP's features (``GridFeatures``)."""
+    env = gym.make(envs.make_family(family).numeric_env, split=split, disable_env_checker=True)
     return GridFeatures(env, levels, candidates, move_reward)
+
 
 def build_maskable_ppo(cfg: "MaskablePPOSettings", run_dir: Path, tensorboard: bool):
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    vec = DummyVecEnv([lambda: Monitor(make_grid_env(cfg.levels, candidates=cfg.candidates, move_reward=cfg.move_reward))
-                       for _ in range(cfg.n_envs)])
+    def make() -> Monitor:
+        return Monitor(make_grid_env(cfg.levels, "train", cfg.candidates, cfg.move_reward, cfg.family))
+
+    vec = DummyVecEnv([make for _ in range(cfg.n_envs)])
     model = MaskablePPO(
         "MlpPolicy", vec, learning_rate=cfg.lr, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef, seed=cfg.seed, device=cfg.device,
@@ -224,8 +219,8 @@ def build_maskable_ppo(cfg: "MaskablePPOSettings", run_dir: Path, tensorboard: b
     return model
 
 
-def play_grid(model, resets: Sequence[dict[str, Any]], candidates: bool = False,
-         batch_size: int = 200) -> list[dict[str, Any]]:
+def play_grid(model, resets: Sequence[dict[str, Any]], candidates: bool = False, batch_size: int = 200,
+              family: str = "sudoku") -> list[dict[str, Any]]:
     """Deterministic masked episodes, one per ``{"seed", "options"}``; returns each episode's result.
 
     Episodes run in batches: one ``predict`` call per move for every live board of the batch.
@@ -233,7 +228,7 @@ def play_grid(model, resets: Sequence[dict[str, Any]], candidates: bool = False,
     results: list[dict[str, Any]] = []
     for start in range(0, len(resets), batch_size):
         chunk = resets[start : start + batch_size]
-        games = [make_grid_env(LEVELS, split="test", candidates=candidates) for _ in chunk]
+        games = [make_grid_env(LEVELS, split="test", candidates=candidates, family=family) for _ in chunk]
         first = [g.reset(seed=r.get("seed"), options=r.get("options")) for g, r in zip(games, chunk)]
         obs = [o for o, _ in first]
         out: list[dict[str, Any]] = [{"difficulty": int(info["difficulty"])} for _, info in first]
@@ -261,25 +256,13 @@ def split_resets(levels: Sequence[int], n: int) -> list[dict[str, Any]]:
             for lv in levels for i in range(n)]
 
 
-def grid_external_sets(csv_limit: int = 0) -> dict[str, list[Instance]]:
-    sets = {}
-    for key, (stem, limit) in EXTERNAL.items():
-        path = sudoku_eval_dir() / f"{stem}.csv"
-        if not path.exists():
-            raise FileNotFoundError(f"external Sudoku set {path} is missing "
-                                    "(set R3M_EVAL_DIR to the eval folder)")
-        if csv_limit:
-            limit = min(limit or csv_limit, csv_limit)
-        sets[key] = load_sudoku_csv(path, limit=limit, seed=0)
-    return sets
-
-
 def evaluate_grid(model, cfg: "MaskablePPOSettings") -> dict[str, Any]:
     """success / n / by-level success / mean cells filled, per evaluation set."""
-    games = {"test": play_grid(model, split_resets(cfg.eval_levels, cfg.eval_n), cfg.candidates)}
-    for key, instances in grid_external_sets(cfg.csv_limit).items():
+    tests = split_resets(cfg.eval_levels, cfg.eval_n)
+    games = {"test": play_grid(model, tests, cfg.candidates, family=cfg.family)}
+    for key, instances in (external_sets(cfg.family, cfg.set_limit or None) if cfg.external else {}).items():
         resets = [{"seed": i, "options": {"instance": x}} for i, x in enumerate(instances)]
-        games[key] = play_grid(model, resets, cfg.candidates)
+        games[key] = play_grid(model, resets, cfg.candidates, family=cfg.family)
     summary: dict[str, Any] = {"success": {}, "n": {}, "filled": {}, "test_by_level": {}}
     for key, res in games.items():
         summary["success"][key] = mean(r["correct"] for r in res)
@@ -300,7 +283,8 @@ def _progress_callback(total: int, progress: bool):
 
     class Progress(BaseCallback):
         def _on_training_start(self) -> None:
-            self.bar = progress_bar(Run(Path("."), torch.device("cpu"), progress=progress), total, 0, "maskable_ppo")
+            run = Run(Path("."), torch.device("cpu"), progress=progress)
+            self.bar = progress_bar(run, total, 0, "maskable_ppo")
             self.episodes: list[tuple[int, float]] = []  # (env steps so far, episode reward)
             self.next_line = total // 10
 
@@ -336,11 +320,13 @@ def train_maskable_ppo(cfg: MaskablePPOSettings, run_dir: Path, tensorboard: boo
     callback = _progress_callback(cfg.timesteps, progress)
     model.learn(total_timesteps=cfg.timesteps, tb_log_name="maskable_ppo", callback=callback)
     train_seconds = time.perf_counter() - t0
-    plot_training_curve(callback.episodes, run_dir / "training_curve.png", "MaskablePPO on " + GRID_ENV)
+    plot_training_curve(callback.episodes, run_dir / "training_curve.png",
+                        "MaskablePPO on " + envs.make_family(cfg.family).numeric_env)
     model.save(run_dir / "model.zip")
     log.info(f"MaskablePPO trained {model.num_timesteps} env steps in {train_seconds:.0f}s; evaluating")
     summary = evaluate_grid(model, cfg)
     seconds = time.perf_counter() - t0
-    return {"algorithm": "sb3-contrib MaskablePPO", "env": GRID_ENV, **summary,
+    env_id = envs.make_family(cfg.family).numeric_env
+    return {"algorithm": "sb3-contrib MaskablePPO", "env": env_id, **summary,
             "timesteps": int(model.num_timesteps), "seconds": seconds, "train_seconds": train_seconds,
             "eval_seconds": seconds - train_seconds, "model": str(run_dir / "model.zip")}

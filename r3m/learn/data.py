@@ -17,7 +17,6 @@ Two layouts, matching the model's two decoding modes:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
@@ -99,34 +98,34 @@ def episode_examples(env: TextTaskEnv, index: int, difficulty: int | None, use_t
     return examples
 
 
-@functools.lru_cache(maxsize=None)
-def payload_width(family: str, levels: tuple[int, ...] | None = None, with_tools: bool = True,
-                  samples_per_level: int = 100) -> int:
-    """Fill slots for ``family``: its fixed answer width, else the longest payload seen + 1 (eos).
-
-    Measured on train demonstrations of ``levels`` (default: all), with and without tool calls.
-    """
+def task_spec(family: str, levels: Sequence[int], eval_levels: Sequence[int] = ()) -> TaskSpec:
+    """How ``family`` is trained on ``levels`` and decoded, as the family declares it: its decode
+    mode, and room for the longest payload (answer or call ARGS) at the training and evaluation
+    levels plus the eos."""
     fam = envs.make_family(family)
-    if fam.answer_len:
-        return fam.answer_len + 1
-    env = TextTaskEnv(family)
-    names = tuple(tools.list_tools())
-    longest = 0
-    for level in levels or fam.levels:
-        for i in range(samples_per_level):
-            for use_tools in ((False, True) if fam.tool and with_tools else (False,)):
-                for ex in episode_examples(env, i, level, use_tools, names):
-                    longest = max(longest, len(TOK.encode(ex.payload)))
-    return longest + 1 + 2  # eos, and a little room beyond the longest seen
+    width = fam.payload_chars(tuple(sorted(set(levels) | set(eval_levels)))) + 1
+    return TaskSpec(family, fam.decode, width, tuple(levels))
+
+
+class PayloadTooLong(ValueError):
+    """A payload longer than its spec's width: a family's ``payload_chars`` bound was broken."""
+
+
+def _payload_ids(payload: str, width: int, family: str) -> list[int]:
+    ids = TOK.encode(payload)
+    if len(ids) > width - 1:
+        raise PayloadTooLong(f"{family}: a payload of {len(ids)} tokens does not fit {width - 1} (the family's "
+                             f"payload_chars bound); payload starts {payload[:40]!r}")
+    return ids + [EOS_ID]
 
 
 def _context_ids(context: str) -> list[int]:
     return [BOS_ID, *TOK.encode(context), SEP_ID]
 
 
-def fill_slots(payload: str, width: int) -> list[int]:
-    """Slot targets for ``payload`` (truncated to fit), see the module docstring."""
-    pay = TOK.encode(payload)[: width - 1] + [EOS_ID]
+def fill_slots(payload: str, width: int, family: str = "") -> list[int]:
+    """Slot targets for ``payload``, see the module docstring (``PayloadTooLong`` if it does not fit)."""
+    pay = _payload_ids(payload, width, family)
     return [PAD_ID] * (width - len(pay)) + pay
 
 
@@ -138,18 +137,19 @@ def collate_fill(examples: Sequence[Example], width: int) -> FillBatch:
     targets = torch.full((len(ctx), width), PAD_ID, dtype=torch.long)
     for i, (c, e) in enumerate(zip(ctx, examples)):
         ids[i, T - len(c):] = torch.tensor(c)
-        targets[i] = torch.tensor(fill_slots(e.payload, width))
+        targets[i] = torch.tensor(fill_slots(e.payload, width, e.family))
     return FillBatch(ids, ids != PAD_ID, targets, _tensor(e.tool for e in examples),
                      _tensor(e.difficulty for e in examples))
 
 
-def collate_causal(examples: Sequence[Example], max_payload: int = 256) -> CausalBatch:
-    """Right-padded ``<bos> context <sep> payload <eos>`` with targets on payload and eos."""
+def collate_causal(examples: Sequence[Example], width: int) -> CausalBatch:
+    """Right-padded ``<bos> context <sep> payload <eos>`` with targets on payload and eos (at most
+    ``width`` tokens: ``PayloadTooLong`` otherwise)."""
     seqs, starts = [], []
     for e in examples:
         c = _context_ids(e.context)
         starts.append(len(c) - 1)
-        seqs.append(c + TOK.encode(e.payload)[:max_payload] + [EOS_ID])
+        seqs.append(c + _payload_ids(e.payload, width, e.family))
     T = max(map(len, seqs))
     ids = torch.full((len(seqs), T), PAD_ID, dtype=torch.long)
     targets = torch.full((len(seqs), T), IGNORE, dtype=torch.long)

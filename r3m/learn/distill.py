@@ -1,14 +1,12 @@
 """Distillation of verified tool results back into the model (Stage 3).
 
-Targets, on the easiest trained level by default (``--distill-levels``). Arithmetic, list
-transforms and the other families: the verified answer of a tool-using episode becomes the
-tool-free target for its prompt. Sudoku: a tiny model cannot learn to solve whole grids in
-CPU-minutes, so what is distilled is the part of a tool result that is locally derivable: the
-cells of the verified solution that are naked singles of the puzzle (the only digit their row,
-column and box givens allow), on level-1 puzzles (45-50 givens). The loss is on those cells only
-and leaves the tool head alone (a partial grid is not an answer, so the policy keeps calling the
-solver); the report gives tool-free exact success (verifier) and the accuracy on those cells,
-before and after.
+Targets, on the easiest trained level by default (``--distill-levels``): the verified answer of a
+tool-using episode becomes the tool-free target for its prompt. A family may declare that only
+part of an answer can be taught (``TaskFamily.distill_targets``: Sudoku's forced cells, the only
+digit their row, column and box givens allow, since a tiny model cannot learn to solve whole grids
+in CPU-minutes); the loss is then on those positions only and leaves the tool head alone (a partial
+grid is not an answer, so the policy keeps calling the solver), and the report adds the accuracy on
+those positions, before and after.
 """
 
 from __future__ import annotations
@@ -17,10 +15,12 @@ import copy
 import dataclasses
 from typing import Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from r3m import envs
+from r3m.envs.base import Instance, TaskFamily
 from r3m.learn.data import IGNORE, DemoSource, Example, TaskSpec, collate_causal, collate_fill
 from r3m.learn.evaluation import episode_calls, evaluate_family
 from r3m.learn.losses import LossOut, imitation_loss
@@ -45,12 +45,22 @@ def answer_text(ep: Episode) -> str:
     return TOK.decode(ids)
 
 
-def distill_examples(episodes: Sequence[Episode]) -> list[Example]:
-    """Verified episodes whose answer came from a tool, as tool-free targets.
+def replay_instance(env_id: str, ep: Episode, split: str) -> Instance:
+    """The instance an episode played (its reset seed and level on ``split`` give it back)."""
+    env = gym.make(env_id, disable_env_checker=True)
+    env.reset(seed=ep.seed, options={"split": split, "difficulty": ep.difficulty})
+    return env.unwrapped.instance
+
+
+def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
+                     split: str = "train") -> list[tuple[Example, dict[int, str] | None]]:
+    """Verified episodes whose answer came from a tool, as tool-free targets, each with the answer
+    positions to supervise (None: all; see ``TaskFamily.distill_targets``).
 
     "Came from a tool": correct, answered after at least one well-formed call that returned a
     result. The example is the prompt alone (the first observation), tool = answer, payload = the
-    verified answer; duplicates (G samples of one instance) are kept once.
+    verified answer; duplicates (G samples of one instance) are kept once. ``env_id`` (the env the
+    episodes were played in, on ``split``) is needed only for families with partial targets.
     """
     out, seen = [], set()
     for ep in episodes:
@@ -62,8 +72,26 @@ def distill_examples(episodes: Sequence[Episode]) -> list[Example]:
         if prompt in seen:
             continue
         seen.add(prompt)
-        out.append(Example(ep.family, ep.difficulty, prompt, 0, answer_text(ep)))
+        fam = envs.make_family(ep.family)
+        partial = type(fam).distill_targets is not TaskFamily.distill_targets
+        targets = fam.distill_targets(replay_instance(env_id, ep, split)) if partial and env_id else None
+        out.append((Example(ep.family, ep.difficulty, prompt, 0, answer_text(ep)), targets))
     return out
+
+
+def target_accuracy(env_id: str, episodes: Sequence[Episode], split: str) -> float | None:
+    """Share of the partial distillation targets (``TaskFamily.distill_targets``) that the episodes'
+    final answers get right; None for a family whose targets are whole answers."""
+    right = total = 0
+    for ep in episodes:
+        fam = envs.make_family(ep.family)
+        if type(fam).distill_targets is TaskFamily.distill_targets:
+            return None
+        targets = fam.distill_targets(replay_instance(env_id, ep, split)) or {}
+        answer = "".join(answer_text(ep).split())
+        total += len(targets)
+        right += sum(c < len(answer) and answer[c] == d for c, d in targets.items())
+    return right / total if total else None
 
 
 def distill_applies(cfg) -> bool:
@@ -106,8 +134,9 @@ def _tool_free(cfg, policy: Policy, levels: Sequence[int], called: Sequence[int]
            # of the instances the pre-distillation policy called a tool on, the share solved without it
            "unnecessary_calls": float(np.mean([wo.episodes[i].correct for i in called])) if called else 0.0,
            "_called": own}
-    if cfg.family == "sudoku":
-        out["single_cell_accuracy"] = single_cell_accuracy(wo.episodes)
+    partial = target_accuracy(cfg.env, wo.episodes, "test")
+    if partial is not None:
+        out["target_accuracy"] = partial
     return out
 
 
@@ -120,7 +149,7 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
     """
     levels = distill_levels(cfg, trained)
     others = tuple(lv for lv in trained if lv not in levels)
-    examples = distill_examples(harvest(cfg, policy, levels))
+    examples = distill_examples(harvest(cfg, policy, levels), cfg.env)
     before = _tool_free(cfg, policy, levels)
     student = copy.deepcopy(policy.model)
     if not examples:
@@ -130,13 +159,13 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
                         stream="distill_replay", tool_fraction=cfg.warm_tool_fraction, episodes=cfg.replay_batch)
     replay_coef = cfg.distill_replay_coef if others else 0.0
     K = policy.K
-    # a Sudoku target is partial (its single cells), not an answer, so it does not teach "answer now"
-    tool_weight = 0.0 if cfg.family == "sudoku" else 1.0
+    # a partial target (Sudoku's forced cells) is not an answer, so it does not teach "answer now"
+    tool_weight = 0.0 if any(targets is not None for _, targets in examples) else 1.0
 
     def loss_fn(step: int) -> LossOut:
         rng = stream_rng(cfg.seed, "distill_batches", step)
         chosen = [examples[i] for i in rng.integers(0, len(examples), size=cfg.warm_batch)]
-        batch = distill_batch(cfg.family, spec, chosen)  # collated: one turn, empty memory
+        batch = distill_batch(spec, chosen)  # collated: one turn, empty memory
         out = imitation_loss(student, spec, batch, K=K, grad_steps=None, tool_weight=tool_weight)
         if replay_coef > 0:
             replayed = imitation_loss(student, spec, replay.get(step)[1], K=K, grad_steps=None)
@@ -161,48 +190,20 @@ def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence
     return {cfg.family: res}
 
 
-def distill_batch(family: str, spec: TaskSpec, examples):
-    """Collated distillation examples; for Sudoku, targets only on the naked-single cells."""
+def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str] | None]]):
+    """Collated distillation examples; partial targets supervise only their answer positions."""
+    examples = [e for e, _ in chosen]
     if spec.mode != "fill":
         return collate_causal(examples, spec.width)
     batch = collate_fill(examples, spec.width)
-    if family == "sudoku":
-        targets = batch.targets.clone()
-        for i, e in enumerate(examples):
+    if any(targets is not None for _, targets in chosen):
+        masked = batch.targets.clone()
+        for i, (e, targets) in enumerate(chosen):
+            if targets is None:
+                continue
             keep = torch.zeros(spec.width, dtype=torch.bool)
-            offset = spec.width - len(e.payload) - 1
-            cells = list(naked_singles(e.context.split(":", 1)[1]))
-            keep[[offset + c for c in cells]] = True
-            targets[i] = targets[i].masked_fill(~keep, IGNORE)
-        batch = batch._replace(targets=targets)
+            offset = spec.width - len(e.payload) - 1  # right-aligned payload (r3m.learn.data)
+            keep[[offset + c for c in targets]] = True
+            masked[i] = masked[i].masked_fill(~keep, IGNORE)
+        batch = batch._replace(targets=masked)
     return batch
-
-
-# -- Sudoku: the locally derivable part of a tool result ------------------------------------------
-def naked_singles(puzzle: str) -> dict[int, str]:
-    """Blank cells whose row, column and box givens leave one digit: cell -> that digit."""
-    from r3m.verifiers.sudoku import PEERS
-
-    grid = puzzle.strip().replace("0", ".")
-    if len(grid) != 81:
-        return {}
-    out = {}
-    for i, ch in enumerate(grid):
-        if ch == ".":
-            left = set("123456789") - {grid[j] for j in PEERS[i]}
-            if len(left) == 1:
-                out[i] = left.pop()
-    return out
-
-
-def single_cell_accuracy(episodes: Sequence[Episode]) -> float:
-    """Share of naked-single cells that the episodes' final answers fill with the forced digit."""
-    right = total = 0
-    for ep in episodes:
-        if not ep.turns:
-            continue
-        singles = naked_singles(ep.turns[0].observation.split(":", 1)[-1])
-        answer = "".join(answer_text(ep).split())
-        total += len(singles)
-        right += sum(len(answer) == 81 and answer[c] == d for c, d in singles.items())
-    return right / total if total else 0.0

@@ -8,10 +8,7 @@ evaluates, the halting summary, and tool-call precision and recall.
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -88,35 +85,21 @@ def summarize(episodes: Sequence[Episode], levels: Sequence[int]) -> FamilyEval:
     )
 
 
-def eval_dir() -> Path:
-    """External evaluation sets: $R3M_EVAL_DIR, else ../shared/eval beside the repository."""
-    if os.environ.get("R3M_EVAL_DIR"):
-        return Path(os.environ["R3M_EVAL_DIR"])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "eval"
-
-
-def sudoku_eval_dir() -> Path:
-    return eval_dir() / "sudoku"
-
-
-def load_sudoku_csv(path: str | Path, limit: int | None = None, seed: int = 0) -> list[Instance]:
-    """Instances for an external Sudoku CSV (``puzzle,solution,...``): evaluation only, never training.
-
-    With ``limit`` smaller than the file, a fixed sample of ``limit`` rows drawn with ``seed``.
-    """
-    path = Path(path)
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if limit is not None and limit < len(rows):
-        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
-        rows = [rows[i] for i in keep]
-    fam = envs.make_family("sudoku")
-    return [fam.from_puzzle(r["puzzle"], r["solution"], key=f"{path.stem}:{i}") for i, r in enumerate(rows)]
+def external_sets(family: str, limit: int | None = None) -> dict[str, list[Instance]]:
+    """The registered external evaluation sets of ``family`` that are present on this machine
+    (``r3m.envs.load_eval_set``: a missing one is skipped with one warning), each capped at ``limit``."""
+    sets = {}
+    for name in envs.list_eval_sets(family):
+        size = envs.eval_set(name).limit
+        instances = envs.load_eval_set(name, limit=min(x for x in (size, limit) if x) if (size or limit) else None)
+        if instances is not None:
+            sets[name] = instances
+    return sets
 
 
 def evaluate_instances(policy: Policy, env_id: str, instances: Sequence[Instance], *, allow_tools: bool = False,
                        batch_size: int = 100, env_kwargs: dict | None = None) -> FamilyEval:
-    """Greedy episodes on given instances (e.g. ``load_sudoku_csv``), through the env and its verifier."""
+    """Greedy episodes on given instances (e.g. an external set), through the env and its verifier."""
     episodes: list[Episode] = []
     kwargs = {"tools_enabled": allow_tools, **(env_kwargs or {})}
     for start in range(0, len(instances), batch_size):

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from r3m.envs.base import PRINTABLE
+from r3m.envs import PRINTABLE
 from r3m.envs.families.instruct import InstructFamily, sentences
 from r3m.learn.run import stream_rng
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
