@@ -87,6 +87,9 @@ class Config:
     """Output directory (empty: runs/evaluate-<time>)."""
     tensorboard: bool = True
     """Write the results as TensorBoard scalars under --out/tb."""
+    plugin: tuple[str, ...] = ()
+    """User modules to import first (a module name importable from the current folder, or a .py
+    path), which register task families and tools the other options can then name."""
 
     def __post_init__(self) -> None:
         if not self.checkpoint:

@@ -134,6 +134,9 @@ class Config:
     threads: int = 1
     """torch CPU threads (0: torch's default). The CPU presets are small enough that one thread is
     about as fast as two, and two threads on a busy 2-core machine were measured 40x slower."""
+    plugin: tuple[str, ...] = ()
+    """User modules to import first (a module name importable from the current folder, or a .py
+    path), which register task families and tools the other options can then name."""
     stop_after: int = 0
     """Testing aid: stop (as if killed) after this many optimiser steps in this process."""
 

@@ -185,6 +185,9 @@ class Config:
     """Write TensorBoard logs."""
     progress: bool = True
     """Show progress bars."""
+    plugin: tuple[str, ...] = ()
+    """User modules to import first (a module name importable from the current folder, or a .py
+    path), which register task families and tools the other options can then name."""
     stop_after: int = 0
     """Testing aid: stop (as if killed) after this many RL iterations in this process."""
 

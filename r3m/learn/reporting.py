@@ -22,10 +22,25 @@ PREFIXES = ("train/", "eval/", "halt/", "memory/", "tools/", "rl/")
 log = logging.getLogger("r3m")
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a handler bound to the stream of its creation time
+    writes to a closed file once a test harness or notebook swaps the stream)."""
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Show the project's messages as ``[r3m] ...`` on stderr (scripts call this; importing does not)."""
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("[r3m] %(message)s"))
         log.addHandler(handler)
         log.propagate = False
