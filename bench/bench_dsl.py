@@ -44,8 +44,9 @@ class Args:
     data: str = ""
     """the List Function 250 file (JSON lines, 11 examples per concept; empty: list_functions/ in the
     evaluation-data folder, $R3M_EVAL_DIR or ../shared/eval)"""
-    out: str = str(ROOT / "bench/results/dsl.json")
-    """where the results JSON goes"""
+    out: str = ""
+    """where the results JSON goes (empty: bench/results/dsl.json, or bench/results/quick/dsl.json
+    with --quick, which the README's results never read)"""
     budget: int = 0
     """search nodes per concept; 0 = the registered dsl_search budget"""
     max_len: int = 5
@@ -153,8 +154,9 @@ def main(args: Args) -> dict:
         results["modes"][mode] = summarize([rows[mode] for rows in results["concepts"].values()])
     if args.per_level:
         results["own_levels"] = own_levels(args.per_level, budget)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    out = Path(args.out or ROOT / "bench/results" / ("quick" if args.quick else "") / "dsl.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"dsl_search on List Function 250 ({len(concepts)} concepts, budget {budget} nodes, "
           f"max length {args.max_len}, search on {args.n_search} examples)\n")
     print("| mode | concepts | solved on search examples | generalized to held-out | budget exceeded "

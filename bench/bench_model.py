@@ -60,8 +60,9 @@ class Args:
     """timed iterations per point (0: 3 with --quick, 5 on CPU, 20 on CUDA)"""
     threads: int = 0
     """CPU threads (0: torch's default); 1 is steadier on a loaded machine"""
-    out: str = str(ROOT / "bench/results")
-    """folder for model_<device>[_compile].json"""
+    out: str = ""
+    """folder for the results JSON (empty: bench/results, or bench/results/quick with --quick, which the
+    README's results never read)"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -232,8 +233,9 @@ def main(args: Args) -> dict:
         "batch": batch, "seq": seq, "iters": iters, "results": rows, "linearity": fits,
         "cpu_agreement": agreement,
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / f"model_{device.type}{'_compile' if result['compile'] else ''}.json"
+    folder = Path(args.out or ROOT / "bench/results" / ("quick" if args.quick else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"model_{device.type}{'_compile' if result['compile'] else ''}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     print(f"\nwrote {path}")

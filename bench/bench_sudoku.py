@@ -50,8 +50,9 @@ class Args:
 
     eval_dir: str = ""
     """folder with the evaluation CSVs (empty: sudoku/ in $R3M_EVAL_DIR or ../shared/eval)"""
-    out: str = str(ROOT / "bench/results/sudoku.json")
-    """where the results JSON goes"""
+    out: str = ""
+    """where the results JSON goes (empty: bench/results/sudoku.json, or bench/results/quick/sudoku.json
+    with --quick, which the README's results never read)"""
     seconds: float = 3.0
     """wall time per throughput measurement"""
     royle_sample: int = 2000
@@ -180,8 +181,9 @@ def main(args: Args) -> dict:
         rows = load_set(Path(args.eval_dir or eval_dir() / "sudoku") / f"{name}.csv", sample, args.limit)
         results["solver"][name] = bench_solver(rows)
         print(f"{name}: {results['solver'][name]}", file=sys.stderr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    out = Path(args.out or ROOT / "bench/results" / ("quick" if args.quick else "") / "sudoku.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     return results
 

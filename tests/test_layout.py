@@ -70,3 +70,22 @@ def test_scripts_and_training_code_name_no_family():
                 if pattern.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{no}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_task_suite_needs_no_torch():
+    """``pip install .`` without extras installs the suite alone: it must import without torch."""
+    code = ("import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
+            "import gymnasium as gym\nfrom r3m import envs, tools, verifiers\n"
+            "env = gym.make('arithmetic-v0'); obs, _ = env.reset(seed=0)\n"
+            "assert tools.call('calculator', '2*3').output == '6'\nprint('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_quick_benchmarks_leave_the_committed_results_alone(tmp_path):
+    committed = ROOT / "bench/results/envs.json"
+    before = committed.read_bytes()
+    proc = subprocess.run([sys.executable, "bench/bench_envs.py", "--quick"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert committed.read_bytes() == before and (ROOT / "bench/results/quick/envs.json").exists()

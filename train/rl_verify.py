@@ -61,12 +61,14 @@ from r3m.learn.evaluation import (
     eval_levels, evaluate_family, evaluate_instances, external_sets, sampled_test, shaped_reward, tool_metrics,
 )
 from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss
-from r3m.learn.loop import FitSpec, Interrupted, make_optimizer, progress_bar, train_phase
+from r3m.learn.loop import (
+    Diverged, FitSpec, Interrupted, all_finite, average_gradients, make_optimizer, progress_bar, train_phase,
+)
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
 from r3m.learn.rollout import Episode, make_vec, run_episodes
-from r3m.learn.run import Run, jsonable, seed_everything, start_run, stream_rng, stream_seed
+from r3m.learn.run import Run, barrier, jsonable, seed_everything, start_run, stream_rng, stream_seed
 from r3m_agent import PRESETS, R3M, load_checkpoint, model_from_checkpoint, save_checkpoint
 from r3m_agent.checkpoint import read_checkpoint
 from r3m_agent.memory import Carry
@@ -266,7 +268,7 @@ def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -
         return 0
     n = max(1, cfg.warm_batch // 2)
     source = DemoSource([dataclasses.replace(spec, levels=train_levels(cfg))], model.cfg.tool_names, cfg.seed,
-                        stream="carry_demos", tool_fraction=cfg.warm_tool_fraction, episodes=n)
+                        stream="carry_demos", tool_fraction=cfg.warm_tool_fraction, episodes=n, rank=run.rank)
     K = cfg.k or getattr(model.cfg, "K", None)
     steps = cfg.warm_carry_steps
     train_phase(run, "warm_carry", model,
@@ -284,27 +286,51 @@ def make_policy(cfg: Config, model: torch.nn.Module, spec: TaskSpec) -> Policy:
 
 
 # -- rollouts, advantages, the update ---------------------------------------------------------------
-def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: Curriculum, levels: tuple[int, ...]):
-    """G sampled episodes of each of ``groups`` train instances: a function of (seed, iteration, weights)."""
+def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: Curriculum, levels: tuple[int, ...],
+            run: Run) -> tuple[list[Episode], list[int]]:
+    """G sampled episodes of each of ``groups`` train instances: a function of (seed, iteration, weights).
+
+    Under torchrun process r plays the groups r, r + world, ... and every process then holds all
+    episodes (``gather_groups``), so advantages, the curriculum and the minibatches agree."""
     rng = stream_rng(cfg.seed, "rollout", it)
     if cfg.curriculum:
         group_levels = curriculum.sample(rng, cfg.groups)
     else:
         group_levels = [int(x) for x in rng.choice(levels, cfg.groups)]
-    seeds = np.repeat(rng.integers(0, 2**31 - 1, size=cfg.groups), cfg.group_size).tolist()
-    options = [{"split": "train", "difficulty": lv} for lv in group_levels for _ in range(cfg.group_size)]
+    group_seeds = rng.integers(0, 2**31 - 1, size=cfg.groups).tolist()
+    mine = list(range(run.rank, cfg.groups, run.world))
+    seeds = [group_seeds[g] for g in mine for _ in range(cfg.group_size)]
+    options = [{"split": "train", "difficulty": group_levels[g]} for g in mine for _ in range(cfg.group_size)]
     gen = torch.Generator(device=policy.device)
-    gen.manual_seed(int(rng.integers(0, 2**62)))
+    gen.manual_seed(stream_seed(cfg.seed, "rollout", it, run.rank))
     policy.model.eval()
     with torch.no_grad():
         episodes = run_episodes(policy, vec, seeds, options, allow_tools=True, sample=True,
                                 temperature=cfg.temperature, generator=gen)
-    return episodes, group_levels
+    return gather_groups(episodes, mine, cfg.groups, cfg.group_size, policy.device), group_levels
+
+
+def gather_groups(episodes: list[Episode], mine: list[int], groups: int, G: int,
+                  device: torch.device) -> list[Episode]:
+    """All processes' episodes in group order (this process's alone without torchrun)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return episodes
+    for ep in episodes:  # carries travel on the CPU and come back to this process's device
+        for t in ep.turns:
+            t.carry = t.carry.to("cpu") if t.carry is not None else None
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, (mine, episodes))
+    by_group = {g: eps[i * G:(i + 1) * G] for part_groups, eps in parts for i, g in enumerate(part_groups)}
+    out = [ep for g in range(groups) for ep in by_group[g]]
+    for ep in out:
+        for t in ep.turns:
+            t.carry = t.carry.to(device) if t.carry is not None else None
+    return out
 
 
 def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, vec, curriculum: Curriculum,
-                 replay: DemoSource, levels: tuple[int, ...]) -> dict:
-    episodes, group_levels = rollout(cfg, it, policy, vec, curriculum, levels)
+                 replay: DemoSource, levels: tuple[int, ...], run: Run, state: dict) -> dict:
+    episodes, group_levels = rollout(cfg, it, policy, vec, curriculum, levels, run)
     G = cfg.group_size
     rewards = torch.tensor([shaped_reward(e, cfg.tool_cost, cfg.malformed_cost) for e in episodes])
     rewards = rewards.view(-1, G)
@@ -329,7 +355,7 @@ def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, v
     if keep:
         batch = turn_batch([episodes[i] for i in keep], [float(adv.view(-1)[i]) for i in keep])
         batch.ref_lp = reference_log_probs(ref, batch, cfg.minibatch)
-        stats.update(update(cfg, it, policy, optimizer, batch, replay))
+        stats.update(update(cfg, it, policy, optimizer, batch, replay, run, state))
     return stats
 
 
@@ -343,38 +369,61 @@ def reference_log_probs(ref: Policy, batch: TurnBatch, chunk: int) -> torch.Tens
     return torch.cat(out)
 
 
-def update(cfg: Config, it: int, policy: Policy, optimizer, batch: TurnBatch,
-           replay: DemoSource) -> dict:
-    model, dev = policy.model, policy.device
+def pg_loss(cfg: Config, policy: Policy, mb: TurnBatch, run: Run) -> tuple[torch.Tensor, dict]:
+    """The policy-gradient loss of minibatch ``mb``: this process's share of its rows (rows
+    rank, rank + world, ...), scaled so that the gradients averaged over processes are those of the
+    whole minibatch in one process."""
+    dev = policy.device
+    rows = torch.arange(run.rank, len(mb), run.world)
+    if not len(rows):
+        return torch.zeros((), device=dev), {}
+    part = mb.select(rows)
+    scored = policy.score(part.observations, part.carry, part.tool, part.payload, allow_tools=True)
+    pg = clipped_objective(scored.log_prob, part.old_lp.to(dev), part.ref_lp.to(dev), part.adv.to(dev),
+                           action_tokens(part.payload).to(dev), cfg.clip, cfg.kl_coef)
+    loss = pg.loss - cfg.entropy_coef * scored.entropy.mean()
+    if cfg.halt:
+        loss = loss + cfg.halt_cost * scored.expected_steps.mean()
+    stats = {"rl/pg_loss": pg.pg_loss, "rl/kl": pg.kl, "rl/clip_fraction": pg.clip_fraction, "rl/ratio": pg.ratio,
+             "rl/entropy": float(scored.entropy.mean().detach()),
+             "halt/expected_steps": float(scored.expected_steps.mean().detach())}
+    return loss * (len(rows) * run.world / len(mb)), stats
+
+
+def update(cfg: Config, it: int, policy: Policy, optimizer, batch: TurnBatch, replay: DemoSource, run: Run,
+           state: dict) -> dict:
+    model = policy.model
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "update", it))
     logs: dict[str, list[float]] = {}
     step = 0
     for _ in range(cfg.epochs):
         order = torch.randperm(len(batch), generator=gen)
         for s in range(0, len(batch), cfg.minibatch):
-            mb = batch.select(order[s : s + cfg.minibatch])
-            scored = policy.score(mb.observations, mb.carry, mb.tool, mb.payload, allow_tools=True)
-            pg = clipped_objective(scored.log_prob, mb.old_lp.to(dev), mb.ref_lp.to(dev), mb.adv.to(dev),
-                                      action_tokens(mb.payload).to(dev), cfg.clip, cfg.kl_coef)
-            loss = pg.loss - cfg.entropy_coef * scored.entropy.mean()
-            if cfg.halt:
-                loss = loss + cfg.halt_cost * scored.expected_steps.mean()
+            loss, stats = pg_loss(cfg, policy, batch.select(order[s : s + cfg.minibatch]), run)
             if cfg.replay_coef > 0:
                 demos = replay.get(it * 1000 + step)[1]
-                replayed = imitation_loss(model, replay.spec, demos, K=policy.K, grad_steps=None)
-                loss = loss + cfg.replay_coef * replayed.loss
+                loss = loss + cfg.replay_coef * imitation_loss(model, replay.spec, demos, K=policy.K,
+                                                               grad_steps=None).loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            norm = float("nan")
+            if all_finite(loss.detach()):
+                loss.backward()
+                average_gradients(model)
+                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if math.isfinite(norm):
                 optimizer.step()
-            for k, v in (("rl/loss", float(loss.detach())), ("rl/pg_loss", pg.pg_loss), ("rl/kl", pg.kl),
-                         ("rl/clip_fraction", pg.clip_fraction), ("rl/ratio", pg.ratio),
-                         ("rl/entropy", float(scored.entropy.mean().detach())), ("rl/grad_norm", norm),
-                         ("halt/expected_steps", float(scored.expected_steps.mean().detach()))):
+                state["bad_in_a_row"] = 0
+            else:  # skipped, as in the imitation loop; a run of them stops the run
+                state["nan_steps"] = state.get("nan_steps", 0) + 1
+                state["bad_in_a_row"] = state.get("bad_in_a_row", 0) + 1
+                if state["bad_in_a_row"] >= cfg.max_bad_steps:
+                    raise Diverged(f"rl: {state['bad_in_a_row']} updates in a row had a NaN/inf loss or gradient "
+                                   f"(iteration {it + 1}); stopped. The last RL checkpoint is untouched; lower "
+                                   "--lr or tighten --clip")
+            for k, v in (("rl/loss", float(loss.detach())), ("rl/grad_norm", norm), *stats.items()):
                 logs.setdefault(k, []).append(v)
-            if step == 0:
-                logs["rl/ratio_first"] = [pg.ratio]
+            if step == 0 and "rl/ratio" in stats:
+                logs["rl/ratio_first"] = [stats["rl/ratio"]]
             step += 1
     return {k: float(np.mean(v)) for k, v in logs.items()}
 
@@ -395,36 +444,40 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
         log.info(f"rl: resuming at iteration {state['iteration']} from {path}")
     curriculum = Curriculum(**state["curriculum"])
     replay = DemoSource([spec], model.cfg.tool_names, cfg.seed, stream="replay", tool_fraction=cfg.warm_tool_fraction,
-                        episodes=cfg.replay_batch)
-    vec = make_vec(cfg.env, cfg.groups * cfg.group_size, call_budget=cfg.call_budget,
+                        episodes=cfg.replay_batch, rank=run.rank)
+    my_groups = len(range(run.rank, cfg.groups, run.world))
+    vec = make_vec(cfg.env, my_groups * cfg.group_size, call_budget=cfg.call_budget,
                    partial_credit=cfg.partial_credit)
-    logger = run.logger("rl")
+    logger = run.logger("rl", purge_step=state["iteration"] + 1)
     bar = progress_bar(run, cfg.iterations, state["iteration"], "rl")
     done_here = 0
     try:
         while state["iteration"] < cfg.iterations:
             if cfg.stop_after and done_here >= cfg.stop_after:
-                _save_rl(path, model, optimizer, state, curriculum, spec)
+                if run.main:
+                    _save_rl(path, model, optimizer, state, curriculum, spec)
                 raise Interrupted(f"rl: stopped after {done_here} iterations (stop_after)")
             t0 = time.time()
             stats = rl_iteration(cfg, state["iteration"], policy, ref, optimizer, vec, curriculum, replay,
-                                 levels)
+                                 levels, run, state)
             state["iteration"] += 1
             done_here += 1
             state["env_steps"] += int(stats["rl/env_steps"])
             stats["rl/seconds"] = time.time() - t0
             state["history"].append(stats)
-            logger.scalars(state["iteration"], stats)
+            if run.main:
+                logger.scalars(state["iteration"], stats)
             bar.update(1)
             bar.set_postfix(reward=f"{stats['rl/reward']:.3f}", pass1=f"{stats['rl/pass@1']:.2f}",
                             calls=f"{stats['tools/call_rate']:.2f}", kl=f"{stats.get('rl/kl', 0.0):.3f}")
             if cfg.progress and bar.disable:
                 log.info(f"rl: iteration {state['iteration']}/{cfg.iterations} reward {stats['rl/reward']:.3f} "
                          f"pass@1 {stats['rl/pass@1']:.2f} calls {stats['tools/call_rate']:.2f}")
-            if state["iteration"] % cfg.ckpt_every == 0:
+            if state["iteration"] % cfg.ckpt_every == 0 and run.main and not state.get("bad_in_a_row"):
                 _save_rl(path, model, optimizer, state, curriculum, spec)
         state["done"] = True
-        _save_rl(path, model, optimizer, state, curriculum, spec)
+        if run.main:
+            _save_rl(path, model, optimizer, state, curriculum, spec)
     finally:
         bar.close()
         logger.close()
@@ -615,18 +668,21 @@ def main(cfg: Config) -> dict:
     ref_path = run.ckpt("reference")
     if ref_path.exists():
         load_checkpoint(ref_path, model)  # the start of RL (the RL checkpoint, if any, loads over it)
-    else:
+    elif run.main:
         save_checkpoint(ref_path, model, extra={"specs": [spec.as_dict()]})
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     policy, ref = make_policy(cfg, model, spec), make_policy(cfg, ref_model, spec)
     t_rl = time.time()
-    start = _cached(run.dir / "start.json", lambda: snapshot(cfg, policy, train_levels(cfg)))
+    start = _cached(run.dir / "start.json", lambda: snapshot(cfg, policy, train_levels(cfg))) if run.main else {}
+    barrier()
     try:
         state = train_rl(cfg, run, policy, ref, spec, start)
     except Interrupted as exc:
         log.info(str(exc))
         return {"interrupted": True, "run_dir": str(run.dir)}
     rl_seconds = time.time() - t_rl
+    if not run.main:  # under torchrun, rank 0 measures, distils, runs the baselines and writes
+        return {"rank": run.rank}
     model.eval()
     end = snapshot(cfg, policy, train_levels(cfg))
     metrics = report(cfg, run, policy, spec, state, start, end, demos)

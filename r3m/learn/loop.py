@@ -174,22 +174,31 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 
 def average_gradients(model: torch.nn.Module) -> None:
-    """Under torchrun, average gradients over processes (one flat all-reduce).
+    """Under torchrun, average the gradients over processes: one flat all-reduce of the gradients
+    and one of a has-gradient flag per parameter (a parameter no process used keeps ``grad=None``,
+    as it would in one process, so AdamW still skips it).
 
-    Done by hand rather than with DistributedDataParallel because a random number of refinement
-    steps leaves different parameters unused from one batch to the next (memory reads at K' = 1,
-    the halting head in stage 1), which DDP's bucketed reducer does not allow.
+    Not DistributedDataParallel: a training step here calls the model several times before one
+    backward (each turn of an episode with the memory carried, replayed demonstrations, re-scored
+    actions), with a random number of refinement steps, and calls heads outside ``forward``.
+    Measured with two gloo processes on the multi-turn imitation loss (torch 2.13): plain DDP and
+    ``static_graph=True`` raise "Expected to have finished reduction in the prior iteration";
+    ``find_unused_parameters=True`` matched these gradients there, but DDP does not promise it for
+    several forward calls per backward, while this all-reduce is exact for any number of calls.
+    ``tests/test_ddp.py`` checks that two processes give the one-process gradients.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     params = [p for p in model.parameters() if p.requires_grad]
+    used = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+    for p, g, u in zip(params, grads, used.tolist()):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone() if u else None
         offset += g.numel()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -60,10 +60,9 @@ def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:
     return {"specs": [sp.as_dict() for sp in specs], "phase": phase}
 
 
-def stage1(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
-           seed: int) -> FitState:
-    """R3M imitation at K' <= k_train (``losses.progressive_schedule``), every turn of the expert
-    episodes with the memory carried; under torchrun each process draws its own batches."""
+def stage1_loss(run: Run, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
+                seed: int) -> Callable[[int], LossOut]:
+    """The loss of ``stage1`` at a step (this process's batch under torchrun)."""
     source = _demos(specs, model, s, seed, run)
 
     def loss_fn(step: int) -> LossOut:
@@ -75,8 +74,15 @@ def stage1(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpe
                                   write_penalty=s.write_penalty, write_budget=s.write_budget,
                                   drift_penalty=s.drift_penalty)
 
-    return train_phase(run, phase, model, s.fit_spec(run), loss_fn, groups=STAGE_GROUPS[1],
-                       weight_decay=s.weight_decay, extra=_extra(specs, phase))
+    return loss_fn
+
+
+def stage1(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
+           seed: int) -> FitState:
+    """R3M imitation at K' <= k_train (``losses.progressive_schedule``), every turn of the expert
+    episodes with the memory carried; under torchrun each process draws its own batches."""
+    return train_phase(run, phase, model, s.fit_spec(run), stage1_loss(run, model, specs, s, seed),
+                       groups=STAGE_GROUPS[1], weight_decay=s.weight_decay, extra=_extra(specs, phase))
 
 
 def dense(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
