@@ -12,13 +12,13 @@ import abc
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from r3m import tools
 from r3m.envs.ascii import PRINTABLE  # noqa: F401  (re-exported: the contract's alphabet)
-from r3m.verifiers import Verdict
+from r3m.verifiers import Verdict, wrong
 
 SPLITS = {"train": 0, "test": 1}
 TEST_EVERY = 5  # one key in five is a test key
@@ -44,6 +44,22 @@ class Instance:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+class StreamStep(NamedTuple):
+    """One step of a streamed episode (``TextTaskEnv(stream=True)``): the only text the policy sees then.
+
+    ``kind`` names what it is (the memory family: ``"fact"``, ``"distractor"``, ``"question"``; prefix:
+    ``"chunk"``); ``expected`` is what the expert answers at a scored step, None at a step that
+    accepts any action (the expert's no-op there is ``NOOP``, the empty string).
+    """
+
+    observation: str
+    kind: str
+    expected: str | None
+
+
+NOOP = ""  # the expert's action at a stream step that is not scored
+
+
 class TaskFamily(abc.ABC):
     """Subclass this to add a task; see the README's plug-in guide.
 
@@ -58,6 +74,12 @@ class TaskFamily(abc.ABC):
 
     Everything a family writes (prompts, answers, tool ARGS) is printable ASCII
     (``envs.ascii.PRINTABLE``); apply ``r3m.envs.ascii_fold`` to text from other sources.
+
+    Streaming (``TextTaskEnv(stream=True)``: the past is not in the observation, so only a memory
+    carried across turns can answer): ``streams`` says the family implements ``stream``, and
+    ``max_stream_chars`` bounds one step's text (set in ``__init__`` when it depends on an option).
+    Distractors (``TextTaskEnv(distractors=rate)``): ``max_distractor_rate`` is the largest rate
+    ``with_distractors`` accepts and ``max_prompt_chars`` allows (0: none).
     """
 
     name: ClassVar[str]
@@ -69,6 +91,9 @@ class TaskFamily(abc.ABC):
     max_tool_args_chars: ClassVar[int | None] = None
     decode: ClassVar[str] = "fill"
     numeric_env: ClassVar[str | None] = None
+    streams: ClassVar[bool] = False
+    max_stream_chars: int = 0
+    max_distractor_rate: ClassVar[float] = 0.0
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
@@ -125,6 +150,24 @@ class TaskFamily(abc.ABC):
         if not result.ok:
             raise RuntimeError(f"{self.name}: expert call to {self.tool} failed: {result.error}")
         return [tools.format_call(self.tool, args), self.answer_from_tool(instance, result)]
+
+    def stream(self, instance: Instance) -> list[StreamStep]:
+        """The instance as a sequence of steps, one observation each, the last one scored.
+
+        Same instance, same steps: a stream is a function of the instance alone, so streamed and
+        whole-prompt episodes share seeds and splits.
+        """
+        raise NotImplementedError(f"{self.name}: streaming is not supported (streams=False)")
+
+    def verify_stream(self, instance: Instance, answers: Sequence[str]) -> Verdict:
+        """The episode's verdict from the answers given at the scored steps, in order. Default: the
+        last answer, scored by ``verify`` (a stream that reveals the prompt and then asks)."""
+        return self.verify(instance, answers[-1]) if answers else wrong("no answer given")
+
+    def with_distractors(self, instance: Instance, rate: float) -> Instance:
+        """The instance with about ``rate`` distractors (text that changes no answer) per unit of
+        content, deterministic in ``(instance.key, rate)``; key and split stay the original's."""
+        raise NotImplementedError(f"{self.name}: distractors are not supported (max_distractor_rate=0)")
 
     def instance(self, split: str, index: int, difficulty: int | None = None, seed: int = 0) -> Instance:
         """The instance at ``(seed, split, index)``; ``difficulty=None`` draws a level from the same seed."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import gymnasium as gym
 
 from r3m import tools
 from r3m.envs.ascii import PRINTABLE, describe_char, first_non_printable
-from r3m.envs.base import Instance, TaskFamily, make_family, reset_instance
+from r3m.envs.base import NOOP, Instance, StreamStep, TaskFamily, make_family, reset_instance
 from r3m.envs.spaces import PrintableText
 from r3m.verifiers import Verdict, wrong
 
@@ -60,6 +61,25 @@ class TextTaskEnv(gym.Env[str, str]):
     answer ``correct``, ``score`` and ``reason``. It never carries the oracle answer.
     ``reset`` raises ``ValueError`` for an instance whose prompt breaks the family's contract
     (a character outside printable ASCII, or longer than ``max_prompt_chars``).
+
+    ``distractors`` (default 0): a rate of inserted text that changes no answer (the memory
+    family: sentences with no world information per story sentence), up to the family's
+    ``max_distractor_rate``; the same seed gives the same distracted instance, in the split of
+    the original.
+
+    ## Streaming (``stream=True``, families with ``streams``)
+    The past is not in the observation, so only state carried across turns can answer. The
+    family cuts each instance into steps (``TaskFamily.stream``); the observation is ONLY the
+    current step's text (at most the family's ``max_stream_chars``), or after a tool call that
+    call and its result only (the stream does not advance). At a step with nothing to score
+    any action is accepted, with reward 0, and the stream advances; the expert's no-op there is
+    ``""``. At a scored step the answer (at most ``max_answer_chars``) is recorded and the
+    stream advances with reward 0; at the last step, which is always scored, the episode
+    terminates with the family's ``verify_stream`` of all recorded answers (1, 0, or the
+    partial credit). ``info`` also carries ``stream_step`` and ``stream_kind`` (index and kind of
+    the step just shown), ``stream_steps`` (their number) and ``stream_correct`` (for each scored
+    step answered so far, whether it matched the expert's answer, ignoring whitespace and case).
+    Instances, seeds and splits are those of the whole-prompt episode.
     """
 
     # render_fps: Gymnasium's checker asks every env that renders for it; ansi frames are not timed.
@@ -75,8 +95,12 @@ class TextTaskEnv(gym.Env[str, str]):
         split: str = "train",
         data_seed: int = 0,
         render_mode: str | None = None,
+        stream: bool = False,
+        distractors: float = 0.0,
     ):
         self.family = make_family(family)
+        self.stream = _check_stream(self.family, stream)
+        self.distractors = _check_distractors(self.family, distractors)
         self.call_budget = int(call_budget)
         self.tools_enabled = tools_enabled
         self.partial_credit = partial_credit
@@ -86,13 +110,20 @@ class TextTaskEnv(gym.Env[str, str]):
         self.render_mode = render_mode
         turn_chars = MAX_ACTION_CHARS + MAX_RESULT_CHARS + len(tools.RESULT_OPEN + tools.RESULT_CLOSE)
         # PrintableText, not spaces.Text: Gymnasium's async vector env misreads Text (envs/spaces.py)
-        obs_chars = self.family.max_prompt_chars + (self.call_budget + 1) * turn_chars
+        if self.stream:  # one step's text, or one call and its result
+            obs_chars = max(self.family.max_stream_chars, turn_chars)
+        else:
+            obs_chars = self.family.max_prompt_chars + (self.call_budget + 1) * turn_chars
         self.observation_space = PrintableText(obs_chars)
         self.action_space = PrintableText(MAX_ACTION_CHARS, min_length=0)
         self._instance: Instance | None = None
-        self._transcript = ""
+        self._transcript = ""  # the observation: the transcript, or in stream mode the current step
         self._calls = self._malformed = 0
         self._done = True
+        self._steps: list[StreamStep] = []
+        self._pos = 0
+        self._answers: list[str] = []
+        self._stream_correct: list[bool] = []
 
     # -- episode ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -100,10 +131,17 @@ class TextTaskEnv(gym.Env[str, str]):
         self._instance, self._split = reset_instance(self, options)
         if self._split == "external":
             self._instance = self._external(self._instance)
-        self._check_prompt(self._instance)
-        self._transcript = self._instance.prompt
+        if self.distractors > 0:
+            self._instance = self.family.with_distractors(self._instance, self.distractors)
         self._calls = self._malformed = 0
         self._done = False
+        if self.stream:
+            self._steps = self._check_stream_steps(self._instance)
+            self._pos, self._answers, self._stream_correct = 0, [], []
+            self._transcript = self._steps[0].observation
+        else:
+            self._check_prompt(self._instance)
+            self._transcript = self._instance.prompt
         return self._transcript, self._info()
 
     def step(self, action: str):
@@ -116,10 +154,29 @@ class TextTaskEnv(gym.Env[str, str]):
             return self._end(wrong(f"action outside the action space: {outside}"))
         if tools.is_call(action):
             return self._tool_step(action)
-        length, limit = len(action.strip()), self.family.max_answer_chars
-        if length > limit:
-            return self._end(wrong(f"answer too long ({length} > {limit} characters)"))
-        return self._end(self.family.verify(self._instance, action))
+        if self.stream:
+            return self._stream_step(action)
+        too_long = self._too_long(action)
+        return self._end(too_long or self.family.verify(self._instance, action))
+
+    def _too_long(self, answer: str) -> Verdict | None:
+        length, limit = len(answer.strip()), self.family.max_answer_chars
+        return wrong(f"answer too long ({length} > {limit} characters)") if length > limit else None
+
+    def _stream_step(self, action: str):
+        """Record the answer at a scored step, accept anything elsewhere; advance or, at the end, score."""
+        step = self._steps[self._pos]
+        if step.expected is not None:
+            too_long = self._too_long(action)
+            if too_long:
+                return self._end(too_long)
+            self._answers.append(action)
+            self._stream_correct.append(_same(action, step.expected))
+        if self._pos + 1 == len(self._steps):
+            return self._end(self.family.verify_stream(self._instance, self._answers))
+        self._pos += 1
+        self._transcript = self._steps[self._pos].observation
+        return self._transcript, 0.0, False, False, self._info()
 
     def _end(self, verdict: Verdict):
         self._done = True
@@ -150,9 +207,8 @@ class TextTaskEnv(gym.Env[str, str]):
             result = tools.call(parsed.name, parsed.args)
             if not result.ok and result.error and result.error.startswith("unknown tool"):
                 self._malformed += 1
-        self._transcript += action.strip() + tools.format_result(
-            sanitize(result.transcript_text(), MAX_RESULT_CHARS)
-        )
+        turn = action.strip() + tools.format_result(sanitize(result.transcript_text(), MAX_RESULT_CHARS))
+        self._transcript = turn if self.stream else self._transcript + turn
         return self._transcript, 0.0, False, False, self._info()
 
     def _external(self, inst: Instance) -> Instance:
@@ -173,6 +229,21 @@ class TextTaskEnv(gym.Env[str, str]):
             raise ValueError(f"{name}: instance {inst.key!r} has a prompt of {len(inst.prompt)} characters, "
                              f"more than max_prompt_chars={limit}")
 
+    def _check_stream_steps(self, inst: Instance) -> list[StreamStep]:
+        """The instance's stream; steps outside the observation space are the family's bug."""
+        steps = list(self.family.stream(inst))
+        name, limit = self.family.name, self.family.max_stream_chars
+        if not steps or steps[-1].expected is None:
+            raise ValueError(f"{name}: the stream of instance {inst.key!r} is empty or does not end "
+                             "with a scored step")
+        for k, step in enumerate(steps):
+            text = step.observation
+            bad = first_non_printable(text) if isinstance(text, str) else None
+            if not isinstance(text, str) or not text or bad is not None or len(text) > limit:
+                raise ValueError(f"{name}: step {k} of instance {inst.key!r} is not non-empty printable "
+                                 f"ASCII of at most max_stream_chars={limit} characters: {text!r:.80}")
+        return steps
+
     def _tool_allowed(self, name: str) -> bool:
         if isinstance(self.tools_enabled, bool):
             return self.tools_enabled
@@ -186,6 +257,9 @@ class TextTaskEnv(gym.Env[str, str]):
             "tool_calls": self._calls,
             "malformed_calls": self._malformed,
         }
+        if self.stream:
+            info.update(stream_step=self._pos, stream_steps=len(self._steps),
+                        stream_kind=self._steps[self._pos].kind, stream_correct=tuple(self._stream_correct))
         if verdict is not None:
             info.update(correct=bool(verdict.correct), score=float(verdict.score), reason=verdict.reason)
         return info
@@ -199,10 +273,42 @@ class TextTaskEnv(gym.Env[str, str]):
         return self._instance
 
     def expert_actions(self, use_tools: bool) -> list[str]:
-        """The expert's actions for the current instance: tool calls (if ``use_tools``), then the answer."""
+        """The expert's actions for the current instance: tool calls (if ``use_tools``), then the answer.
+
+        In stream mode one action per step of the episode being played, from the start: the
+        expected answer at scored steps, the no-op ``""`` elsewhere (streamed families have no tool
+        demonstration, so ``use_tools`` changes nothing).
+        """
         if self._instance is None:
             raise RuntimeError("call reset() before expert_actions()")
+        if self.stream:
+            return [NOOP if step.expected is None else step.expected for step in self._steps]
         return self.family.expert_actions(self._instance, use_tools)
 
     def render(self) -> str | None:
         return self._transcript if self.render_mode == "ansi" else None
+
+
+def _same(answer: str, expected: str) -> bool:
+    """A stream step's answer against the expert's, ignoring whitespace and case."""
+    return "".join(answer.split()).lower() == "".join(expected.split()).lower()
+
+
+def _check_stream(family: TaskFamily, stream: bool) -> bool:
+    if not isinstance(stream, bool):
+        raise TypeError(f"stream must be a bool, got {stream!r}")
+    if stream and not family.streams:
+        raise ValueError(f"{family.name}: streaming is not supported (stream=True needs a family with "
+                         "streams=True, e.g. memory or prefix)")
+    return stream
+
+
+def _check_distractors(family: TaskFamily, rate: float) -> float:
+    """A finite rate within the family's ``max_distractor_rate`` (whose prompt bound allows for it)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+        raise ValueError(f"distractors must be a finite number, got {rate!r}")
+    limit = family.max_distractor_rate
+    if not 0 <= rate <= limit:
+        what = f"at most {limit}" if limit > 0 else "0: the family does not support distractors"
+        raise ValueError(f"{family.name}: distractors={rate} must be {what}")
+    return float(rate)
