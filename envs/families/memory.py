@@ -1,36 +1,61 @@
-"""``memory``: bAbI-style stories (tasks 1-3: one, two and three supporting facts).
+"""``memory``: bAbI stories, tasks 1-3 (one, two and three supporting facts), generated.
 
 The prompt is a story, one sentence per line, then a question; the answer is one location::
 
+    John got the football there.      <- John's location not stated yet: the football's is unknown
     Mary moved to the bathroom.
-    John got the football there.      <- only when John's location is known
-    John travelled to the garden.
+    John travelled to the garden.     <- now it is: the garden
     Where is the football?            -> garden
 
-Vocabulary and templates are bAbI's (Weston et al. 2015), so ``load_babi`` turns the real
-test files into instances of this family, scored by the same verifier. People move between
-rooms and get and drop objects in a consistent world: an object has at most one holder, only
-its holder drops it, it is picked up only where it lies (or, before anyone has held it, by
-anyone whose location is known), and it travels with its holder.
+Vocabulary, templates and world rules are those of the published tasks (Weston et al. 2015,
+"Towards AI-Complete Question Answering", generator github.com/facebookarchive/bAbI-tasks), so
+``load_babi`` turns the released test files into instances of this family, scored by the same
+verifier (for evaluation only: nothing here trains on bAbI files). As in bAbI's simulator the
+world has a true state the story does not state: everyone and everything starts somewhere
+(bAbI's world file fixes the start; here it is drawn per story), a person picks up an object
+lying where she truly is, only its holder drops it, and it travels with its holder. So an
+object can be picked up before its holder's location is stated; its location is then unknown
+until that is stated. What the story has stated decides what is asked, and a question is asked
+only when the story determines its answer:
 
-Questions: task 1 ``Where is Mary?`` (her last move); task 2 ``Where is the milk?`` (its holder's
-last move, or where it was dropped); task 3 ``Where was the milk before the kitchen?`` (the
-place before its only visit to the kitchen in its history of locations).
+- task 1 ``Where is Mary?``: her last move (stories of moves only);
+- task 2 ``Where is the milk?``: its holder's stated location, or where it was dropped by
+  someone whose location was stated;
+- task 3 ``Where was the milk before the kitchen?``: the object's known locations over time
+  (consecutive repeats merged, unknown periods skipped: ``Knowledge:get_value_history`` in the
+  generator); as in the published ``WhereWasObject`` task the question names its latest known
+  location and the answer is the one before. So when the object has been in the kitchen more
+  than once, the answer is the place before its LAST visit there.
 
-Levels (sentences before the question):
-    1: task 1, 2-6        2: task 2, 4-8        3: task 3, 6-10
-    4: task 2 or 3, 10-16                       5: task 3, 14-20
+Levels (story sentences before the question; a trained band, one about twice as long, and the
+published long stories). The published task 1 puts a question after every two sentences, five
+per story: 2-10 sentences. Tasks 2 and 3 ask five questions per story at random points, so
+their stories run long: up to about 90 sentences for task 2 and up to 320 for task 3
+(End-To-End Memory Networks, Sukhbaatar et al. 2015, report stories of up to 320 sentences)::
+
+    level  task  sentences         level  task  sentences
+    1      1     2-10              4      1     11-20
+    2      2     4-20              5      2     21-40
+    3      3     6-30              6      3     31-60
+                                   7      3     100-320 (published long stories)
+
+Distractors (``with_distractors``, env argument ``distractors``): sentences with no world
+information (``Mary is hungry.``, ``The weather was nice.``) inserted at about ``rate`` per story
+sentence at seeded positions before the question; ``data["kinds"]`` marks each story line
+``"fact"`` or ``"distractor"``. Streaming (``stream``): one story line per step, then the question.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import re
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.base import Instance, StreamStep, TaskFamily
 from r3m.envs.text_env import TextTaskEnv
 from r3m.verifiers import Verdict
 from r3m.verifiers.memory import verify
@@ -41,104 +66,180 @@ OBJECTS = ("apple", "football", "milk")
 MOVE = ("moved to the", "went to the", "went back to the", "journeyed to the", "travelled to the")
 GET = ("got the", "grabbed the", "picked up the", "took the")
 DROP = ("dropped the", "discarded the", "put down the", "left the")
+# Distractors: a person's state or the weather; never a place, an object, or a verb of the story.
+PERSON_NOISE = ("is hungry.", "is tired.", "is thirsty.", "is bored.", "yawned.", "smiled.", "sighed.",
+                "laughed.")
+WORLD_NOISE = ("The weather was nice.", "It started to rain.", "The sun came out.", "It was a quiet day.")
+MAX_DISTRACTOR_RATE = 1.0
 
 
 class Level(NamedTuple):
     tasks: tuple[int, ...]
-    sentences: tuple[int, int]  # inclusive range
+    sentences: tuple[int, int]  # inclusive range, distractors not counted
 
 
 LEVELS = {
-    1: Level((1,), (2, 6)),
-    2: Level((2,), (4, 8)),
-    3: Level((3,), (6, 10)),
-    4: Level((2, 3), (10, 16)),
-    5: Level((3,), (14, 20)),
+    1: Level((1,), (2, 10)),
+    2: Level((2,), (4, 20)),
+    3: Level((3,), (6, 30)),
+    4: Level((1,), (11, 20)),
+    5: Level((2,), (21, 40)),
+    6: Level((3,), (31, 60)),
+    7: Level((3,), (100, 320)),
 }
 
 
-class World:
-    """The story's state: who is where, who holds what, where each object has been."""
+def _longest(*parts: Iterable[str]) -> int:
+    """Length of the longest sentence made of one choice from each part, joined by spaces."""
+    return sum(max(len(p) for p in part) for part in parts) + len(parts) - 1
 
-    def __init__(self) -> None:
-        self.at: dict[str, str] = {}
+
+FACT_CHARS = max(_longest(PEOPLE, GET + DROP, OBJECTS, ("there.",)), _longest(PEOPLE, MOVE, LOCATIONS) + 1)
+NOISE_CHARS = max(_longest(PEOPLE, PERSON_NOISE), _longest(WORLD_NOISE))
+QUESTION_CHARS = len("Where was the  before the ?") + max(map(len, OBJECTS)) + max(map(len, LOCATIONS))
+LINE_CHARS = max(FACT_CHARS, NOISE_CHARS, QUESTION_CHARS)
+MAX_LINES = math.ceil(max(lv.sentences[1] for lv in LEVELS.values()) * (1 + MAX_DISTRACTOR_RATE)) + 1
+
+
+class World:
+    """A story's world: the true state, and what the story has stated about it."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.true_at = {p: _pick(rng, LOCATIONS) for p in PEOPLE}  # never shown
+        self.true_lies = {o: _pick(rng, LOCATIONS) for o in OBJECTS}  # objects nobody holds
         self.holder: dict[str, str] = {}
-        self.lies: dict[str, str] = {}  # dropped objects
-        self.history: dict[str, list[str]] = {o: [] for o in OBJECTS}
+        self.at: dict[str, str] = {}  # stated locations of people
+        self.lies: dict[str, str] = {}  # stated places of objects nobody holds
+        self.history: dict[str, list[str]] = {o: [] for o in OBJECTS}  # known locations over time
 
     def where(self, obj: str) -> str | None:
+        """Where the story says ``obj`` is, or None when it does not determine it."""
         return self.at.get(self.holder[obj]) if obj in self.holder else self.lies.get(obj)
-
-    def _visit(self, obj: str, place: str) -> None:
-        if not self.history[obj] or self.history[obj][-1] != place:
-            self.history[obj].append(place)
 
     def step(self, rng: np.random.Generator, objects: bool) -> str:
         """Apply one random valid event and return its sentence."""
-        person = PEOPLE[rng.integers(len(PEOPLE))]
-        here = self.at.get(person)
+        person = _pick(rng, PEOPLE)
+        here = self.true_at[person]
         held = [o for o in OBJECTS if self.holder.get(o) == person]
-        free = [o for o in OBJECTS if o not in self.holder and self.lies.get(o, here) == here]
+        free = [o for o in OBJECTS if self.true_lies.get(o) == here]
         kind = rng.choice(["move", "get", "drop"], p=[0.5, 0.3, 0.2]) if objects else "move"
-        if kind == "get" and here is not None and free:
-            obj = free[rng.integers(len(free))]
+        if kind == "get" and free:
+            obj = _pick(rng, free)
             self.holder[obj] = person
+            del self.true_lies[obj]
             self.lies.pop(obj, None)
-            self._visit(obj, here)
-            return f"{person} {GET[rng.integers(len(GET))]} {obj}{self._there(rng)}."
-        if kind == "drop" and held:
-            obj = held[rng.integers(len(held))]
+            sentence = f"{person} {_pick(rng, GET)} {obj}{self._there(rng)}."
+        elif kind == "drop" and held:
+            obj = _pick(rng, held)
             del self.holder[obj]
-            self.lies[obj] = here
-            return f"{person} {DROP[rng.integers(len(DROP))]} {obj}{self._there(rng)}."
-        place = str(rng.choice([p for p in LOCATIONS if p != here]))
-        self.at[person] = place
-        for obj in held:
-            self._visit(obj, place)
-        return f"{person} {MOVE[rng.integers(len(MOVE))]} {place}."
+            self.true_lies[obj] = here
+            if person in self.at:  # else bAbI's knowledge forgets where it is, and so do we
+                self.lies[obj] = self.at[person]
+            sentence = f"{person} {_pick(rng, DROP)} {obj}{self._there(rng)}."
+        else:
+            place = _pick(rng, [p for p in LOCATIONS if p != here])
+            self.true_at[person] = self.at[person] = place
+            sentence = f"{person} {_pick(rng, MOVE)} {place}."
+        self._record()
+        return sentence
+
+    def _record(self) -> None:
+        for obj, visits in self.history.items():
+            place = self.where(obj)
+            if place is not None and (not visits or visits[-1] != place):
+                visits.append(place)
 
     @staticmethod
     def _there(rng: np.random.Generator) -> str:
         return " there" if rng.random() < 0.5 else ""
 
 
+def _pick(rng: np.random.Generator, options) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
 def _question(rng: np.random.Generator, world: World, task: int) -> tuple[str, str] | None:
+    """A question the story determines, and its answer; None when there is none."""
     if task == 1:
         options = [(f"Where is {p}?", world.at[p]) for p in PEOPLE if p in world.at]
     elif task == 2:
         options = [(f"Where is the {o}?", world.where(o)) for o in OBJECTS if world.where(o)]
-    else:
-        options = []
-        for o, h in world.history.items():
-            for i in range(1, len(h)):
-                if h.count(h[i]) == 1:
-                    options.append((f"Where was the {o} before the {h[i]}?", h[i - 1]))
-    if not options:
-        return None
-    return options[rng.integers(len(options))]
+    else:  # the published question: before its latest known location (so before the last visit)
+        options = [(f"Where was the {o} before the {h[-1]}?", h[-2]) for o, h in world.history.items()
+                   if len(h) >= 2]
+    return options[int(rng.integers(len(options)))] if options else None
+
+
+def _distractor_rng(key: str, rate: float) -> np.random.Generator:
+    """Seeded by the instance and the rate alone, so the same seed gives the same story."""
+    digest = hashlib.sha256(f"{rate!r}\n{key}".encode("utf-8", "replace")).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
 class MemoryFamily(TaskFamily):
     name = "memory"
-    max_prompt_chars = 1024
+    levels = tuple(LEVELS)
+    max_prompt_chars = MAX_LINES * (LINE_CHARS + 1)
     max_answer_chars = 16
+    streams = True
+    max_stream_chars = LINE_CHARS
+    max_distractor_rate = MAX_DISTRACTOR_RATE
 
     def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
         level = LEVELS[difficulty]
         for _ in range(10_000):
             task = int(level.tasks[rng.integers(len(level.tasks))])
-            world = World()
+            world = World(rng)
             n = int(rng.integers(level.sentences[0], level.sentences[1] + 1))
             story = [world.step(rng, objects=task > 1) for _ in range(n)]
             qa = _question(rng, world, task)
             if qa is not None:
                 prompt = "\n".join(story + [qa[0]])
                 return Instance(self.name, difficulty, prompt, qa[1], key=prompt,
-                                data={"expected": qa[1], "task": task})
+                                data={"expected": qa[1], "task": task, "kinds": ("fact",) * n})
         raise RuntimeError(f"memory: no story with a task-{level.tasks} question in 10000 draws")
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
         return verify(instance.data["expected"], answer)
+
+    def stream(self, instance: Instance) -> list[StreamStep]:
+        """One story line per step (any action accepted), then the question (scored)."""
+        *story, question = instance.prompt.split("\n")
+        kinds = instance.data.get("kinds") or ("fact",) * len(story)
+        steps = [StreamStep(line, kind, None) for line, kind in zip(story, kinds)]
+        return steps + [StreamStep(question, "question", instance.answer)]
+
+    def with_distractors(self, instance: Instance, rate: float) -> Instance:
+        """``instance`` with ``rate`` distractors per story sentence on average (stochastic
+        rounding of ``rate * sentences``), each before a seeded story position or the question."""
+        if not 0 <= rate <= MAX_DISTRACTOR_RATE:
+            raise ValueError(f"memory: distractor rate must be in [0, {MAX_DISTRACTOR_RATE}], got {rate!r}")
+        if rate == 0:
+            return instance
+        *story, question = instance.prompt.split("\n")
+        kinds = tuple(instance.data.get("kinds") or ("fact",) * len(story))
+        if "distractor" in kinds:
+            raise ValueError(f"memory: instance {instance.key!r} already has distractors")
+        rng = _distractor_rng(instance.key, rate)
+        count = int(rate * len(story) + rng.random())
+        before = np.sort(rng.integers(0, len(story) + 1, size=count))  # story index it precedes
+        lines, new_kinds, k = [], [], 0
+        for i, line in enumerate(story + [question]):
+            while k < count and before[k] == i:
+                lines.append(_noise(rng))
+                new_kinds.append("distractor")
+                k += 1
+            lines.append(line)
+            new_kinds.append(kinds[i] if i < len(story) else "question")
+        data = {**instance.data, "kinds": tuple(new_kinds[:-1]), "distractors": float(rate)}
+        return Instance(instance.family, instance.difficulty, "\n".join(lines), instance.answer,
+                        key=instance.key, data=data)
+
+
+def _noise(rng: np.random.Generator) -> str:
+    if rng.random() < 0.75:
+        return f"{_pick(rng, PEOPLE)} {_pick(rng, PERSON_NOISE)}"
+    return _pick(rng, WORLD_NOISE)
 
 
 def _task_of(question: str) -> int:
@@ -185,17 +286,24 @@ def load_babi(path_or_lines: str | os.PathLike | Iterable[str]) -> list[Instance
 
 
 class MemoryEnv(TextTaskEnv):
-    """bAbI-style story questions as a text episode (levels in ``envs.families.memory``).
+    """bAbI story questions as a text episode (tasks and levels in ``envs.families.memory``).
 
     ## Observation
-    The prompt: a story of 2-20 sentences, one per line (``Mary moved to the bathroom.``,
-    ``John got the football there.``, ``John dropped the football.``), then a question on the
-    last line (``Where is Mary?``, ``Where is the football?``, ``Where was the football before
-    the kitchen?``); at most 1024 characters. No tool applies.
+    The prompt: a story of 2-320 sentences by level, one per line (``Mary moved to the
+    bathroom.``, ``John got the football there.``, ``John dropped the football.``), then a
+    question on the last line (``Where is Mary?``, ``Where is the football?``, ``Where was the
+    football before the kitchen?``). With ``distractors=rate`` (0 to 1) about ``rate`` sentences
+    with no world information (``Mary is hungry.``) per story sentence are mixed in.
+
+    With ``stream=True`` the story is NOT in the prompt: each observation is one line, the
+    story's lines in order (kind ``"fact"`` or ``"distractor"`` in ``info["stream_kind"]``),
+    then the question (kind ``"question"``); at most ``max_stream_chars`` characters.
 
     ## Action
     The final answer: one location word (``garden``). No tool applies: the expert answers
     directly (a tool call still runs the named registered tool and counts against the budget).
+    In stream mode every story line takes one action, accepted whatever it is; the expert's
+    no-op there is the empty string ``""``.
 
     Printable ASCII only, the answer at most 16 characters (``max_answer_chars``) once
     surrounding whitespace is stripped: other text ends the episode with reward 0
@@ -203,9 +311,10 @@ class MemoryEnv(TextTaskEnv):
 
     ## Reward
     1 if the word matches, ignoring case and surrounding whitespace, else 0 (no partial credit).
+    0 for every story line in stream mode.
 
     ## Episode End
-    Terminated after the final answer; truncated (reward 0) past the call budget.
+    Terminated after the answer to the question; truncated (reward 0) past the call budget.
     """
 
     def __init__(self, family: str | TaskFamily = "memory", **kwargs):
