@@ -11,6 +11,12 @@ Levels (length in bits; more bits = more sequential steps):
     1: 6-8   2: 10-12   3: 14-16   4: 18-20   5: 24-32
 
 No tool applies: the expert answers directly.
+
+Streaming (``stream``): the bits arrive in chunks of ``chunk`` bits (default 4; the last chunk
+may be shorter), the first with the ``prefix: `` tag (``prefix: 0110``), later ones bits only
+(``100``). At every chunk the answer is the running parity of that chunk's bits, continuing
+from the parity of all earlier bits (``0100`` then ``111``): one bit of state carried from step
+to step. Their concatenation is the whole-prompt answer, and is what the verifier scores.
 """
 
 from __future__ import annotations
@@ -19,20 +25,29 @@ from typing import Sequence
 
 import numpy as np
 
-from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.base import Instance, StreamStep, TaskFamily, make_family
 from r3m.envs.text_env import TextTaskEnv
 from r3m.verifiers import Verdict
 from r3m.verifiers.prefix import prefix_parity, verify
 
 PREFIX = "prefix: "
 LENGTHS = {1: (6, 8), 2: (10, 12), 3: (14, 16), 4: (18, 20), 5: (24, 32)}
+MAX_BITS = max(hi for _, hi in LENGTHS.values())
+DEFAULT_CHUNK = 4
 
 
 class PrefixFamily(TaskFamily):
     name = "prefix"
     levels = (1, 2, 3, 4, 5)
-    max_prompt_chars = len(PREFIX) + 32
-    max_answer_chars = 32
+    max_prompt_chars = len(PREFIX) + MAX_BITS
+    max_answer_chars = MAX_BITS
+    streams = True
+
+    def __init__(self, chunk: int = DEFAULT_CHUNK):
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"prefix: chunk must be a positive int (bits per stream step), got {chunk!r}")
+        self.chunk = chunk
+        self.max_stream_chars = len(PREFIX) + min(chunk, MAX_BITS)
 
     def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
         lo, hi = LENGTHS[difficulty]
@@ -41,6 +56,16 @@ class PrefixFamily(TaskFamily):
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
         return verify(instance.data["bits"], answer)
+
+    def stream(self, instance: Instance) -> list[StreamStep]:
+        """``chunk`` bits per step, each scored by its running parity (the carry from earlier chunks)."""
+        bits, answer = instance.data["bits"], prefix_parity(instance.data["bits"])
+        return [StreamStep((PREFIX if i == 0 else "") + bits[i:i + self.chunk], "chunk", answer[i:i + self.chunk])
+                for i in range(0, len(bits), self.chunk)]
+
+    def verify_stream(self, instance: Instance, answers: Sequence[str]) -> Verdict:
+        """The chunk answers together, scored against the whole string."""
+        return verify(instance.data["bits"], "".join(answers))
 
     def payload_chars(self, levels: Sequence[int] | None = None) -> int:
         """The longest bit string of ``levels``: the answer has one bit per input bit."""
@@ -53,9 +78,16 @@ class PrefixEnv(TextTaskEnv):
     ## Observation
     The transcript: the prompt ``prefix: 0110100`` (6 to 32 bits), then any tool calls and results.
 
+    With ``stream=True``: one chunk of ``chunk`` bits per step (argument ``chunk``, default 4;
+    the last may be shorter), the first tagged ``prefix: 0110``, the next ones bits only
+    (``100``); never earlier chunks.
+
     ## Action
     The final answer: as many bits as the input, bit i the parity of input bits 0..i
     (``0100111`` for the prompt above; whitespace ignored). No tool applies.
+
+    In stream mode one answer per chunk: the running parity of its bits continuing from the
+    parity of all earlier bits (``0100``, then ``111``).
 
     Printable ASCII only, the answer at most 32 characters (``max_answer_chars``) once
     surrounding whitespace is stripped: other text ends the episode with reward 0
@@ -63,11 +95,16 @@ class PrefixEnv(TextTaskEnv):
 
     ## Reward
     1 for the exact bit string, else 0; with ``partial_credit=True``, the fraction of bits right
-    when the answer has the right length.
+    when the answer has the right length. In stream mode 0 for every chunk but the last, then
+    the same verdict on the chunk answers joined (``info["stream_correct"]``: each chunk's).
 
     ## Episode End
-    Terminated after the final answer; truncated (reward 0) past the call budget.
+    Terminated after the final answer (in stream mode, the answer to the last chunk);
+    truncated (reward 0) past the call budget.
     """
 
-    def __init__(self, family: str | TaskFamily = "prefix", **kwargs):
-        super().__init__(family, **kwargs)
+    def __init__(self, family: str | TaskFamily = "prefix", chunk: int = DEFAULT_CHUNK, **kwargs):
+        fam = make_family(family)
+        if isinstance(fam, PrefixFamily) and fam.chunk != chunk:
+            fam = type(fam)(chunk=chunk)  # chunking changes the stream, not the instances
+        super().__init__(fam, **kwargs)
