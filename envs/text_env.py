@@ -71,7 +71,8 @@ class TextTaskEnv(gym.Env[str, str]):
     The past is not in the observation, so only state carried across turns can answer. The
     family cuts each instance into steps (``TaskFamily.stream``); the observation is ONLY the
     current step's text (at most the family's ``max_stream_chars``), or after a tool call that
-    call and its result only (the stream does not advance). At a step with nothing to score
+    call and its result only (the stream does not advance); ``observation_space`` bounds the
+    longer of the two. The prompt's ``max_prompt_chars`` does not apply. At a step with nothing to score
     any action is accepted, with reward 0, and the stream advances; the expert's no-op there is
     ``""``. At a scored step the answer (at most ``max_answer_chars``) is recorded and the
     stream advances with reward 0; at the last step, which is always scored, the episode
@@ -133,8 +134,6 @@ class TextTaskEnv(gym.Env[str, str]):
             self._instance = self._external(self._instance)
         if self.distractors > 0:
             self._instance = self.family.with_distractors(self._instance, self.distractors)
-        self._calls = self._malformed = 0
-        self._done = False
         if self.stream:
             self._steps = self._check_stream_steps(self._instance)
             self._pos, self._answers, self._stream_correct = 0, [], []
@@ -142,6 +141,8 @@ class TextTaskEnv(gym.Env[str, str]):
         else:
             self._check_prompt(self._instance)
             self._transcript = self._instance.prompt
+        self._calls = self._malformed = 0
+        self._done = False
         return self._transcript, self._info()
 
     def step(self, action: str):

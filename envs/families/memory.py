@@ -122,7 +122,8 @@ class World:
         here = self.true_at[person]
         held = [o for o in OBJECTS if self.holder.get(o) == person]
         free = [o for o in OBJECTS if self.true_lies.get(o) == here]
-        kind = rng.choice(["move", "get", "drop"], p=[0.5, 0.3, 0.2]) if objects else "move"
+        u = rng.random() if objects else 0.0
+        kind = "move" if u < 0.5 else "get" if u < 0.8 else "drop"  # 0.5, 0.3, 0.2
         if kind == "get" and free:
             obj = _pick(rng, free)
             self.holder[obj] = person
