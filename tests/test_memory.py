@@ -125,7 +125,7 @@ def test_level_table_is_the_documented_one():
     assert {int(lv): ((int(t),), (int(a), int(b))) for lv, t, a, b in rows} == LEVELS
     for trained, longer in ((1, 4), (2, 5), (3, 6)):
         assert LEVELS[trained].tasks == LEVELS[longer].tasks
-        (a, b), (c, d) = LEVELS[trained].sentences, LEVELS[longer].sentences
+        (_, b), (c, d) = LEVELS[trained].sentences, LEVELS[longer].sentences
         assert c == b + 1 and d == 2 * b
     assert LEVELS[7].tasks == (3,) and LEVELS[7].sentences[1] > 200
     assert LEVELS[1].sentences == (2, 10)  # the published task 1: a question after every 2 sentences, 5 per story

@@ -98,7 +98,7 @@ def test_expert_reaches_reward_one_on_both_splits_and_all_levels(family, kwargs)
                 assert all(env.action_space.contains(a) for a in actions)
                 steps = _play(env, actions)
                 assert all(env.observation_space.contains(obs) for obs, *_ in steps)
-                obs, reward, terminated, info = steps[-1]
+                _, reward, _, info = steps[-1]
                 assert reward == 1.0 and info["correct"] and all(info["stream_correct"])
                 assert envs.split_of(env.instance.key) == split
 
@@ -119,7 +119,7 @@ def test_memory_noop_is_accepted_and_only_the_question_is_scored():
     assert kinds[-1] == "question" and "distractor" in kinds and kinds[:-1].count("question") == 0
     assert kinds[:-1] == list(env.instance.data["kinds"])
     wrong = next(place for place in ("garden", "kitchen") if place != env.instance.answer)
-    obs, reward, terminated, truncated, info = env.step(wrong)
+    _, reward, terminated, _, info = env.step(wrong)
     assert (reward, terminated, info["correct"], info["stream_correct"]) == (0.0, True, False, (False,))
     with pytest.raises(RuntimeError, match="reset"):
         env.step("")
@@ -129,7 +129,7 @@ def test_tool_call_shows_only_the_call_and_does_not_advance():
     env = gym.make("memory-v0", stream=True, render_mode="ansi").unwrapped
     first, _ = env.reset(seed=0)
     assert env.render() == first
-    obs, reward, terminated, truncated, info = env.step("<call>calculator 2+3</call>")
+    obs, reward, terminated, _, info = env.step("<call>calculator 2+3</call>")
     assert obs == "<call>calculator 2+3</call><result>5</result>" and first not in obs
     assert (reward, terminated, info["stream_step"], info["tool_calls"]) == (0.0, False, 0, 1)
     assert env.observation_space.contains(obs) and env.render() == obs
