@@ -23,19 +23,23 @@ MODES = ("causal", "fill")
 class ModelOutput(NamedTuple):
     """What both models return. S = refinement steps run (1 for the dense model).
 
-    logits: [B, T, V] (causal) or [B, answer_len, V] (fill: the answer slots only).
-    step_logits: [S, B, T or answer_len, V], the readout after every step (deep supervision).
-    halt_probs: [B, S], each row sums to 1. steps: LongTensor [B], the step ``logits`` came from.
-    writes: [B] hard memory writes made in this call. write_probs: [B, S] soft write gates or None.
+    logits: [B, T, V] (causal) or [B, answer_len, V] (fill: the answer slots only), from the step
+    each row stopped at. step_logits: [S, B, T or answer_len, V], the readout after every step
+    (deep supervision); only when every row ran all S steps (no halting), else ``logits[None]``.
+    halt_probs: [B, S] the halting distribution (each row sums to 1) when every row ran all steps,
+    else None. steps: LongTensor [B], the step each row stopped at (its refinement steps run).
+    halt_logp: [B] log-probability of stopping at ``steps`` under the halting distribution.
+    writes: [B] hard memory writes made in this call (0 or 1). write_probs: [B] soft write gate.
     tool_logits: [B, 1 + n_tools] at the decision point; index 0 = "answer", then cfg.tool_names.
     carry: the memory state after this call (R3M) or None. hidden: final hidden states [B, T', d].
     drift: [B] mean squared change of the state in the last refinement step (R3M; None for dense):
     zero at a fixed point, so penalising it discourages "overthinking" drift beyond training K.
+    blocks: [B] block applications each row cost in this call (prelude once, core per step).
     """
 
     logits: torch.Tensor
     step_logits: torch.Tensor
-    halt_probs: torch.Tensor
+    halt_probs: torch.Tensor | None
     steps: torch.Tensor
     writes: torch.Tensor
     write_probs: torch.Tensor | None
@@ -43,6 +47,8 @@ class ModelOutput(NamedTuple):
     carry: Any
     hidden: torch.Tensor
     drift: torch.Tensor | None = None
+    halt_logp: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -118,7 +124,14 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 
 
 class Batch(NamedTuple):
-    """Inputs after ``prepare``: the token ids the trunk sees, their mask, positions and layout."""
+    """Inputs after ``prepare``: the token ids the trunk sees, their mask, positions and layout.
+
+    The decision point (where the tool choice and the halting decision are read) sees the
+    observation only: in causal mode the state at ``decision`` (the ``<sep>`` that ends the
+    observation; later positions hold the payload); in fill mode the mean over the observation's
+    positions, which never attend to the answer slots. So the choice can condition the payload
+    (``payload`` marks where its embedding is added) without the payload leaking into the choice.
+    """
 
     ids: torch.Tensor  # [B, T'] (fill: input then answer_len mask tokens)
     mask: torch.Tensor  # [B, T'] bool
@@ -126,11 +139,24 @@ class Batch(NamedTuple):
     positions: torch.Tensor  # [B, T']
     causal: bool
     answer_len: int  # 0 in causal mode
+    decision: torch.Tensor  # [B] causal: index of the decision point; fill: unused
+    payload: torch.Tensor  # [B, T'] bool: the positions that write the payload (get the choice embedding)
+    last: torch.Tensor  # [B] index of each row's last real token
+
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The rows ``rows`` of the batch (e.g. those still refining)."""
+        return Batch(self.ids[rows], self.mask[rows], self.attn_mask[rows], self.positions[rows], self.causal,
+                     self.answer_len, self.decision[rows], self.payload[rows], self.last[rows])
 
 
 def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
-            answer_len: int | None) -> Batch:
-    """Build masks and positions; in fill mode append ``answer_len`` mask tokens after the input."""
+            answer_len: int | None, decision_index: torch.Tensor | None = None) -> Batch:
+    """Build masks and positions; in fill mode append ``answer_len`` mask tokens (answer slots)
+    after the input, which attend to everything while the input attends only to itself.
+
+    ``decision_index`` (causal mode): where the observation ends in each row (teacher forcing puts
+    the payload after it); default: the last real token (the observation alone).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if input_ids.dim() != 2:
@@ -139,28 +165,47 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
     causal = mode == "causal"
+    B, device = input_ids.shape[0], input_ids.device
     n_answer = 0
     if not causal:
-        if answer_len is None or answer_len < 1:
-            raise ValueError(f"fill mode needs answer_len >= 1, got {answer_len}")
+        if answer_len is None or answer_len < 0:
+            raise ValueError(f"fill mode needs answer_len >= 0 (0: the observation alone), got {answer_len}")
         n_answer = answer_len
-        slots = torch.full((input_ids.shape[0], n_answer), MASK_ID, dtype=input_ids.dtype, device=input_ids.device)
+        slots = torch.full((B, n_answer), MASK_ID, dtype=input_ids.dtype, device=device)
         input_ids = torch.cat([input_ids, slots], dim=1)
         mask = torch.cat([mask, torch.ones_like(slots, dtype=torch.bool)], dim=1)
     T = input_ids.shape[1]
+    positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    last = (mask.long() * torch.arange(1, T + 1, device=device)).argmax(dim=1)
     allowed = mask[:, None, None, :]
     if causal:
-        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=mask.device)
-    positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    return Batch(input_ids, mask, allowed, positions, causal, n_answer)
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        decision = last if decision_index is None else decision_index.to(device=device, dtype=torch.long)
+        payload = torch.arange(T, device=device)[None, :] > decision[:, None]
+    else:
+        slot = torch.zeros(T, dtype=torch.bool, device=device)
+        slot[T - n_answer:] = True
+        allowed = allowed & (slot[:, None] | ~slot[None, :])  # the input does not attend to the slots
+        decision = torch.full((B,), -1, dtype=torch.long, device=device)
+        payload = slot.expand(B, T)
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
+    return Batch(input_ids, mask, allowed, positions, causal, n_answer, decision, payload, last)
 
 
-def pool(h: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The decision-point state [B, d]: the last real token (causal) or the masked mean (fill)."""
+def decision_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The state [B, d] the tool choice and the halting decision read: the decision point (causal)
+    or the mean over the observation's positions (fill); it never depends on the payload."""
     if batch.causal:
-        idx = (batch.mask.long() * torch.arange(1, h.shape[1] + 1, device=h.device)).argmax(dim=1)
-        return h[torch.arange(h.shape[0], device=h.device), idx]
+        return h[torch.arange(h.shape[0], device=h.device), batch.decision]
+    w = (batch.mask & ~batch.payload).to(h.dtype)[..., None]
+    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def turn_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The state [B, d] that summarises the whole turn (what a memory write stores): the last real
+    token (causal) or the mean over every position, answer slots included (fill)."""
+    if batch.causal:
+        return h[torch.arange(h.shape[0], device=h.device), batch.last]
     w = batch.mask.to(h.dtype)[..., None]
     return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from r3m_agent.blocks import Block, GroupedModule, ModelOutput, RMSNorm, answer_part, init_weights, pool, prepare, rotary
+from r3m_agent.blocks import (
+    Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, init_weights, prepare, rotary,
+)
 from r3m_agent.config import ConfigBase
 from r3m_agent.sampling import generate_tokens
 from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
@@ -55,20 +57,32 @@ class DenseTransformer(GroupedModule):
         self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.tool_head = nn.Linear(cfg.d_model, 1 + len(cfg.tool_names))
+        self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), cfg.d_model)
+        # R3M's initialisation (LeCun-normal linears, GPT-2's residual scaling): with nanoGPT's fixed
+        # 0.02 the block updates start ~100x smaller than the unit-scale embeddings and learning
+        # stalls (see r3m.py); the baseline gets the initialisation that works for it too.
         init_weights(self)
-        for blk in self.blocks:  # GPT-2: scale residual projections by 1/sqrt(2 n_layers)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(m.in_features))
+        for blk in self.blocks:
             for proj in (blk.attn.proj, blk.mlp.down):
-                nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
+                proj.weight.data /= math.sqrt(2 * cfg.n_layers)
 
     def _group_modules(self) -> dict[str, list]:
         return {"prelude": [self.embed], "core": [self.blocks], "readout": [self.norm, self.head],
-                "tool": [self.tool_head]}
+                "tool": [self.tool_head, self.choice_embed]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                mode: str = "causal", answer_len: int | None = None) -> ModelOutput:
-        b = prepare(input_ids, attention_mask, mode, answer_len)
+                mode: str = "causal", answer_len: int | None = None, choice: torch.Tensor | None = None,
+                decision_index: torch.Tensor | None = None) -> ModelOutput:
+        """One pass of the block stack; the same layout, decision point and choice conditioning
+        as R3M (``r3m_agent.blocks.prepare``)."""
+        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         h = self.embed(b.ids)
+        if choice is not None:
+            h = h + self.choice_embed(choice.to(h.device))[:, None, :] * b.payload[..., None].to(h.dtype)
         for blk in self.blocks:
             h = blk(h, b.attn_mask, rope)
         h = self.norm(h)
@@ -78,8 +92,9 @@ class DenseTransformer(GroupedModule):
         return ModelOutput(
             logits=logits, step_logits=logits[None], halt_probs=ones,
             steps=torch.ones(B, dtype=torch.long, device=h.device), writes=torch.zeros(B, device=h.device),
-            write_probs=None, tool_logits=self.tool_head(pool(h, b)), carry=None, hidden=h,
-        )
+            write_probs=None, tool_logits=self.tool_head(decision_state(h, b)), carry=None, hidden=h,
+            halt_logp=torch.zeros(B, device=h.device),
+            blocks=torch.full((B,), self.cfg.n_layers, device=h.device))
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -1,11 +1,18 @@
 """Episodic memory (slots in an explicit carry) and semantic memory (slow learned key-values).
 
-Episodic: M slots of width d per sequence. At each refinement step a gate g = sigmoid(w.pool(h)+b)
-decides a hard write (g > 0.5) of W pool(h) into the oldest slot (FIFO); the straight-through
-estimator (Bengio et al. 2013) passes the gradient of the soft gate, so the gate trains. Every
-token reads the slots by attention, with a learned null key whose value is zero, so an empty
-memory reads exactly zero. The slots live in a ``Carry`` that goes in and comes out of every
-call, so the memory persists across the turns of an episode and is reset between episodes.
+Episodic: M slots of width d per sequence, FIFO. Once per call (one turn of an episode), after the
+refinement, a gate g = sigmoid(w.s + b) on the turn's state s decides a hard write (g > 0.5) of
+W s into the next slot. Every token of the next calls reads the slots by attention, with a
+learned null key whose value is zero (an empty memory reads exactly zero) and a learned
+embedding of each slot's age (so the newest fact about something can win).
+
+The gate learns in both directions: a slot's validity is the hard decision in the forward pass
+and carries the soft gate's gradient in the backward pass (straight-through, Bengio et al. 2013),
+and reads weight each slot's attention by its validity. So a closed gate still gets gradient,
+through how much reading the slot it did not write would have helped; an open gate gets it
+through the written content. The slots live in a ``Carry`` that goes in and comes out of every
+call, so the memory persists across the turns of an episode (and the task loss reaches a write
+through the later turns that read it) and is reset between episodes.
 
 Semantic: a few hundred learned key-value pairs read by attention and added residually, its
 output projection zero-initialised so switching it on leaves a trained model unchanged
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +34,8 @@ from r3m_agent.blocks import RMSNorm
 
 @dataclass
 class Carry:
-    """Episodic-memory state of a batch: ``slots`` [B, M, d], ``valid`` [B, M], ``ptr`` [B].
+    """Episodic-memory state of a batch: ``slots`` [B, M, d], ``valid`` [B, M] (1.0 for a written
+    slot in the forward pass; float so it can carry the write gate's gradient), ``ptr`` [B].
 
     ``ptr`` is the next slot to write: the first empty one, or the oldest once full.
     """
@@ -36,11 +46,11 @@ class Carry:
 
     @property
     def count(self) -> torch.Tensor:
-        return self.valid.sum(dim=-1)
+        return (self.valid > 0.5).sum(dim=-1)
 
     def detach(self) -> Carry:
         """Cut the graph between turns (truncated backpropagation through time)."""
-        return Carry(self.slots.detach(), self.valid, self.ptr)
+        return Carry(self.slots.detach(), self.valid.detach(), self.ptr)
 
     def to(self, device: torch.device | str) -> Carry:
         return Carry(self.slots.to(device), self.valid.to(device), self.ptr.to(device))
@@ -50,23 +60,27 @@ class Carry:
         return Carry(self.slots[index], self.valid[index], self.ptr[index])
 
     def put(self, index: torch.Tensor, rows: Carry) -> Carry:
-        """A copy with rows ``index`` replaced by ``rows`` (the inverse of ``select``)."""
-        slots, valid, ptr = self.slots.clone(), self.valid.clone(), self.ptr.clone()
-        slots[index], valid[index], ptr[index] = rows.slots.to(slots.dtype), rows.valid, rows.ptr
-        return Carry(slots, valid, ptr)
+        """A copy with rows ``index`` replaced by ``rows`` (the inverse of ``select``; differentiable)."""
+        return Carry(self.slots.index_put((index,), rows.slots.to(self.slots.dtype)),
+                     self.valid.index_put((index,), rows.valid.to(self.valid.dtype)),
+                     self.ptr.index_put((index,), rows.ptr))
+
+    @staticmethod
+    def cat(carries: "list[Carry]") -> "Carry":
+        return Carry(*(torch.cat([getattr(c, f) for c in carries]) for f in ("slots", "valid", "ptr")))
 
     def in_order(self, row: int) -> torch.Tensor:
         """Row ``row``'s valid slots, oldest first: [count, d]."""
         M = self.valid.shape[1]
         order = (torch.arange(M, device=self.ptr.device) + self.ptr[row]) % M
-        return self.slots[row, order][self.valid[row, order]]
+        return self.slots[row, order][self.valid[row, order] > 0.5]
 
 
 def empty_carry(batch_size: int, mem_slots: int, d_model: int, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> Carry:
     return Carry(
         torch.zeros(batch_size, mem_slots, d_model, device=device, dtype=dtype),
-        torch.zeros(batch_size, mem_slots, dtype=torch.bool, device=device),
+        torch.zeros(batch_size, mem_slots, device=device, dtype=torch.float32),
         torch.zeros(batch_size, dtype=torch.long, device=device),
     )
 
@@ -78,7 +92,7 @@ def reset_carry(carry: Carry | None, done: torch.Tensor) -> Carry | None:
     done = done.to(carry.valid.device).bool()
     return Carry(
         torch.where(done[:, None, None], torch.zeros_like(carry.slots), carry.slots),
-        carry.valid & ~done[:, None],
+        torch.where(done[:, None], torch.zeros_like(carry.valid), carry.valid),
         torch.where(done, torch.zeros_like(carry.ptr), carry.ptr),
     )
 
@@ -95,6 +109,7 @@ class EpisodicMemory(nn.Module):
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
         self.null_key = nn.Parameter(torch.zeros(d_model))
+        self.age = nn.Parameter(torch.zeros(mem_slots, d_model))  # key offset by age (0 = newest)
         self.write_bias_init = write_bias_init
 
     def reset_parameters(self) -> None:
@@ -102,34 +117,44 @@ class EpisodicMemory(nn.Module):
         nn.init.normal_(self.gate.weight, 0.0, 0.02)
         nn.init.constant_(self.gate.bias, self.write_bias_init)
         nn.init.normal_(self.null_key, 0.0, 0.02)
+        nn.init.normal_(self.age, 0.0, 0.02)
 
-    def write(self, carry: Carry, pooled: torch.Tensor) -> tuple[Carry, torch.Tensor, torch.Tensor]:
-        """One gated FIFO write per row. Returns (new carry, hard writes [B], soft gate [B])."""
-        soft = torch.sigmoid(self.gate(pooled).float().squeeze(-1))
-        hard = soft > 0.5
-        onehot = F.one_hot(carry.ptr, self.mem_slots).bool()
-        target = onehot & hard[:, None]
-        value = self.content(pooled).to(carry.slots.dtype)[:, None, :]
-        # forward: exact hard write; backward: d slots / d gate = value - old slot (straight-through)
-        zero_with_grad = (onehot * (soft - soft.detach())[:, None]).to(carry.slots.dtype)[..., None]
-        slots = torch.where(target[..., None], value, carry.slots) + zero_with_grad * (value - carry.slots)
-        valid = carry.valid | target
+    def write(self, carry: Carry, state: torch.Tensor) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+        """One gated FIFO write per row of ``state`` [B, d]. Returns (new carry, hard writes [B], soft gate [B])."""
+        soft = torch.sigmoid(self.gate(state).float().squeeze(-1))
+        hard = (soft > 0.5).float()
+        st = hard + soft - soft.detach()  # forward: the hard decision; backward: the soft gate's gradient
+        at = F.one_hot(carry.ptr, self.mem_slots).to(carry.valid.dtype)  # [B, M]
+        value = self.content(state).to(carry.slots.dtype)[:, None, :]
+        w = at * st[:, None]  # 1 at the written slot when the gate opens, 0 elsewhere (forward)
+        # An empty slot at ptr takes the content even when the gate stays closed (invalid, so never
+        # read): then "what if it had been written" has a value, and the closed gate a gradient.
+        # A full memory's oldest slot keeps its content unless the gate opens.
+        empty = (carry.valid * at).sum(1, keepdim=True) < 0.5
+        fill = torch.where(empty, at, w)
+        slots = carry.slots + fill[..., None].to(carry.slots.dtype) * (value - carry.slots)
+        valid = carry.valid + w * (1.0 - carry.valid)
         ptr = (carry.ptr + hard.long()) % self.mem_slots
         return Carry(slots, valid, ptr), hard, soft
 
     def read(self, x: torch.Tensor, carry: Carry) -> torch.Tensor:
-        """Attention from every token of ``x`` [B, T, d] to the valid slots (plus the null slot)."""
+        """Attention from every token of ``x`` [B, T, d] to the slots (plus the null slot), each
+        slot's weight scaled by its validity (0 or 1 forward; the write gate's gradient backward)."""
         B, T, D = x.shape
-        H, Dh = self.n_heads, D // self.n_heads
-        q = self.q(self.read_norm(x)).view(B, T, H, Dh).transpose(1, 2)
+        H, Dh, M = self.n_heads, D // self.n_heads, self.mem_slots
+        q = self.q(self.read_norm(x)).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
         k, v = self.kv(self.slot_norm(carry.slots.to(x.dtype))).chunk(2, dim=-1)
-        k = torch.cat([self.null_key.to(k.dtype).expand(B, 1, D), k], dim=1)
-        v = torch.cat([torch.zeros_like(v[:, :1]), v], dim=1)
-        k = k.view(B, -1, H, Dh).transpose(1, 2)
-        v = v.view(B, -1, H, Dh).transpose(1, 2)
-        ok = torch.cat([torch.ones_like(carry.valid[:, :1]), carry.valid], dim=1)[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ok)
-        return self.o(y.transpose(1, 2).reshape(B, T, D))
+        age = (carry.ptr[:, None] - 1 - torch.arange(M, device=x.device)[None, :]) % M  # 0 = newest slot
+        k = k + self.age.to(k.dtype)[age]
+        k = torch.cat([self.null_key.to(k.dtype).expand(B, 1, D), k], dim=1).view(B, M + 1, H, Dh).transpose(1, 2)
+        v = torch.cat([torch.zeros_like(v[:, :1]), v], dim=1).view(B, M + 1, H, Dh).transpose(1, 2)
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(Dh)  # [B, H, T, M+1]
+        weight = torch.cat([torch.ones_like(carry.valid[:, :1]), carry.valid], dim=1).float()[:, None, None, :]
+        top = scores.masked_fill(weight <= 0, float("-inf")).amax(dim=-1, keepdim=True).detach()  # null: finite
+        p = weight * (scores - top).clamp(max=20.0).exp()  # an unwritten slot may score above the top
+        p = p / p.sum(dim=-1, keepdim=True)
+        y = (p.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, D)
+        return self.o(y)
 
 
 class SemanticMemory(nn.Module):

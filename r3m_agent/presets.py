@@ -5,12 +5,12 @@
 
 | preset | R3M params | dense (1x) | dense (1x) params | dense (2x) | dense (2x) params |
 |---|---|---|---|---|---|
-| cpu-tiny | 149,571 | d64 L3 mlp3.52 | 149,505 | d64 L6 mlp3.80 | 299,265 |
-| cpu-small | 799,107 | d128 L4 mlp3.88 | 799,233 | d128 L8 mlp3.98 | 1,597,953 |
-| gpu-sudoku | 6,781,379 | d448 L3 mlp3.55 | 6,782,721 | d448 L6 mlp3.59 | 13,561,857 |
+| cpu-tiny | 150,147 | d64 L3 mlp3.55 | 150,337 | d64 L6 mlp3.81 | 300,097 |
+| cpu-small | 801,283 | d128 L4 mlp3.90 | 801,409 | d128 L8 mlp4.00 | 1,602,177 |
+| gpu-sudoku | 6,788,995 | d448 L3 mlp3.56 | 6,788,545 | d448 L6 mlp3.60 | 13,578,433 |
 
-Counts are without tool-head classes; the scripts add one per registered tool (d_model + 1
-parameters each).
+Counts are without tools; the scripts add, per registered tool, a tool-head class and a choice
+embedding (2 d_model + 1 parameters).
 """
 
 from __future__ import annotations

@@ -19,13 +19,15 @@ the next call (turn). In fill mode (bidirectional anyway) a write at step k is r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from r3m_agent.blocks import (
-    Batch, Block, GroupedModule, ModelOutput, RMSNorm, answer_part, init_weights, pool, prepare, rotary,
+    Batch, Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, init_weights, prepare, rotary,
+    turn_state,
 )
 from r3m_agent.config import ConfigBase
 from r3m_agent.memory import Carry, EpisodicMemory, SemanticMemory, empty_carry
@@ -138,17 +140,21 @@ class R3MConfig(ConfigBase):
         return max(1, round(self.mlp_ratio * self.d_model))
 
 
-@dataclass
-class _Trace:
-    """What the refinement loop records at every step."""
+HALT_MODES = ("threshold", "sample")
 
-    logits: list[torch.Tensor] = field(default_factory=list)
-    lambdas: list[torch.Tensor] = field(default_factory=list)
-    tools: list[torch.Tensor] = field(default_factory=list)
-    hard: list[torch.Tensor] = field(default_factory=list)
-    soft: list[torch.Tensor] = field(default_factory=list)
-    carries: list[Carry] = field(default_factory=list)
-    drift: torch.Tensor | None = None
+
+class _Stopped(NamedTuple):
+    """What the rows that stopped at one step produced (indices into the full batch)."""
+
+    rows: torch.Tensor
+    logits: torch.Tensor
+    tool_logits: torch.Tensor
+    hidden: torch.Tensor
+    drift: torch.Tensor
+    halt_logp: torch.Tensor
+    carry: Carry | None
+    writes: torch.Tensor
+    write_probs: torch.Tensor
 
 
 class R3M(GroupedModule):
@@ -174,6 +180,8 @@ class R3M(GroupedModule):
         self.semantic = SemanticMemory(d, cfg.n_heads, cfg.semantic_slots) if cfg.semantic_slots else None
         self.halting = HaltingHead(d, cfg.halt_bias_init)
         self.tool_head = nn.Linear(d, 1 + len(cfg.tool_names))
+        # the choice (answer or a tool) conditions the payload: added to the payload positions' input
+        self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), d)
         # x, h and every block input are RMS-normalised (unit scale), unlike a GPT's 0.02-scale
         # residual stream, so linear layers get LeCun-normal weights (std 1/sqrt(fan_in), as TRM):
         # with nanoGPT's fixed 0.02 the block updates start ~100x smaller than the stream and the
@@ -195,7 +203,7 @@ class R3M(GroupedModule):
             core.append(self.eta_logit)
         return {"prelude": [self.embed, self.prelude, self.input_norm], "core": core,
                 "readout": [self.readout_norm, self.head], "memory": [self.memory],
-                "semantic": [self.semantic], "halt": [self.halting], "tool": [self.tool_head]}
+                "semantic": [self.semantic], "halt": [self.halting], "tool": [self.tool_head, self.choice_embed]}
 
     def eta(self) -> torch.Tensor:
         return self.cfg.eta_min + (self.cfg.eta_max - self.cfg.eta_min) * torch.sigmoid(self.eta_logit)
@@ -209,33 +217,49 @@ class R3M(GroupedModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 mode: str = "causal", answer_len: int | None = None, K: int | None = None,
-                carry: Carry | None = None, grad_steps: int | None = None, halt: bool = False,
-                halt_threshold: float | None = None, early_exit: bool = False,
+                carry: Carry | None = None, grad_steps: int | None = None, halt: str | None = None,
+                halt_steps: torch.Tensor | None = None, halt_threshold: float | None = None,
+                generator: torch.Generator | None = None, choice: torch.Tensor | None = None,
+                decision_index: torch.Tensor | None = None, read_memory: bool = True,
                 semantic: bool | None = None) -> ModelOutput:
-        """Run K refinement steps (default cfg.K). See ``ModelOutput`` for the fields.
+        """Refine for up to K steps (default cfg.K). See ``ModelOutput`` for the fields.
 
+        Halting, per row: ``halt=None`` runs every row K steps (the training forward: every step's
+        readout and the halting distribution come back); ``halt="threshold"`` stops a row at the
+        first step whose cumulative halting probability reaches ``halt_threshold`` (default
+        cfg.halt_threshold), ``halt="sample"`` samples its step from the halting distribution
+        (with ``generator``), ``halt_steps`` [B] stops each row at a given step (re-scoring a
+        sampled step). A stopped row leaves the batch: it costs no more block applications.
+        choice [B]: the decision (0 = answer, i = tool i) whose embedding the payload positions get.
+        decision_index [B] (causal): where the observation ends (see ``blocks.prepare``).
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
-        halt: per row, ``logits`` (and tool logits, writes, carry) come from the first step whose
-        cumulative halting probability reaches ``halt_threshold`` (default cfg.halt_threshold);
-        otherwise from step K. early_exit (with halt): stop once every row has halted.
+        read_memory: False reads nothing from the memory (the no-memory ablation; writes happen).
         semantic: read the semantic memory (default cfg.semantic).
         """
         K = self.cfg.K if K is None else K
         if K < 1 or (grad_steps is not None and grad_steps < 0):
             raise ValueError(f"need K >= 1 and grad_steps >= 0 or None, got K={K}, grad_steps={grad_steps}")
+        if halt is not None and halt not in HALT_MODES:
+            raise ValueError(f"halt must be None or one of {HALT_MODES}, got {halt!r}")
+        if halt_steps is not None and (halt is not None or int(halt_steps.min()) < 1 or int(halt_steps.max()) > K):
+            raise ValueError(f"halt_steps must be in 1..K={K} and excludes halt=, got {halt_steps.tolist()}")
         threshold = self.cfg.halt_threshold if halt_threshold is None else halt_threshold
         use_semantic = self.cfg.semantic if semantic is None else semantic
         if use_semantic and self.semantic is None:
             raise ValueError("semantic=True but this config has semantic_slots=0")
-        b = prepare(input_ids, attention_mask, mode, answer_len)
+        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         x = self.embed(b.ids)
+        if choice is not None:
+            x = x + self.choice_embed(choice.to(x.device))[:, None, :] * b.payload[..., None].to(x.dtype)
         for blk in self.prelude:
             x = blk(x, b.attn_mask, rope)
         x = self.input_norm(x)
         carry = self._carry_in(carry, x)
-        trace, h = self._refine(x, b, rope, carry, K, grad_steps, early_exit and halt, threshold, use_semantic)
-        return self._finish(trace, h, halt, threshold)
+        if halt is None and halt_steps is None:
+            return self._refine_all(x, b, rope, carry, K, grad_steps, read_memory, use_semantic)
+        stop = _StopRule(halt, halt_steps, threshold, generator)
+        return self._refine_early_exit(x, b, rope, carry, K, stop, read_memory, use_semantic)
 
     def _carry_in(self, carry: Carry | None, x: torch.Tensor) -> Carry | None:
         if self.memory is None:
@@ -250,10 +274,11 @@ class R3M(GroupedModule):
         return carry
 
     def _step(self, h: torch.Tensor, x: torch.Tensor, b: Batch, rope: tuple[torch.Tensor, torch.Tensor],
-              readable: Carry | None, use_semantic: bool) -> torch.Tensor:
+              carry: Carry | None, read_memory: bool, use_semantic: bool) -> torch.Tensor:
+        """h_{k+1} = (1 - eta) h_k + eta f(h_k + x + read(h_k + x)): reads see the carry that came in."""
         z = h + x
-        if readable is not None:
-            z = z + self.memory.read(z, readable)
+        if carry is not None and read_memory:
+            z = z + self.memory.read(z, carry)
         if use_semantic:
             z = z + self.semantic(z)
         for blk in self.core:
@@ -261,73 +286,143 @@ class R3M(GroupedModule):
         eta = self.eta().to(z.dtype)
         return (1.0 - eta) * h + eta * self.core_norm(z)
 
-    def _refine(self, x: torch.Tensor, b: Batch, rope: tuple[torch.Tensor, torch.Tensor], carry: Carry | None,
-                K: int, grad_steps: int | None, early_exit: bool, threshold: float,
-                use_semantic: bool) -> tuple[_Trace, torch.Tensor]:
+    def _readout(self, h: torch.Tensor, b: Batch) -> torch.Tensor:
+        return self.head(self.readout_norm(answer_part(h, b)))
+
+    def _write(self, carry: Carry | None, h: torch.Tensor, b: Batch):
+        """The memory after this call: one gated write of the turn's state."""
+        if carry is None:
+            return None, torch.zeros(h.shape[0], device=h.device), None
+        return self.memory.write(carry, turn_state(h, b))
+
+    def _refine_all(self, x, b, rope, carry, K, grad_steps, read_memory, use_semantic) -> ModelOutput:
+        """Every row K steps, every step's readout kept (training and fixed-K evaluation)."""
         h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
-        trace, current = _Trace(), carry
-        survive = torch.ones(x.shape[0], device=x.device)
+        logits, lambdas, tools = [], [], []
         for k in range(K):
             keep_graph = grad_steps is None or k >= K - grad_steps
             with torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-                prev, h = h, self._step(h, x, b, rope, carry if b.causal else current, use_semantic)
-                pooled = pool(h, b)
-                trace.logits.append(self.head(self.readout_norm(answer_part(h, b))))
-                lam = self.halting(pooled)
-                trace.lambdas.append(lam)
-                trace.tools.append(self.tool_head(pooled))
-                if current is not None:
-                    current, hard, soft = self.memory.write(current, pooled)
-                    trace.hard.append(hard)
-                    trace.soft.append(soft)
-                    trace.carries.append(current)
-            if early_exit:
-                survive = survive * (1.0 - lam.detach())
-                if bool((1.0 - survive >= threshold).all()):
-                    break
-        w = b.mask.to(h.dtype)
-        trace.drift = (((h - prev).float() ** 2).mean(-1) * w).sum(1) / w.sum(1).clamp(min=1.0)
-        return trace, h
-
-    def _finish(self, trace: _Trace, h: torch.Tensor, halt: bool, threshold: float) -> ModelOutput:
-        S, B = len(trace.logits), h.shape[0]
-        rows = torch.arange(B, device=h.device)
-        step_logits = torch.stack(trace.logits)
-        halt_probs = halting_distribution(torch.stack(trace.lambdas, dim=1))
-        steps = threshold_steps(halt_probs, threshold) if halt else torch.full((B,), S, device=h.device)
-        idx = steps - 1
-        writes, write_probs, carry = torch.zeros(B, dtype=torch.long, device=h.device), None, None
-        if trace.carries:
-            taken = torch.arange(S, device=h.device)[None, :] < steps[:, None]
-            writes = (torch.stack(trace.hard, dim=1) & taken).sum(dim=1)
-            write_probs = torch.stack(trace.soft, dim=1)
-            carry = trace.carries[-1]
-            if halt:  # the memory as it was when each row halted
-                carry = Carry(*(torch.stack([getattr(c, f) for c in trace.carries])[idx, rows]
-                                for f in ("slots", "valid", "ptr")))
+                prev, h = h, self._step(h, x, b, rope, carry, read_memory, use_semantic)
+                state = decision_state(h, b)
+                logits.append(self._readout(h, b))
+                lambdas.append(self.halting(state))
+                tools.append(self.tool_head(state))
+        new_carry, writes, write_probs = self._write(carry, h, b)
+        halt_probs = halting_distribution(torch.stack(lambdas, dim=1))
+        B = h.shape[0]
         return ModelOutput(
-            logits=step_logits[idx, rows], step_logits=step_logits, halt_probs=halt_probs, steps=steps,
-            writes=writes, write_probs=write_probs, tool_logits=torch.stack(trace.tools)[idx, rows],
-            carry=carry, hidden=h, drift=trace.drift,
-        )
+            logits=logits[-1], step_logits=torch.stack(logits), halt_probs=halt_probs,
+            steps=torch.full((B,), K, dtype=torch.long, device=h.device), writes=writes, write_probs=write_probs,
+            tool_logits=tools[-1], carry=new_carry, hidden=h, drift=_drift(h, prev, b),
+            halt_logp=halt_probs[:, -1].clamp(min=1e-30).log(), blocks=self._blocks(K, B, h.device))
+
+    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", read_memory,
+                           use_semantic) -> ModelOutput:
+        """Per-row halting: a row that stops leaves the batch (the running rows are compacted), so
+        its remaining steps cost nothing; its outputs are those of the step it stopped at."""
+        B, device = x.shape[0], x.device
+        rows = torch.arange(B, device=device)  # global indices of the running rows
+        h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
+        log_survive = torch.zeros(B, device=device)  # log prod_{j<k} (1 - lambda_j) of each running row
+        steps = torch.full((B,), K, dtype=torch.long, device=device)
+        done: list[_Stopped] = []
+        for k in range(K):
+            prev, h = h, self._step(h, x, b, rope, carry, read_memory, use_semantic)
+            lam = self.halting(decision_state(h, b))
+            last = k == K - 1
+            halts = stop.decide(lam, log_survive, rows, k, last)
+            if bool(halts.any()):
+                i = halts.nonzero().squeeze(1)
+                logp = log_survive[i] + (lam[i].clamp(min=1e-30).log() if not last else 0.0)
+                done.append(self._stopped(rows[i], h[i], prev[i], b.select(i), logp,
+                                          carry.select(i) if carry is not None else None))
+                steps[rows[i]] = k + 1
+            keep = ~halts
+            if not bool(keep.any()):
+                break
+            log_survive = log_survive + torch.log1p(-lam.clamp(max=1.0 - 1e-7))
+            if not bool(keep.all()):
+                j = keep.nonzero().squeeze(1)
+                rows, h, x, b, log_survive = rows[j], h[j], x[j], b.select(j), log_survive[j]
+                rope = (rope[0][j], rope[1][j])
+                carry = carry.select(j) if carry is not None else None
+        return self._assemble(done, B, steps, carry_template=self._template(carry, done))
+
+    def _stopped(self, rows, h, prev, b, logp, carry) -> _Stopped:
+        new_carry, writes, write_probs = self._write(carry, h, b)
+        return _Stopped(rows, self._readout(h, b), self.tool_head(decision_state(h, b)), h, _drift(h, prev, b),
+                        logp, new_carry, writes, write_probs if write_probs is not None else writes)
+
+    @staticmethod
+    def _template(carry, done):
+        return done[0].carry if done and done[0].carry is not None else None
+
+    def _assemble(self, done: list[_Stopped], B: int, steps: torch.Tensor, carry_template) -> ModelOutput:
+        """Scatter the stopped rows' outputs back into batch order."""
+        rows = torch.cat([d.rows for d in done])
+        order = torch.empty_like(rows)
+        order[rows] = torch.arange(B, device=rows.device)
+
+        def gather(field: str) -> torch.Tensor:
+            return torch.cat([getattr(d, field) for d in done])[order]
+
+        carry = None
+        if carry_template is not None:
+            carry = Carry.cat([d.carry for d in done]).select(order)
+        logits = gather("logits")
+        return ModelOutput(
+            logits=logits, step_logits=logits[None], halt_probs=None, steps=steps, writes=gather("writes"),
+            write_probs=gather("write_probs") if carry is not None else None, tool_logits=gather("tool_logits"),
+            carry=carry, hidden=gather("hidden"), drift=gather("drift"), halt_logp=gather("halt_logp"),
+            blocks=self.cfg.prelude_layers + steps * self.cfg.core_layers)
+
+    def _blocks(self, K: int, B: int, device) -> torch.Tensor:
+        return torch.full((B,), self.cfg.prelude_layers + K * self.cfg.core_layers, device=device)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
                  eos_id: int | None = EOS_ID, *, K: int | None = None, carry: Carry | None = None,
-                 halt: bool = False, halt_threshold: float | None = None, semantic: bool | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, Carry | None]:
+                 semantic: bool | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Carry | None]:
         """(new tokens [B, N] with PAD after each row's EOS, carry after the turn).
 
-        Every token is predicted with the carry that came in (this turn's writes are not
-        readable within the turn); the returned carry is that of one call over prompt + output,
-        exactly what a training pass over the same transcript computes.
+        Every token is predicted with the carry that came in (this turn's write is not readable
+        within the turn); the returned carry is that of one call over prompt + output, exactly
+        what a training pass over the same transcript computes.
         """
-        kw = dict(K=K, carry=carry, halt=halt, halt_threshold=halt_threshold, semantic=semantic)
+        kw = dict(K=K, carry=carry, semantic=semantic)
 
         def step(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return self(ids, mask, early_exit=halt, **kw).logits[:, -1]
+            return self(ids, mask, **kw).logits[:, -1]
 
         new, ids, mask = generate_tokens(step, input_ids, attention_mask, max_new_tokens, temperature, top_k,
                                          eos_id, generator)
         return new, self(ids, mask, **kw).carry
+
+
+class _StopRule:
+    """When a running row stops: at a threshold of the cumulative halting probability, at a step
+    sampled from the halting distribution, or at a given step."""
+
+    def __init__(self, mode: str | None, steps: torch.Tensor | None, threshold: float,
+                 generator: torch.Generator | None):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.mode, self.steps, self.threshold, self.generator = mode, steps, threshold, generator
+
+    def decide(self, lam: torch.Tensor, log_survive: torch.Tensor, rows: torch.Tensor, k: int,
+               last: bool) -> torch.Tensor:
+        if last:
+            return torch.ones_like(lam, dtype=torch.bool)
+        if self.steps is not None:
+            return self.steps.to(rows.device)[rows] == k + 1
+        if self.mode == "threshold":  # cumulative probability after this step: 1 - prod_{j<=k} (1 - lambda_j)
+            return 1.0 - log_survive.exp() * (1.0 - lam) >= self.threshold
+        u = torch.rand(lam.shape, generator=self.generator, device=lam.device)
+        return u < lam
+
+
+def _drift(h: torch.Tensor, prev: torch.Tensor, b: Batch) -> torch.Tensor:
+    """Mean squared change of the state in the last step, over each row's real positions."""
+    w = b.mask.to(h.dtype)
+    return (((h - prev).float() ** 2).mean(-1) * w).sum(1) / w.sum(1).clamp(min=1.0)

@@ -77,26 +77,29 @@ def test_ddp_imitation_step_equals_one_process_on_the_global_batch(tmp_path):
                                                      IMITATION.grad_steps)
     net = model()
     imitation_loss(net, SPEC, halves[0] + halves[1], K=K, grad_steps=grad_steps, supervised_steps=supervised,
-                   drift_penalty=IMITATION.drift_penalty).loss.backward()
+                   drift_penalty=IMITATION.drift_penalty, write_penalty=IMITATION.write_penalty,
+                   write_budget=IMITATION.write_budget, write_cost=IMITATION.write_cost).loss.backward()
     assert_same(ranks[0], grads(net))
 
 
 def test_ddp_policy_gradient_step_equals_one_process_on_the_global_batch(tmp_path):
     net = model().eval()
     with torch.no_grad():
-        net.tool_head.bias[1 + list(net.cfg.tool_names).index("calculator")] += 2.0  # some calls, some answers
+        net.tool_head.bias.fill_(-5.0)  # some calls, some answers
+        net.tool_head.bias[0] = net.tool_head.bias[1 + list(net.cfg.tool_names).index("calculator")] = 0.0
     policy = Policy(net, SPEC.mode, SPEC.width, K=2)
-    vec = make_vec("arithmetic-v0", 6)
+    vec = make_vec("arithmetic-v0", 8)
     try:
         with torch.no_grad():
-            episodes = run_episodes(policy, vec, list(range(6)), {"split": "train", "difficulty": 1}, sample=True,
+            episodes = run_episodes(policy, vec, list(range(8)), {"split": "train", "difficulty": 1}, sample=True,
                                     generator=torch.Generator().manual_seed(3))
     finally:
         vec.close()
-    batch = rl_verify.turn_batch(episodes, [float(a) for a in torch.linspace(-1, 1, len(episodes))])
+    if len(episodes) % 2 == 0:  # an odd number of episodes: the processes' shares differ in size
+        episodes = episodes[:-1]
+    batch = rl_verify.EpisodeBatch(episodes, torch.linspace(-1, 1, len(episodes)))
     batch.ref_lp = batch.old_lp - 0.1
-    if len(batch) % 2 == 0:  # an odd number of turns: the processes' shares differ in size
-        batch = batch.select(torch.arange(len(batch) - 1))
+    assert batch.n_actions > len(episodes)  # some episodes have several turns (a call, then the answer)
     cfg = dataclasses.replace(rl_verify.Config(env="arithmetic-v0", replay_coef=0.0, entropy_coef=0.01))
     ranks = two_processes(tmp_path, "rl", (cfg, batch))
     assert_same(ranks[1], ranks[0])

@@ -73,20 +73,47 @@ def test_initial_bias_avoids_halting_collapse():
 
 
 @pytest.mark.parametrize("mode", ["causal", "fill"])
-def test_halt_selects_threshold_step(mode):
+def test_early_exit_equals_threshold_selection_and_halted_rows_stop_costing(mode):
     model = model_with_spread_halting()
     fill = {"mode": "fill", "answer_len": 3} if mode == "fill" else {}
     ids = torch.randint(9, 100, (24, 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        out = model(ids, halt=True, halt_threshold=0.5, **fill)
-    steps = threshold_steps(out.halt_probs, 0.5)
+        full = model(ids, **fill)  # every row all K steps
+        out = model(ids, halt="threshold", halt_threshold=0.5, **fill)
+    steps = threshold_steps(full.halt_probs, 0.5)
     assert torch.equal(out.steps, steps) and len(set(steps.tolist())) > 1
-    for row in range(ids.shape[0]):
-        torch.testing.assert_close(out.logits[row], out.step_logits[steps[row] - 1, row], atol=0, rtol=0)
-    early = steps < 6  # rows that halt before K: a batch of them exits early
+    for row in range(ids.shape[0]):  # each row's outputs are those of its threshold step
+        torch.testing.assert_close(out.logits[row], full.step_logits[steps[row] - 1, row], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.halt_logp, full.halt_probs.gather(1, (steps - 1)[:, None]).squeeze(1).log(),
+                               atol=1e-5, rtol=0)
+    assert torch.equal(out.blocks, model.cfg.prelude_layers + steps * model.cfg.core_layers)
+
+
+def test_halted_rows_run_no_more_blocks():
+    """Count the core blocks' calls and the rows they process: a halted row is not among them."""
+    model = model_with_spread_halting()
+    ids = torch.randint(9, 100, (24, 5), generator=torch.Generator().manual_seed(2))
+    rows_seen: list[int] = []
+    hook = model.core[0].register_forward_hook(lambda mod, inp, out: rows_seen.append(inp[0].shape[0]))
     with torch.no_grad():
-        exit_early = model(ids[early], halt=True, halt_threshold=0.5, early_exit=True, **fill)
-    assert exit_early.step_logits.shape[0] == int(steps[early].max()) < 6
-    assert torch.equal(exit_early.steps, steps[early])
-    torch.testing.assert_close(exit_early.logits, out.logits[early])
-    torch.testing.assert_close(exit_early.halt_probs.sum(1), torch.ones(int(early.sum())))
+        out = model(ids, halt="threshold", halt_threshold=0.5)
+    hook.remove()
+    running = [int((out.steps > k).sum()) for k in range(model.cfg.K)]
+    assert rows_seen == [r for r in running if r]  # step k processes only the rows still running
+    assert sum(rows_seen) == int(out.steps.sum()) < ids.shape[0] * model.cfg.K
+
+
+@pytest.mark.parametrize("mode", ["causal", "fill"])
+def test_sampled_and_given_steps_agree(mode):
+    model = model_with_spread_halting()
+    fill = {"mode": "fill", "answer_len": 3} if mode == "fill" else {}
+    ids = torch.randint(9, 100, (24, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        sampled = model(ids, halt="sample", generator=torch.Generator().manual_seed(0), **fill)
+        given = model(ids, halt_steps=sampled.steps, **fill)
+        full = model(ids, **fill)
+    assert len(set(sampled.steps.tolist())) > 1
+    torch.testing.assert_close(given.halt_logp, sampled.halt_logp, atol=1e-6, rtol=0)
+    torch.testing.assert_close(given.logits, sampled.logits, atol=1e-6, rtol=0)
+    expected = full.halt_probs.gather(1, (sampled.steps - 1)[:, None]).squeeze(1).log()
+    torch.testing.assert_close(sampled.halt_logp, expected, atol=1e-5, rtol=0)

@@ -23,7 +23,7 @@ def test_fifo_order_and_capacity():
     carry = empty_carry(1, M, D)
     for i in range(7):
         carry, hard, soft = mem.write(carry, torch.full((1, D), float(i)))
-        assert hard.tolist() == [True] and soft.item() > 0.99
+        assert hard.tolist() == [1.0] and soft.item() > 0.99
         n = min(i + 1, M)
         assert carry.count.tolist() == [n]
         kept = carry.in_order(0)[:, 0].tolist()
@@ -33,20 +33,30 @@ def test_fifo_order_and_capacity():
 
 def test_closed_gate_writes_nothing():
     mem = memory(-10.0)
-    carry = empty_carry(2, M, D)
-    new, hard, soft = mem.write(carry, torch.randn(2, D))
+    full = empty_carry(2, M, D)
+    for _ in range(M):  # a full memory: ptr points at the oldest slot, which a closed gate must keep
+        full, _, _ = memory(10.0).write(full, torch.randn(2, D))
+    new, hard, soft = mem.write(full, torch.randn(2, D))
     assert not hard.any() and soft.max() < 1e-4
-    assert torch.equal(new.slots, carry.slots) and not new.valid.any() and torch.equal(new.ptr, carry.ptr)
+    assert torch.equal(new.slots, full.slots) and torch.equal(new.valid, full.valid) and torch.equal(new.ptr, full.ptr)
 
 
-def test_gate_trains_through_straight_through_estimator():
-    mem = memory(2.0)
-    pooled = torch.randn(2, D)
-    carry, hard, soft = mem.write(empty_carry(2, M, D), pooled)
-    assert hard.all()
-    torch.testing.assert_close(carry.slots[:, 0], pooled, atol=0, rtol=0)  # forward is the exact hard write
-    mem.read(torch.randn(2, 3, D), carry).pow(2).sum().backward()
-    assert mem.gate.bias.grad.abs() > 0
+def test_open_and_closed_gates_get_gradient_from_a_read():
+    """The write gate learns in both directions: an open gate through the content it wrote, a closed
+    one through how much reading the slot it did not fill would have mattered."""
+    for bias in (2.0, -2.0):
+        mem = memory(bias)
+        pooled = torch.randn(2, D)
+        carry, hard, soft = mem.write(empty_carry(2, M, D), pooled)
+        assert bool(hard.all()) == (bias > 0)
+        if bias > 0:
+            torch.testing.assert_close(carry.slots[:, 0], pooled, atol=0, rtol=0)  # forward: the exact hard write
+        else:  # forward: nothing written (the content waits in the empty slot, which is never read)
+            assert carry.valid.abs().max() == 0 and carry.count.tolist() == [0, 0] and carry.ptr.tolist() == [0, 0]
+            x = torch.randn(2, 3, D)
+            torch.testing.assert_close(mem.read(x, carry), mem.read(x, empty_carry(2, M, D)), atol=0, rtol=0)
+        (mem.read(torch.randn(2, 3, D), carry) * torch.randn(2, 3, D)).sum().backward()  # a loss linear in the read
+        assert mem.gate.bias.grad.abs() > 0, bias
 
 
 def test_reads_see_only_valid_slots():
@@ -71,18 +81,20 @@ def ids(seed, B=2, T=6):
 
 
 @torch.no_grad()
-def test_carry_round_trips_through_two_calls():
+def test_one_write_per_call_and_the_carry_round_trips():
     m = model(5.0)
     first = m(ids(1))
-    assert first.writes.tolist() == [3, 3] and first.carry.count.tolist() == [3, 3]
+    assert first.writes.tolist() == [1, 1] and first.carry.count.tolist() == [1, 1]
     second = m(ids(2), carry=first.carry)
     fresh = m(ids(2))
-    assert (second.logits - fresh.logits).abs().max() > 1e-4  # the second turn reads the first's writes
-    assert second.carry.count.tolist() == [M, M] and second.carry.ptr.tolist() == [6 % M] * 2
+    assert (second.logits - fresh.logits).abs().max() > 1e-4  # the second turn reads the first's write
+    assert second.carry.count.tolist() == [2, 2] and second.carry.ptr.tolist() == [2, 2]
     again = m(ids(2), carry=first.carry.detach().to("cpu"))
     torch.testing.assert_close(again.logits, second.logits, atol=0, rtol=0)
     row1 = m(ids(2)[1:], carry=first.carry.select(torch.tensor([1])))
     torch.testing.assert_close(row1.logits[0], second.logits[1], atol=1e-6, rtol=0)
+    blind = m(ids(2), carry=first.carry, read_memory=False)  # the no-memory ablation
+    torch.testing.assert_close(blind.logits, fresh.logits, atol=1e-6, rtol=0)
 
 
 @torch.no_grad()
@@ -90,7 +102,7 @@ def test_reset_between_episodes():
     m = model(5.0)
     carry = m(ids(1)).carry
     reset = reset_carry(carry, torch.tensor([True, False]))
-    assert reset.count.tolist() == [0, 3] and reset.ptr.tolist() == [0, 3]
+    assert reset.count.tolist() == [0, 1] and reset.ptr.tolist() == [0, 1]
     assert reset.slots[0].abs().max() == 0 and torch.equal(reset.slots[1], carry.slots[1])
     out = m(ids(2), carry=reset)
     torch.testing.assert_close(out.logits[0], m(ids(2)).logits[0], atol=1e-6, rtol=0)
@@ -99,35 +111,37 @@ def test_reset_between_episodes():
 
 
 @torch.no_grad()
-def test_causal_writes_not_readable_in_same_call_but_fill_writes_are():
+def test_a_call_reads_only_the_memory_that_came_in():
     closed = model(-10.0)
     opened = model(-10.0)
     opened.memory.gate.bias.fill_(10.0)  # same weights, gate forced open
-    start = closed(ids(3), K=2).carry  # both read a non-empty memory that came in
-    a, b = closed(ids(1), carry=start), opened(ids(1), carry=start)
-    assert a.writes.tolist() == [0, 0] and b.writes.tolist() == [3, 3]
-    torch.testing.assert_close(a.step_logits, b.step_logits, atol=0, rtol=0)
-    assert not torch.equal(a.carry.slots, b.carry.slots)
-    fa = closed(ids(1), mode="fill", answer_len=2)
-    fb = opened(ids(1), mode="fill", answer_len=2)
-    torch.testing.assert_close(fa.step_logits[0], fb.step_logits[0], atol=0, rtol=0)  # nothing written yet
-    assert (fa.step_logits[1:] - fb.step_logits[1:]).abs().max() > 1e-4  # step k reads step k-1's write
+    start = model(10.0)(ids(3), K=2).carry  # both read a non-empty memory that came in
+    for mode in ({}, {"mode": "fill", "answer_len": 2}):
+        a, b = closed(ids(1), carry=start, **mode), opened(ids(1), carry=start, **mode)
+        assert a.writes.tolist() == [0, 0] and b.writes.tolist() == [1, 1]
+        torch.testing.assert_close(a.step_logits, b.step_logits, atol=0, rtol=0)  # this call's write: next call
+        assert a.carry.count.tolist() == [1, 1] and b.carry.count.tolist() == [2, 2]
 
 
-@torch.no_grad()
-def test_writes_counted_up_to_halting_step():
-    m = model(5.0, K=6)
-    m.halting.proj.weight.normal_(0.0, 1.0)
-    m.halting.proj.bias.fill_(-1.0)
-    out = m(ids(4, B=16), halt=True)
-    assert torch.equal(out.writes, out.steps) and torch.equal(out.carry.count, out.writes.clamp(max=M))
-    assert len(set(out.steps.tolist())) > 1
+def test_the_task_loss_reaches_the_write_gate_across_two_turns():
+    """A loss on the second turn's answer trains the first turn's write (gate and content)."""
+    m = model(0.3).train()
+    first = m(ids(1), mode="fill", answer_len=2)
+    second = m(ids(2), mode="fill", answer_len=2, carry=first.carry)
+    assert first.writes.sum() > 0
+    torch.nn.functional.cross_entropy(second.logits.flatten(0, 1), torch.full((4,), 20)).backward()
+    assert m.memory.gate.weight.grad.abs().max() > 0 and m.memory.content.weight.grad.abs().max() > 0
 
 
-def test_write_budget_penalty():
-    probs = torch.tensor([[0.9, 0.9, 0.9], [0.1, 0.2, 0.0]], requires_grad=True)
-    pen = write_budget_penalty(probs, budget=1.0)
-    torch.testing.assert_close(pen, torch.tensor(1.7 / 2))
+def test_write_penalties():
+    from r3m.learn.losses import write_penalties
+
+    probs = torch.tensor([0.9, 0.1, 0.9, 0.2, 0.9, 0.0], requires_grad=True)  # turns of episodes 0 and 1
+    episode = torch.tensor([0, 1, 0, 1, 0, 1])
+    pen = write_penalties([(episode, probs)], 2, weight=1.0, budget=1.0, cost=0.0)
+    torch.testing.assert_close(pen, torch.tensor(1.7 / 2))  # episode 0 wrote 2.7, budget 1; episode 1 0.3
     pen.backward()
-    assert probs.grad[0].gt(0).all() and probs.grad[1].eq(0).all()
+    assert probs.grad[[0, 2, 4]].gt(0).all() and probs.grad[[1, 3, 5]].eq(0).all()
+    priced = write_penalties([(episode, probs.detach())], 2, weight=0.0, budget=1.0, cost=0.5)
+    torch.testing.assert_close(priced, torch.tensor(0.5 * 3.0 / 2))
     assert write_budget_penalty(None, 1.0) == 0

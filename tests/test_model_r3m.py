@@ -32,7 +32,7 @@ def test_any_k_runs():
         for K in range(1, 65):
             out = model(ids, K=K)
             assert out.step_logits.shape == (K, 2, 5, model.cfg.vocab_size)
-            assert out.halt_probs.shape == (2, K) and out.write_probs.shape == (2, K)
+            assert out.halt_probs.shape == (2, K) and out.write_probs.shape == (2,)
             assert out.steps.tolist() == [K, K] and torch.isfinite(out.logits).all()
             torch.testing.assert_close(out.logits, out.step_logits[-1])
 
@@ -133,13 +133,16 @@ def test_param_groups_partition_parameters(build):
 
 
 def _full_loss(model, ids):
-    out = model(ids, mode="fill", answer_len=3, K=3, semantic=True, halt=True)
+    """Two turns of an episode (the second reads the first's write), with every loss term."""
+    choice = torch.tensor([1, 0])
+    first = model(ids, mode="fill", answer_len=3, K=3, semantic=True, choice=choice)
+    out = model(ids.flip(1), mode="fill", answer_len=3, K=3, semantic=True, choice=choice, carry=first.carry)
     target = tokens(ids.shape[0], 3, seed=9)
     step_ce = torch.stack([F.cross_entropy(s.transpose(1, 2), target, reduction="none").mean(1)
                            for s in out.step_logits])
-    tool_ce = F.cross_entropy(out.tool_logits, torch.tensor([1, 0]))
+    tool_ce = F.cross_entropy(out.tool_logits, choice)
     ponder = ponder_loss(step_ce, out.halt_probs, lambda_p=0.3, beta=0.01).loss
-    return step_ce.mean() + ponder + tool_ce + write_budget_penalty(out.write_probs, 0.5)
+    return step_ce.mean() + ponder + tool_ce + write_budget_penalty(first.write_probs + out.write_probs, 0.5)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_GROUPS))

@@ -18,7 +18,7 @@ from r3m.learn.losses import action_tokens, clipped_objective
 from r3m_agent import R3M, R3MConfig, save_checkpoint
 from r3m.learn.cli import UsageError, parse_config
 from r3m.learn.policy import Policy
-from r3m.learn.rollout import Episode, Turn, make_vec, run_episodes
+from r3m.learn.rollout import Episode, Turn, make_vec, rescore, run_episodes
 from r3m_agent.tokenizer import EOS_ID, PAD_ID
 from r3m.learn.data import TaskSpec
 from r3m.train import rl_verify
@@ -104,31 +104,61 @@ def test_clipped_objective_ratio_one_and_clipping():
 # -- re-scoring equals sampling ---------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["fill", "causal"])
 @pytest.mark.parametrize("allow_tools", [True, False])
-def test_recomputed_log_probs_equal_sampling_ones(mode, allow_tools):
-    model = tiny_model()
+@pytest.mark.parametrize("halt", [False, True])
+def test_acting_and_rescoring_log_probs_agree(mode, allow_tools, halt):
+    """Choice (tool or answer), payload and, with halting, the sampled step: the log-probability the
+    policy acted with is the one re-scoring computes, with the memory re-threaded across turns."""
+    model = tiny_model(K=4)
     with torch.no_grad():
-        model.tool_head.bias[1 + list(model.cfg.tool_names).index("calculator")] += 3.0  # calls happen
+        model.tool_head.bias.fill_(-5.0)  # about half the turns call the calculator, the others answer
+        model.tool_head.bias[0] = model.tool_head.bias[1 + list(model.cfg.tool_names).index("calculator")] = 0.0
         model.memory.gate.bias += 5.0  # and memory writes
-    policy = Policy(model, mode, 6, K=2)
-    vec = make_vec(ENV, 6, call_budget=2)
-    gen = torch.Generator().manual_seed(0)
+        model.halting.proj.bias.fill_(-0.5)  # steps spread over 1..K
+    policy = Policy(model, mode, 6, K=4, halt=halt)
+    vec = make_vec(ENV, 8, call_budget=2)
     with torch.no_grad():
-        eps = run_episodes(policy, vec, [0, 0, 0, 1, 1, 1], {"split": "train"}, allow_tools=allow_tools,
-                           sample=True, generator=gen)
+        eps = run_episodes(policy, vec, [0, 0, 0, 1, 1, 1, 2, 2], {"split": "train"}, allow_tools=allow_tools,
+                           sample=True, generator=torch.Generator().manual_seed(0))
     vec.close()
+    turns = [t for e in eps for t in e.turns]
     if allow_tools:
-        assert any(len(e.turns) > 1 for e in eps)  # later turns carry memory written by earlier ones
-        assert any(t.carry.count.sum() > 0 for e in eps for t in e.turns)
+        assert any(len(e.turns) > 1 for e in eps) and any(t.tool == 0 for t in turns)  # both choices
+        assert any(e.writes > 1 for e in eps)  # later turns read memory written by earlier ones
     else:
-        assert all(t.tool == 0 for e in eps for t in e.turns)
-    batch = rl_verify.turn_batch(eps, [0.0] * len(eps))
-    new_lp, entropy = policy.log_prob(batch.observations, batch.carry, batch.tool, batch.payload,
-                                      allow_tools=allow_tools)
-    assert torch.allclose(new_lp.detach(), batch.old_lp, atol=1e-4), (new_lp, batch.old_lp)
-    assert torch.isfinite(entropy).all()
-    out = clipped_objective(new_lp, batch.old_lp, batch.old_lp, torch.ones(len(batch)),
-                               action_tokens(batch.payload), 0.2, 0.1)
+        assert all(t.tool == 0 for t in turns)
+    if halt:
+        assert len({t.steps for t in turns}) > 1
+    scored = rescore(policy, eps, allow_tools=allow_tools)
+    old = torch.tensor([t.log_prob for t in turns])
+    torch.testing.assert_close(scored.log_prob.detach(), old, atol=1e-4, rtol=0)
+    assert torch.isfinite(scored.entropy).all()
+    tokens = torch.cat([action_tokens(rl_verify._payloads(e)) for e in eps])
+    out = clipped_objective(scored.log_prob, old, old, torch.ones(len(old)), tokens, 0.2, 0.1)
     assert out.ratio == pytest.approx(1.0, abs=1e-4) and out.clip_fraction == 0.0
+
+
+@pytest.mark.parametrize("mode", ["fill", "causal"])
+def test_the_content_depends_on_the_choice(mode):
+    """The same observation, choice 'answer' against a tool choice: a different payload distribution."""
+    model = tiny_model()
+    policy = Policy(model, mode, 6, K=2)
+    payload = torch.tensor([[PAD_ID, PAD_ID, PAD_ID, 30, 31, EOS_ID]] if mode == "fill" else [[30, 31, EOS_ID]])
+    scores = [policy.score(["n:12"], None, torch.tensor([c]), payload) for c in (0, 1)]
+    content = [s.log_prob - s.choice_logp for s in scores]  # log p(payload | choice)
+    assert (content[0] - content[1]).abs().item() > 1e-3
+    torch.testing.assert_close(torch.logsumexp(torch.stack([s.choice_logp for s in scores]), 0) <= 0,
+                               torch.tensor([True]))
+
+
+def test_the_halting_head_learns_from_the_policy_gradient():
+    model = tiny_model(K=4)
+    policy = Policy(model, "fill", 6, K=4, halt=True)
+    payload = torch.tensor([[PAD_ID, PAD_ID, PAD_ID, 30, 31, EOS_ID]] * 2)
+    scored = policy.score(["n:12", "n:3"], None, torch.tensor([0, 0]), payload, torch.tensor([1, 3]))
+    (-scored.log_prob.sum()).backward()  # a policy-gradient step's gradient on these actions
+    assert model.halting.proj.weight.grad.abs().max() > 0 and scored.halt_logp.ne(0).all()
+    off = Policy(tiny_model(K=4), "fill", 6, K=4, halt=False)  # without halting the step is not an action
+    assert off.score(["n:12"], None, torch.tensor([0]), payload[:1]).halt_logp.eq(0).all()
 
 
 # -- rewards through the env: budget exceeded, malformed calls --------------------------------------
@@ -166,11 +196,11 @@ def test_correct_answer_with_one_call_scores_one_minus_call_cost():
 def _episode(prompt: str, calls: list[tuple[str, str]], answer: str, correct: bool) -> Episode:
     turns, obs = [], prompt
     for call, result in calls:
-        turns.append(Turn(obs, None, 1, torch.tensor([EOS_ID]), 0.0, 1, 0.0))
+        turns.append(Turn(obs, 1, torch.tensor([EOS_ID]), 0.0, 1, 0.0))
         obs = obs + call + tools.format_result(result)
     from r3m_agent.tokenizer import Tokenizer
 
-    turns.append(Turn(obs, None, 0, torch.tensor(Tokenizer().encode(answer) + [EOS_ID]), 0.0, 1, 0.0))
+    turns.append(Turn(obs, 0, torch.tensor(Tokenizer().encode(answer) + [EOS_ID]), 0.0, 1, 0.0))
     return Episode(0, TOY, 1, reward=float(correct), correct=correct, tool_calls=len(calls), turns=turns)
 
 
@@ -264,14 +294,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
         rl_verify.main(_cfg(tmp_path, "full", **kw))
 
 
-def test_halting_run_penalises_expected_steps(tmp_path):
+def test_halting_run_samples_steps_and_charges_them(tmp_path):
     from r3m.train import rl_verify
 
-    cfg = _cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, iterations=2, distill=False,
-               warm_carry_steps=0, group_size=2, groups=4)
+    cfg = _cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, halt_cost=0.5, iterations=2,
+               distill=False, warm_carry_steps=0, group_size=2, groups=4)
     m = rl_verify.main(cfg)
-    logged = [h for h in m["history"] if "halt/expected_steps" in h]
-    assert logged and all(1.0 <= h["halt/expected_steps"] <= TINY.K for h in logged)
+    assert all(1.0 <= h["halt/steps"] <= TINY.K for h in m["history"])
+    ep = Episode(0, TOY, 1, reward=1.0, correct=True, turns=[Turn("n:1", 0, torch.tensor([EOS_ID]), 0.0, 1, 0.0)])
+    assert shaped_reward(ep, 0.0, 0.0, 0.5, TINY.K) == pytest.approx(1.0 - 0.5 / TINY.K)  # 1 step of K
 
 
 def test_cli_rejects_unknown_flags_and_unregistered_envs():

@@ -87,15 +87,21 @@ class Config:
     """Most refinement steps per batch that keep gradients (the earlier ones run without)."""
     tool_fraction: float = 0.25
     """Fraction of demonstrations that use the family's tool (where one applies)."""
-    write_penalty: float = 0.0
-    """Weight of the episodic-memory write-budget penalty (0: off)."""
+    write_penalty: float = 1.0
+    """Weight of the episodic memory's write budget: mean over episodes of max(0, soft writes -
+    --write-budget) (writing more than the memory holds only evicts earlier writes)."""
     drift_penalty: float = 1.0
     """Weight of the state's mean squared change in the last supervised step (0: off): pushes the
     refinement toward a fixed point once the answer is found. Measured on prefix (seed 0): without
     it accuracy fell from 65% at K=8 to 51% at K=16 and 44% at K=32; with 1.0, 100% at 8, 16 and 32,
     and the one-pass-to-iteration transition came at ~600 steps instead of ~1700."""
-    write_budget: float = 4.0
-    """Expected writes per call allowed before the penalty applies."""
+    write_budget: float = 8.0
+    """Writes per episode before the write-budget penalty applies (the cpu-tiny memory's 8 slots)."""
+    write_cost: float = 0.01
+    """Price of each (soft) memory write, so a write must lower the task loss to stay open."""
+    tbptt: int = 0
+    """Backpropagation through the memory across an episode's turns, in windows of this many turns
+    (0: the whole episode; the carry is detached between windows)."""
     lambda_p: float = 0.3
     """Stage 2: PonderNet geometric prior parameter (expected steps 1/lambda_p)."""
     beta: float = 0.05
@@ -196,7 +202,7 @@ def evaluate_models(cfg: Config, specs: list[TaskSpec], model: torch.nn.Module, 
     for spec in specs:
         results[spec.family] = {}
         for K in Ks:
-            policy = Policy(model, spec.mode, spec.width, K=K, halt=halt)
+            policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
             results[spec.family][K] = evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
                                                       levels=eval_levels(spec.family, spec.levels),
                                                       allow_tools=allow_tools)
@@ -268,7 +274,8 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
     with torch.no_grad():
         for spec in specs:
             def play(K: int, halt: bool = False, spec: TaskSpec = spec):
-                return evaluate_family(Policy(model, spec.mode, spec.width, K=K, halt=halt), spec.family,
+                policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
+                return evaluate_family(policy, spec.family,
                                        n_per_level=cfg.eval_n, levels=eval_levels(spec.family, spec.levels))
 
             halted = play(cfg.k_train, halt=True)

@@ -60,18 +60,17 @@ from r3m.learn.data import DemoSource, TaskSpec, task_spec
 from r3m.learn.evaluation import (
     eval_levels, evaluate_family, evaluate_instances, external_sets, sampled_test, shaped_reward, tool_metrics,
 )
-from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss
+from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss, write_penalties
 from r3m.learn.loop import (
     Diverged, FitSpec, Interrupted, all_finite, average_gradients, make_optimizer, progress_bar, train_phase,
 )
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
-from r3m.learn.rollout import Episode, make_vec, run_episodes
+from r3m.learn.rollout import Episode, make_vec, rescore, run_episodes
 from r3m.learn.run import Run, barrier, jsonable, seed_everything, start_run, stream_rng, stream_seed
 from r3m_agent import PRESETS, R3M, load_checkpoint, model_from_checkpoint, save_checkpoint
 from r3m_agent.checkpoint import read_checkpoint
-from r3m_agent.memory import Carry
 from r3m_agent.tokenizer import PAD_ID
 
 @dataclass(frozen=True)
@@ -97,7 +96,8 @@ class Config:
     k: int = 2
     """Refinement steps K of the policy (warm start trains K' <= k; 0 with --init: the checkpoint's K)."""
     halt: bool = False
-    """Adaptive halting: warm start adds stage 2, the policy halts, and halt_cost penalises steps."""
+    """Adaptive halting: the warm start adds stage 2, and the halting step is part of the sampled
+    action (its log-probability in the policy gradient, --halt-cost x steps/K in the reward)."""
     levels: tuple[int, ...] = ()
     """Difficulty levels to train and evaluate (empty: all of the family's levels)."""
     warm_steps: int = 150
@@ -123,8 +123,8 @@ class Config:
     turns call-cost differences between failed samples into full-size advantages)."""
     epochs: int = 2
     """Passes over an iteration's turns."""
-    minibatch: int = 64
-    """Turns per optimiser step."""
+    minibatch: int = 32
+    """Episodes per optimiser step (each replayed turn by turn with its memory)."""
     lr: float = 3e-4
     """AdamW learning rate (constant)."""
     carry_lr: float = 1e-3
@@ -144,8 +144,15 @@ class Config:
     """Reward cost per tool call."""
     malformed_cost: float = 0.1
     """Reward cost per malformed call (unparsable, unknown or disabled tool)."""
-    halt_cost: float = 0.01
-    """With --halt: loss weight of the expected refinement steps (compute penalty)."""
+    halt_cost: float = 0.1
+    """With --halt: reward cost of the refinement steps an episode ran, per K steps (a one-turn
+    episode that runs all K steps pays halt_cost)."""
+    write_penalty: float = 1.0
+    """Weight of the memory's write budget (as train/imitate.py)."""
+    write_budget: float = 8.0
+    """Writes per episode before the write-budget penalty applies."""
+    write_cost: float = 0.01
+    """Price of each (soft) memory write."""
     partial_credit: bool = True
     """Train on the verifier's partial-credit score (e.g. Sudoku: share of valid units) instead of 0/1;
     success is always the verifier's exact verdict."""
@@ -307,33 +314,24 @@ def rollout(cfg: Config, it: int, policy: Policy, vec, curriculum: Curriculum, l
     with torch.no_grad():
         episodes = run_episodes(policy, vec, seeds, options, allow_tools=True, sample=True,
                                 temperature=cfg.temperature, generator=gen)
-    return gather_groups(episodes, mine, cfg.groups, cfg.group_size, policy.device), group_levels
+    return gather_groups(episodes, mine, cfg.groups, cfg.group_size), group_levels
 
 
-def gather_groups(episodes: list[Episode], mine: list[int], groups: int, G: int,
-                  device: torch.device) -> list[Episode]:
+def gather_groups(episodes: list[Episode], mine: list[int], groups: int, G: int) -> list[Episode]:
     """All processes' episodes in group order (this process's alone without torchrun)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return episodes
-    for ep in episodes:  # carries travel on the CPU and come back to this process's device
-        for t in ep.turns:
-            t.carry = t.carry.to("cpu") if t.carry is not None else None
     parts: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(parts, (mine, episodes))
     by_group = {g: eps[i * G:(i + 1) * G] for part_groups, eps in parts for i, g in enumerate(part_groups)}
-    out = [ep for g in range(groups) for ep in by_group[g]]
-    for ep in out:
-        for t in ep.turns:
-            t.carry = t.carry.to(device) if t.carry is not None else None
-    return out
+    return [ep for g in range(groups) for ep in by_group[g]]
 
 
 def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, vec, curriculum: Curriculum,
                  replay: DemoSource, levels: tuple[int, ...], run: Run, state: dict) -> dict:
     episodes, group_levels = rollout(cfg, it, policy, vec, curriculum, levels, run)
     G = cfg.group_size
-    rewards = torch.tensor([shaped_reward(e, cfg.tool_cost, cfg.malformed_cost) for e in episodes])
-    rewards = rewards.view(-1, G)
+    rewards = torch.tensor([reward_of(cfg, policy, e) for e in episodes]).view(-1, G)
     adv, zero = group_advantages(rewards, cfg.advantage)
     solved = torch.tensor([e.correct for e in episodes], dtype=torch.float32).view(-1, G)
     if cfg.curriculum:
@@ -347,58 +345,64 @@ def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, v
              "rl/all_failed_groups": float((solved.mean(1) == 0).float().mean()),
              "rl/mean_level": float(np.mean(group_levels)),
              "rl/env_steps": float(sum(len(e.turns) for e in episodes)),
-             "tools/call_rate": tm["call_rate"], "tools/precision": tm["precision"],
-             "tools/recall": tm["recall"],
+             "tools/call_rate": tm["call_rate"], "tools/calls_per_episode": tm["calls_per_episode"],
              "tools/format_validity": tm["format_validity"], "tools/calls_per_solved": tm["calls_per_solved"],
              "tools/malformed_rate": float(np.mean([e.malformed_calls > 0 for e in episodes])),
-             "halt/steps": float(np.mean([e.steps for e in episodes]))}
+             "halt/steps": float(np.mean([e.steps for e in episodes])),
+             "memory/writes_per_episode": float(np.mean([e.writes for e in episodes]))}
     if keep:
-        batch = turn_batch([episodes[i] for i in keep], [float(adv.view(-1)[i]) for i in keep])
-        batch.ref_lp = reference_log_probs(ref, batch, cfg.minibatch)
+        kept = [episodes[i] for i in keep]
+        batch = EpisodeBatch(kept, torch.tensor([float(adv.view(-1)[i]) for i in keep]))
+        batch.ref_lp = reference_log_probs(ref, kept)
         stats.update(update(cfg, it, policy, optimizer, batch, replay, run, state))
     return stats
 
 
+def reward_of(cfg: Config, policy: Policy, ep: Episode) -> float:
+    """The training reward: cost-adjusted, with the compute cost when halting is learned."""
+    return shaped_reward(ep, cfg.tool_cost, cfg.malformed_cost, cfg.halt_cost if cfg.halt else 0.0,
+                         policy.max_steps)
+
+
 @torch.no_grad()
-def reference_log_probs(ref: Policy, batch: TurnBatch, chunk: int) -> torch.Tensor:
-    """log pi_ref of the sampled actions, scored with the carry the sampling policy saw."""
-    out = []
-    for s in range(0, len(batch), chunk):
-        mb = batch.select(torch.arange(s, min(s + chunk, len(batch))))
-        out.append(ref.log_prob(mb.observations, mb.carry, mb.tool, mb.payload, allow_tools=True)[0].cpu())
-    return torch.cat(out)
+def reference_log_probs(ref: Policy, episodes: list[Episode]) -> torch.Tensor:
+    """log pi_ref of every sampled action, each turn with the memory the reference writes itself."""
+    return rescore(ref, episodes).log_prob.cpu()
 
 
-def pg_loss(cfg: Config, policy: Policy, mb: TurnBatch, run: Run) -> tuple[torch.Tensor, dict]:
-    """The policy-gradient loss of minibatch ``mb``: this process's share of its rows (rows
-    rank, rank + world, ...), scaled so that the gradients averaged over processes are those of the
-    whole minibatch in one process."""
+def pg_loss(cfg: Config, policy: Policy, mb: "EpisodeBatch", run: Run) -> tuple[torch.Tensor, dict]:
+    """The policy-gradient loss of minibatch ``mb``: this process's share of its episodes
+    (episodes rank, rank + world, ...), each replayed turn by turn with the memory carried with
+    gradients (``rollout.rescore``), scaled so that the gradients averaged over processes are
+    those of the whole minibatch in one process (a mean over its actions)."""
     dev = policy.device
-    rows = torch.arange(run.rank, len(mb), run.world)
-    if not len(rows):
+    mine = list(range(run.rank, len(mb.episodes), run.world))
+    if not mine:
         return torch.zeros((), device=dev), {}
-    part = mb.select(rows)
-    scored = policy.score(part.observations, part.carry, part.tool, part.payload, allow_tools=True)
-    pg = clipped_objective(scored.log_prob, part.old_lp.to(dev), part.ref_lp.to(dev), part.adv.to(dev),
-                           action_tokens(part.payload).to(dev), cfg.clip, cfg.kl_coef)
-    loss = pg.loss - cfg.entropy_coef * scored.entropy.mean()
-    if cfg.halt:
-        loss = loss + cfg.halt_cost * scored.expected_steps.mean()
+    part = mb.select(mine)
+    scored = rescore(policy, part.episodes)
+    tokens = torch.cat([action_tokens(_payloads(ep)) for ep in part.episodes]).to(dev)
+    pg = clipped_objective(scored.log_prob, part.old_lp.to(dev), part.ref_lp.to(dev), part.per_action_adv().to(dev),
+                           tokens, cfg.clip, cfg.kl_coef)
+    loss = (pg.loss - cfg.entropy_coef * scored.entropy.mean()) * (len(scored.log_prob) * run.world / mb.n_actions)
+    if scored.write_probs is not None and (cfg.write_penalty or cfg.write_cost):  # a mean over episodes
+        memory = write_penalties([(scored.episode, scored.write_probs)], len(part.episodes), cfg.write_penalty,
+                                 cfg.write_budget, cfg.write_cost)
+        loss = loss + memory * (len(part.episodes) * run.world / len(mb.episodes))
     stats = {"rl/pg_loss": pg.pg_loss, "rl/kl": pg.kl, "rl/clip_fraction": pg.clip_fraction, "rl/ratio": pg.ratio,
-             "rl/entropy": float(scored.entropy.mean().detach()),
-             "halt/expected_steps": float(scored.expected_steps.mean().detach())}
-    return loss * (len(rows) * run.world / len(mb)), stats
+             "rl/entropy": float(scored.entropy.mean().detach())}
+    return loss, stats
 
 
-def update(cfg: Config, it: int, policy: Policy, optimizer, batch: TurnBatch, replay: DemoSource, run: Run,
+def update(cfg: Config, it: int, policy: Policy, optimizer, batch: "EpisodeBatch", replay: DemoSource, run: Run,
            state: dict) -> dict:
     model = policy.model
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "update", it))
     logs: dict[str, list[float]] = {}
     step = 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(batch), generator=gen)
-        for s in range(0, len(batch), cfg.minibatch):
+        order = torch.randperm(len(batch.episodes), generator=gen).tolist()
+        for s in range(0, len(order), cfg.minibatch):
             loss, stats = pg_loss(cfg, policy, batch.select(order[s : s + cfg.minibatch]), run)
             if cfg.replay_coef > 0:
                 demos = replay.get(it * 1000 + step)[1]
@@ -511,42 +515,40 @@ def group_advantages(rewards: torch.Tensor, kind: str = "grpo",
 
 
 @dataclass
-class TurnBatch:
-    observations: list[str]
-    carry: Carry | None
-    tool: torch.Tensor  # [B]
-    payload: torch.Tensor  # [B, W]
-    old_lp: torch.Tensor  # [B] log-prob under the sampling policy
-    adv: torch.Tensor  # [B] the episode's advantage
+class EpisodeBatch:
+    """Sampled episodes to learn from, each with its advantage; ``old_lp`` / ``ref_lp`` per action
+    (episode by episode, turn by turn), under the sampling and the reference policy."""
+
+    episodes: list[Episode]
+    adv: torch.Tensor  # [episodes]
     ref_lp: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
-    def __len__(self) -> int:
-        return len(self.observations)
+    @property
+    def old_lp(self) -> torch.Tensor:
+        return torch.tensor([t.log_prob for ep in self.episodes for t in ep.turns])
 
-    def select(self, index: torch.Tensor) -> TurnBatch:
-        idx = index.tolist()
-        carry = None if self.carry is None else self.carry.select(index.to(self.carry.ptr.device))
-        ref = self.ref_lp[index] if len(self.ref_lp) else self.ref_lp
-        return TurnBatch([self.observations[i] for i in idx], carry, self.tool[index], self.payload[index],
-                         self.old_lp[index], self.adv[index], ref)
+    @property
+    def n_actions(self) -> int:
+        return sum(len(ep.turns) for ep in self.episodes)
+
+    def per_action_adv(self) -> torch.Tensor:
+        return torch.cat([a.expand(len(ep.turns)) for ep, a in zip(self.episodes, self.adv)])
+
+    def select(self, index: Sequence[int]) -> "EpisodeBatch":
+        starts = np.cumsum([0] + [len(ep.turns) for ep in self.episodes])
+        ref = self.ref_lp
+        if len(ref):
+            ref = torch.cat([ref[starts[i]:starts[i + 1]] for i in index])
+        return EpisodeBatch([self.episodes[i] for i in index], self.adv[list(index)], ref)
 
 
-def turn_batch(episodes: Sequence[Episode], advantages: Sequence[float]) -> TurnBatch:
-    """Every turn of ``episodes``, each with its episode's advantage (payloads padded to one width)."""
-    turns = [(t, a) for ep, a in zip(episodes, advantages) for t in ep.turns]
-    if not turns:
-        raise ValueError("no turns to batch")
-    width = max(t.payload.shape[0] for t, _ in turns)
-    payload = torch.full((len(turns), width), PAD_ID, dtype=torch.long)
-    for i, (t, _) in enumerate(turns):
-        payload[i, : t.payload.shape[0]] = t.payload
-    carries = [t.carry for t, _ in turns]
-    carry = None
-    if all(c is not None for c in carries):
-        carry = Carry(*(torch.cat([getattr(c, f) for c in carries]) for f in ("slots", "valid", "ptr")))
-    return TurnBatch([t.observation for t, _ in turns], carry, torch.tensor([t.tool for t, _ in turns]),
-                     payload, torch.tensor([t.log_prob for t, _ in turns]),
-                     torch.tensor([float(a) for _, a in turns]))
+def _payloads(ep: Episode) -> torch.Tensor:
+    """An episode's payloads, one row per turn, padded to one width."""
+    width = max(t.payload.shape[0] for t in ep.turns)
+    out = torch.full((len(ep.turns), width), PAD_ID, dtype=torch.long)
+    for k, t in enumerate(ep.turns):
+        out[k, : t.payload.shape[0]] = t.payload
+    return out
 
 
 @dataclass
@@ -602,7 +604,7 @@ def snapshot(cfg: Config, policy: Policy, levels: Sequence[int]) -> dict:
     sampled = sampled_test(policy, cfg.env, levels, cfg.eval_n, seed=stream_seed(cfg.seed, "eval_sampling"),
                            temperature=cfg.temperature,
                            call_budget=cfg.call_budget, partial_credit=cfg.partial_credit, tool_cost=cfg.tool_cost,
-                           malformed_cost=cfg.malformed_cost)
+                           malformed_cost=cfg.malformed_cost, step_cost=cfg.halt_cost if cfg.halt else 0.0)
     return {"with_tools": with_tools.accuracy, "without_tools": without.accuracy,
             "with_tools_by_level": with_tools.by_level, "without_tools_by_level": without.by_level,
             "tools": tool_metrics(with_tools.episodes, tool, without.episodes),

@@ -150,9 +150,14 @@ def halting_summary(halted: FamilyEval, fixed: FamilyEval, K: int, play_fixed: C
 
 
 # -- tool use ------------------------------------------------------------------------------------------
-def shaped_reward(ep: Episode, tool_cost: float, malformed_cost: float) -> float:
-    """The training reward of one episode (see the module docstring)."""
-    return float(ep.reward) - tool_cost * ep.tool_calls - malformed_cost * ep.malformed_calls
+def shaped_reward(ep: Episode, tool_cost: float, malformed_cost: float, step_cost: float = 0.0,
+                  max_steps: int = 1) -> float:
+    """The cost-adjusted return of one episode: the verifier's reward, minus ``tool_cost`` per call,
+    ``malformed_cost`` per malformed call, and ``step_cost`` times the refinement steps its turns
+    ran as a share of ``max_steps`` (the compute a halting policy chose to spend)."""
+    compute = sum(t.steps for t in ep.turns) / max(1, max_steps)
+    return (float(ep.reward) - tool_cost * ep.tool_calls - malformed_cost * ep.malformed_calls
+            - step_cost * compute)
 
 
 class CallRecord(NamedTuple):
@@ -214,7 +219,7 @@ def tool_metrics(episodes: Sequence[Episode], family_tool: str | None,
 # -- a policy's state, before and after training ------------------------------------------------------
 def sampled_test(policy: Policy, env_id: str, levels: Sequence[int], n: int, *, seed: int, temperature: float,
                  call_budget: int, partial_credit: bool, tool_cost: float, malformed_cost: float,
-                 batch: int = 100) -> dict:
+                 step_cost: float = 0.0, batch: int = 100) -> dict:
     """Sampled pass@1 and mean cost-adjusted reward on fixed test instances (a fixed sampling seed)."""
     jobs = [(EVAL_SEED + i, lv) for lv in levels for i in range(n)]
     gen = torch.Generator(device=policy.device)
@@ -230,5 +235,5 @@ def sampled_test(policy: Policy, env_id: str, levels: Sequence[int], n: int, *, 
                                          sample=True, temperature=temperature, generator=gen)
         finally:
             vec.close()
-    rewards = [shaped_reward(e, tool_cost, malformed_cost) for e in episodes]
+    rewards = [shaped_reward(e, tool_cost, malformed_cost, step_cost, policy.max_steps) for e in episodes]
     return {"reward": float(np.mean(rewards)), "pass@1": float(np.mean([e.correct for e in episodes]))}

@@ -32,13 +32,13 @@ class LossOut(NamedTuple):
     token_loss: float
     tool_loss: float
     step_losses: list[float]  # mean loss at each supervised step (last entries = latest steps)
-    writes: float | None  # hard writes per sample in this call (None: the model has no memory)
-    write_rate: float | None  # fraction of refinement steps that wrote (None: no memory)
+    writes: float | None  # memory writes per episode (None: the model has no memory)
+    write_rate: float | None  # fraction of turns that wrote (None: no memory)
     scalars: dict | None = None  # anything else to log (e.g. halt/...)
 
 
-def model_kwargs(model: torch.nn.Module, K: int | None, grad_steps: int | None, halt: bool = False) -> dict:
-    return dict(K=K, grad_steps=grad_steps, halt=halt) if isinstance(unwrap(model), R3M) else {}
+def model_kwargs(model: torch.nn.Module, K: int | None, grad_steps: int | None) -> dict:
+    return dict(K=K, grad_steps=grad_steps) if isinstance(unwrap(model), R3M) else {}
 
 
 def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -51,40 +51,41 @@ def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> t
 
 
 def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
-                      K: int | None = None, grad_steps: int | None = None, halt: bool = False,
-                      carry: Carry | None = None):
-    """(model output, token targets, tool logits at the decision point) for one turn."""
-    kw = model_kwargs(model, K, grad_steps, halt)
+                      K: int | None = None, grad_steps: int | None = None,
+                      carry: Carry | None = None) -> ModelOutput:
+    """The model on one teacher-forced turn: the expert's choice conditions the payload, and the
+    tool logits come from the decision point, which never sees the payload (``blocks.prepare``)."""
+    kw = model_kwargs(model, K, grad_steps)
     if carry is not None:
         kw["carry"] = carry
     if spec.mode == "fill":
-        out = model(batch.ids, batch.mask, mode="fill", answer_len=batch.targets.shape[1], **kw)
-        return out, batch.targets, out.tool_logits
-    out = model(batch.ids, batch.mask, mode="causal", **kw)
-    rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
-    # Teacher forcing puts the payload after the decision point, so read the tool head at <sep>.
-    return out, batch.targets, unwrap(model).tool_head(out.hidden[rows, batch.decision])
+        return model(batch.ids, batch.mask, mode="fill", answer_len=batch.targets.shape[1], choice=batch.tool, **kw)
+    return model(batch.ids, batch.mask, mode="causal", choice=batch.tool, decision_index=batch.decision, **kw)
 
 
 class TurnOut(NamedTuple):
     out: ModelOutput
     targets: torch.Tensor
-    tool_logits: torch.Tensor
     tool: torch.Tensor
+    episodes: torch.Tensor  # [B] which episode each row belongs to
 
 
 def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
                     episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
-                    K: int | None = None, grad_steps: int | None = None, halt: bool = False) -> Iterator[TurnOut]:
-    """Run the turns of expert episodes in order, each read with the memory the model wrote on
-    the episode's earlier turns (detached between turns), exactly as ``run_episodes`` threads it
-    when the policy acts: a model trained turn by turn on an empty memory meets, at its second
-    turn, a memory it has never seen (measured on Sudoku with the solver: the answer-copy slots
-    fell from 100% to 56% correct). An already collated batch is one turn on an empty memory."""
+                    K: int | None = None, grad_steps: int | None = None,
+                    tbptt: int | None = None) -> Iterator[TurnOut]:
+    """Run the turns of expert episodes in order, each reading the memory the model wrote on the
+    episode's earlier turns, exactly as ``run_episodes`` threads it when the policy acts.
+
+    The carry keeps its graph across turns, so the answer's loss reaches the writes (gate and
+    content) of the turns it read: truncated backpropagation through time over windows of
+    ``tbptt`` turns (None: the whole episode; the carry is detached between windows). An already
+    collated batch is one turn on an empty memory."""
     device = next(model.parameters()).device
     if isinstance(episodes, (FillBatch, CausalBatch)):
         batch = type(episodes)(*(t.to(device) for t in episodes))
-        yield TurnOut(*imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, halt=halt), batch.tool)
+        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps)
+        yield TurnOut(out, batch.targets, batch.tool, torch.arange(len(batch.tool), device=device))
         return
     base = unwrap(model)
     carry = base.initial_carry(len(episodes), device) if isinstance(base, R3M) else None
@@ -95,36 +96,36 @@ def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
         batch = type(batch)(*(t.to(device) for t in batch))
         index = torch.tensor(rows, device=device)
         row_carry = carry.select(index) if carry is not None else None
-        out, targets, tool_logits = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, halt=halt,
-                                                      carry=row_carry)
-        yield TurnOut(out, targets, tool_logits, batch.tool)
+        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, carry=row_carry)
+        yield TurnOut(out, batch.targets, batch.tool, index)
         if carry is not None and out.carry is not None:
-            carry = carry.put(index, out.carry.detach())
+            carry = carry.put(index, out.carry)
+            if tbptt is not None and (j + 1) % tbptt == 0:
+                carry = carry.detach()
 
 
 def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
                    episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
                    K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
                    tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
-                   drift_penalty: float = 0.0) -> LossOut:
+                   write_cost: float = 0.0, drift_penalty: float = 0.0, tbptt: int | None = None) -> LossOut:
     """Imitation of whole expert episodes (``imitation_turns``), averaged over turns.
 
     Per turn: the token loss averaged over the last ``supervised_steps`` readouts (default: every
-    step that keeps a graph), plus the tool loss, plus (when ``write_penalty`` > 0) the episodic
-    memory's write-budget penalty, plus (when ``drift_penalty`` > 0) the state's change in the
-    last step. ``step_losses`` are the first turn's, for logging.
+    step that keeps a graph), plus the tool loss, plus (when ``drift_penalty`` > 0) the state's
+    change in the last step. Per episode, the memory's penalties (``write_penalties``). The
+    ``step_losses`` logged are the first turn's.
     """
     last = supervised_steps if supervised_steps is not None else grad_steps
-    total, token_sum, tool_sum, writes, write_rate, n = 0.0, 0.0, 0.0, 0.0, 0.0, 0
+    total, token_sum, tool_sum, writes, n = 0.0, 0.0, 0.0, 0.0, 0
     step_losses: list[float] = []
-    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps):
+    gates: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps, tbptt=tbptt):
         out, rows = turn.out, len(turn.tool)
         per_step = per_sample_token_loss(out.step_logits, turn.targets).mean(1)  # [S]
         token = (per_step if last is None else per_step[-last:]).mean()
-        tool = F.cross_entropy(turn.tool_logits.float(), turn.tool)
+        tool = F.cross_entropy(out.tool_logits.float(), turn.tool)
         loss = token + tool_weight * tool
-        if write_penalty and out.write_probs is not None:
-            loss = loss + write_penalty * write_budget_penalty(out.write_probs, write_budget)
         if drift_penalty and out.drift is not None:
             loss = loss + drift_penalty * out.drift.mean()
         total = total + rows * loss
@@ -132,12 +133,17 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
         tool_sum += rows * float(tool.detach())
         writes += float(out.writes.float().sum())
         if out.write_probs is not None:
-            write_rate += rows * float(out.write_probs.gt(0.5).float().mean())
+            gates.append((turn.episodes, out.write_probs))
         step_losses = step_losses or [float(x) for x in per_step.detach()]
         n += rows
-    has_memory = turn.out.write_probs is not None
-    return LossOut(total / n, token_sum / n, tool_sum / n, step_losses,
-                   writes / max(1, len(episodes)) if has_memory else None, write_rate / n if has_memory else None)
+    loss = total / n
+    if gates and (write_penalty or write_cost):
+        n_episodes = 1 if isinstance(episodes, (FillBatch, CausalBatch)) else len(episodes)
+        loss = loss + write_penalties(gates, n_episodes, write_penalty, write_budget, write_cost)
+    if not gates:
+        return LossOut(loss, token_sum / n, tool_sum / n, step_losses, None, None)
+    n_episodes = len(episodes) if not isinstance(episodes, (FillBatch, CausalBatch)) else n
+    return LossOut(loss, token_sum / n, tool_sum / n, step_losses, writes / max(1, n_episodes), writes / n)
 
 
 def progressive_schedule(rng: np.random.Generator, k_train: int, grad_steps: int) -> tuple[int, int, int]:
@@ -200,7 +206,7 @@ def ponder_imitation_loss(model: torch.nn.Module, spec: TaskSpec, episodes: Sequ
         rows, out = len(turn.tool), turn.out
         per_sample = per_sample_token_loss(out.step_logits, turn.targets)  # [S, B]
         ponder = ponder_loss(per_sample, out.halt_probs, lambda_p, beta)
-        tool_loss = F.cross_entropy(turn.tool_logits.float(), turn.tool)
+        tool_loss = F.cross_entropy(out.tool_logits.float(), turn.tool)
         loss = loss + rows * (ponder.loss + tool_loss)
         p = out.halt_probs.detach()
         k = torch.arange(1, p.shape[1] + 1, device=p.device)
@@ -218,11 +224,24 @@ def ponder_imitation_loss(model: torch.nn.Module, spec: TaskSpec, episodes: Sequ
 
 
 # -- penalties ----------------------------------------------------------------------------------------
+def write_penalties(gates: Sequence[tuple[torch.Tensor, torch.Tensor]], n_episodes: int, weight: float,
+                    budget: float, cost: float) -> torch.Tensor:
+    """The memory's two penalties on the soft write gates, from ``(episode index [B], gate [B])``
+    per turn: ``weight * mean_e max(0, sum_t g_et - budget)`` (a write budget per episode: more
+    writes than the memory has slots evict each other) plus ``cost * mean_e sum_t g_et`` (a price
+    per write, so a write must earn its place: distractors stop being stored)."""
+    index = torch.cat([e for e, _ in gates])
+    values = torch.cat([g.float() for _, g in gates])
+    per_episode = torch.zeros(n_episodes, device=index.device).index_add(0, index, values)
+    return weight * F.relu(per_episode - budget).mean() + cost * per_episode.mean()
+
+
 def write_budget_penalty(write_probs: torch.Tensor | None, budget: float) -> torch.Tensor:
-    """Mean over the batch of max(0, expected writes - budget), from the soft gates [B, S]."""
+    """Mean over the batch of max(0, expected writes - budget), from soft gates [B] or [B, turns]."""
     if write_probs is None:
         return torch.zeros(())
-    return F.relu(write_probs.float().sum(dim=1) - budget).mean()
+    gates = write_probs.float()
+    return F.relu((gates.sum(dim=1) if gates.dim() == 2 else gates) - budget).mean()
 
 
 # -- the policy-gradient objective ---------------------------------------------------------------------

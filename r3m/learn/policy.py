@@ -1,15 +1,28 @@
-"""The model as a policy over text actions: a tool choice that gates a payload.
+"""The model as a policy over text actions: a decision, then content conditioned on it.
 
-At a decision point the tool head picks "answer" or a tool; the token head then writes the
-payload (the call's ARGS or the answer). The action is ``<call>NAME PAYLOAD</call>`` or the
-payload itself. Payload tokens are restricted to the printable alphabet plus ``<eos>`` (and, in
-fill mode, ``<pad>`` for the slots a shorter payload leaves empty; see ``r3m.learn.data``), so a
-policy can never emit a stray delimiter; with tools off the head is masked to "answer". A
-payload is every slot or token up to and including the first ``<eos>``.
+An action is (halting step, choice, payload):
+- halting step s (with ``halt=True``): how many refinement steps the turn runs, read from the
+  halting head at the decision point. Greedy acting stops at the threshold of the cumulative
+  halting probability; sampling draws s from the halting distribution, so s is part of the
+  sampled action (its log-probability enters the policy gradient; its compute enters the reward);
+- choice c: "answer" (0) or tool i, from the tool head at the decision point after s steps;
+- payload: the call's ARGS or the answer, written by the token head with c's embedding added to
+  the payload positions (``r3m_agent.blocks.prepare``), so the content depends on the choice.
 
-``act`` samples (or takes the argmax) and returns the log-probability of what it chose;
-``log_prob`` recomputes it for given choices with the same masks, K and halting, which is
-what the policy-gradient update needs (a test checks the two agree).
+The decision point sees the observation only (never the payload), so
+
+    log pi(action) = log p_halt(s) + log p(c | s) + log p(payload | c, s)
+
+is computed by one forward pass over the observation and the payload with the choice and the
+step count given (``score``), and acting computes the same numbers: a pass over the observation
+alone for (s, c), then the payload pass with them (fill: one pass over the answer slots; causal:
+one pass per token). A test checks that acting and re-scoring agree in both modes.
+
+Payload tokens are restricted to the printable alphabet plus ``<eos>`` (and, in fill mode,
+``<pad>`` for the slots a shorter payload leaves empty; see ``r3m.learn.data``), so a policy can
+never emit a stray delimiter; with tools off the choice is masked to "answer". A payload is every
+slot or token up to and including the first ``<eos>``. The action's text is
+``<call>NAME PAYLOAD</call>`` or the payload itself.
 """
 
 from __future__ import annotations
@@ -40,27 +53,34 @@ class Decision:
     actions: list[str]
     tool: torch.Tensor  # [B]
     payload: torch.Tensor  # [B, W]
-    log_prob: torch.Tensor  # [B]
-    steps: torch.Tensor  # [B]
-    writes: torch.Tensor  # [B]
-    carry: Carry | None
+    log_prob: torch.Tensor  # [B] log pi(action): halting (when learned) + choice + payload
+    steps: torch.Tensor  # [B] refinement steps the turn ran
+    writes: torch.Tensor  # [B] memory writes of the turn (0 or 1)
+    carry: Carry | None  # the memory after the turn
+    blocks: torch.Tensor  # [B] block applications the turn cost (decision pass + payload)
 
 
 class Score(NamedTuple):
     log_prob: torch.Tensor  # [B]
     entropy: torch.Tensor  # [B] mean per payload token
-    expected_steps: torch.Tensor  # [B] sum_k k p_k under the halting distribution
+    carry: Carry | None  # the memory after the turn (with gradients: the next turn's input)
+    choice_logp: torch.Tensor  # [B] log p(c | s)
+    halt_logp: torch.Tensor  # [B] log p_halt(s) (0 with halting off)
+    write_probs: torch.Tensor | None  # [B] the soft write gate of the turn (None: no memory)
 
 
 @dataclass
 class Policy:
-    """``model`` acting in ``mode`` ("fill" or "causal") with ``width`` payload slots/tokens."""
+    """``model`` acting in ``mode`` ("fill" or "causal") with ``width`` payload slots/tokens, at K
+    refinement steps (None: the model's K), halting per row with ``halt``."""
 
     model: torch.nn.Module
     mode: str = "fill"
     width: int = 64
     K: int | None = None
     halt: bool = False
+    threshold: float | None = None  # greedy halting: cumulative probability to stop at (None: the model's)
+    read_memory: bool = True  # False: the no-memory ablation (reads nothing, still writes)
 
     @property
     def recurrent(self) -> bool:
@@ -70,8 +90,14 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _kw(self, carry: Carry | None) -> dict:
-        return dict(K=self.K, halt=self.halt, carry=carry) if self.recurrent else {}
+    @property
+    def max_steps(self) -> int:
+        return (self.K or self.model.cfg.K) if self.recurrent else 1
+
+    def _kw(self, carry: Carry | None, steps: torch.Tensor | None = None, **extra) -> dict:
+        if not self.recurrent:
+            return {}
+        return dict(K=self.K, carry=carry, halt_steps=steps, read_memory=self.read_memory, **extra)
 
     def encode(self, observations: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``<bos> observation <sep>`` (the decision point is the last column)."""
@@ -83,7 +109,7 @@ class Policy:
         return ids.to(self.device), (ids != PAD_ID).to(self.device)
 
     # -- distributions ------------------------------------------------------------------------
-    def _tool_logp(self, tool_logits: torch.Tensor, allow_tools: bool) -> torch.Tensor:
+    def _choice_logp(self, tool_logits: torch.Tensor, allow_tools: bool) -> torch.Tensor:
         logits = tool_logits.float()
         if not allow_tools:
             logits = logits.clone()
@@ -94,39 +120,64 @@ class Policy:
         ok = (_FILL_OK if self.mode == "fill" else _PAYLOAD_OK).to(logits.device)
         return F.log_softmax(logits.float().masked_fill(~ok, float("-inf")), dim=-1)
 
-    def _fill(self, observations, carry):
-        ids, mask = self.encode(observations)
-        return self.model(ids, mask, mode="fill", answer_len=self.width, **self._kw(carry))
+    def _halt_logp(self, out) -> torch.Tensor:
+        """log p_halt(s), part of the action only when the policy halts."""
+        return out.halt_logp.float() if self.halt and self.recurrent else torch.zeros_like(out.steps, dtype=torch.float)
+
+    def _decide(self, ids, mask, carry, allow_tools, sample, temperature, generator):
+        """The decision pass over the observation alone: (steps, choice, log p(s) + log p(c | s), blocks).
+        With tools off and no halting there is nothing to decide: the pass is skipped."""
+        B = ids.shape[0]
+        if not allow_tools and not (self.recurrent and self.halt):
+            zeros = torch.zeros(B, device=ids.device)
+            return torch.full((B,), self.max_steps, device=ids.device), zeros.long(), zeros, zeros
+        if self.recurrent and self.halt:
+            mode = "sample" if sample else "threshold"
+            extra = dict(halt=mode, generator=generator, halt_threshold=self.threshold)
+            kw = self._kw(carry, None, **extra)
+        else:
+            kw = self._kw(carry, torch.full((ids.shape[0],), self.max_steps, device=ids.device)
+                          if self.recurrent else None)
+        fill = dict(mode="fill", answer_len=0) if self.mode == "fill" else dict(mode="causal")
+        out = self.model(ids, mask, **fill, **kw)
+        choice_lp = self._choice_logp(out.tool_logits, allow_tools)
+        choice = _choose(choice_lp, sample, temperature, generator)
+        return out.steps, choice, self._halt_logp(out) + _gather(choice_lp, choice), out.blocks
 
     # -- acting --------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, observations: Sequence[str], carry: Carry | None = None, *, allow_tools: bool = True,
             sample: bool = False, temperature: float = 1.0, generator: torch.Generator | None = None) -> Decision:
+        ids, mask = self.encode(observations)
+        steps, choice, log_prob, blocks = self._decide(ids, mask, carry, allow_tools, sample, temperature, generator)
         if self.mode == "fill":
-            out = self._fill(observations, carry)
-            tool_lp = self._tool_logp(out.tool_logits, allow_tools)
-            tool = _choose(tool_lp, sample, temperature, generator)
+            out = self.model(ids, mask, mode="fill", answer_len=self.width, choice=choice,
+                             **self._kw(carry, steps if self.recurrent else None))
             slot_lp = self._payload_logp(out.logits)
             payload = _truncate_at_eos(_choose(slot_lp, sample, temperature, generator))
-            log_prob = _gather_tool(tool_lp, tool) + _payload_sum(slot_lp, payload)
-            steps, writes, new_carry = out.steps, out.writes, out.carry
+            log_prob = log_prob + _payload_sum(slot_lp, payload)
+            writes, new_carry, blocks = out.writes, out.carry, blocks + out.blocks
         else:
-            tool, payload, log_prob, steps, writes, new_carry = self._act_causal(
-                observations, carry, allow_tools, sample, temperature, generator)
-        actions = [self.render(int(t), p) for t, p in zip(tool.tolist(), payload)]
-        return Decision(actions, tool, payload, log_prob, steps, writes, new_carry)
+            payload, payload_lp, writes, new_carry, more = self._generate(ids, mask, carry, steps, choice, sample,
+                                                                          temperature, generator)
+            log_prob, blocks = log_prob + payload_lp, blocks + more
+        actions = [self.render(int(t), p) for t, p in zip(choice.tolist(), payload)]
+        return Decision(actions, choice, payload, log_prob, steps, writes, new_carry, blocks)
 
-    def _act_causal(self, observations, carry, allow_tools, sample, temperature, generator):
-        ids, mask = self.encode(observations)
-        first = self.model(ids, mask, **self._kw(carry))
-        tool_lp = self._tool_logp(first.tool_logits, allow_tools)
-        tool = _choose(tool_lp, sample, temperature, generator)
-        log_prob = _gather_tool(tool_lp, tool)
+    def _generate(self, ids, mask, carry, steps, choice, sample, temperature, generator):
+        """Causal payload, token by token, every token at the turn's step count and choice."""
         B = ids.shape[0]
+        decision = torch.full((B,), ids.shape[1] - 1, device=ids.device)  # <sep>: the last column
+        kw = dict(mode="causal", choice=choice, decision_index=decision,
+                  **self._kw(carry, steps if self.recurrent else None))
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        new, logits = [], first.logits[:, -1]
+        log_prob = torch.zeros(B, device=ids.device)
+        blocks = torch.zeros(B, device=ids.device)
+        new = []
         for i in range(self.width):
-            lp = self._payload_logp(logits)
+            out = self.model(ids, mask, **kw)
+            blocks = blocks + torch.where(done, 0, out.blocks)
+            lp = self._payload_logp(out.logits[:, -1])
             tok = _choose(lp, sample, temperature, generator)
             if i == self.width - 1:
                 tok = torch.full_like(tok, EOS_ID)  # the payload budget ends the action
@@ -138,10 +189,8 @@ class Policy:
             mask = torch.cat([mask, (tok != PAD_ID)[:, None]], dim=1)
             if bool(done.all()):
                 break
-            logits = self.model(ids, mask, **self._kw(carry)).logits[:, -1]
-        payload = torch.stack(new, dim=1)
-        last = self.model(ids, mask, **self._kw(carry)) if self.recurrent else first
-        return tool, payload, log_prob, first.steps, first.writes, last.carry
+        last = self.model(ids, mask, **kw)  # the turn as a whole: what the memory keeps of it
+        return torch.stack(new, dim=1), log_prob, last.writes, last.carry, blocks
 
     def render(self, tool: int, payload: torch.Tensor) -> str:
         text = TOK.decode([t for t in payload.tolist() if t not in (EOS_ID, PAD_ID)])
@@ -150,38 +199,41 @@ class Policy:
         return tools.format_call(self.model.cfg.tool_names[tool - 1], text)
 
     # -- re-scoring (policy gradient) ------------------------------------------------------
-    def log_prob(self, observations: Sequence[str], carry: Carry | None, tool: torch.Tensor,
-                 payload: torch.Tensor, *, allow_tools: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log pi(tool, payload | observation) [B], mean per-token entropy [B]), with gradients."""
-        scored = self.score(observations, carry, tool, payload, allow_tools=allow_tools)
-        return scored.log_prob, scored.entropy
-
-    def score(self, observations: Sequence[str], carry: Carry | None, tool: torch.Tensor,
-              payload: torch.Tensor, *, allow_tools: bool = True) -> Score:
-        """``log_prob``'s two values plus the expected refinement steps under the halting
-        distribution [B] (differentiable; the compute penalty of RL with halting on)."""
+    def score(self, observations: Sequence[str], carry: Carry | None, tool: torch.Tensor, payload: torch.Tensor,
+              steps: torch.Tensor | None = None, *, allow_tools: bool = True) -> Score:
+        """log pi(steps, tool, payload | observation, carry) [B] with gradients, the mean per-token
+        entropy of the payload, and the memory after the turn; one pass with the choice and the
+        step count given. ``steps`` (with halting): the step counts the actions ran."""
         tool, payload = tool.to(self.device), payload.to(self.device)
+        ids, mask = self.encode(observations)
+        if self.recurrent:
+            steps = steps.to(self.device) if steps is not None and self.halt else torch.full(
+                (ids.shape[0],), self.max_steps, device=self.device)
+        kw = self._kw(carry, steps)
         if self.mode == "fill":
-            out = self._fill(observations, carry)
-            tool_lp = self._tool_logp(out.tool_logits, allow_tools)
+            out = self.model(ids, mask, mode="fill", answer_len=payload.shape[1], choice=tool, **kw)
             slot_lp = self._payload_logp(out.logits)
-            halt_probs = out.halt_probs
         else:
-            ids, mask = self.encode(observations)
-            first = self.model(ids, mask, **self._kw(carry))
-            tool_lp = self._tool_logp(first.tool_logits, allow_tools)
-            halt_probs = first.halt_probs
             n = payload.shape[1]
             full = torch.cat([ids, payload], dim=1)
             full_mask = torch.cat([mask, payload != PAD_ID], dim=1)
-            logits = self.model(full, full_mask, **self._kw(carry)).logits[:, -n - 1 : -1]
-            slot_lp = self._payload_logp(logits)
+            decision = torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+            out = self.model(full, full_mask, mode="causal", choice=tool, decision_index=decision, **kw)
+            slot_lp = self._payload_logp(out.logits[:, -n - 1 : -1])
+        choice_lp = _gather(self._choice_logp(out.tool_logits, allow_tools), tool)
+        halt_lp = self._halt_logp(out)
         live = _live(payload)
         entropy = -(slot_lp.exp() * slot_lp.nan_to_num(neginf=0.0)).sum(-1)
         entropy = (entropy * live).sum(1) / live.sum(1).clamp(min=1)
-        k = torch.arange(1, halt_probs.shape[1] + 1, device=halt_probs.device, dtype=torch.float32)
-        return Score(_gather_tool(tool_lp, tool) + _payload_sum(slot_lp, payload), entropy,
-                     (halt_probs.float() * k).sum(1))
+        return Score(halt_lp + choice_lp + _payload_sum(slot_lp, payload), entropy, out.carry, choice_lp, halt_lp,
+                     out.write_probs)
+
+    def log_prob(self, observations: Sequence[str], carry: Carry | None, tool: torch.Tensor,
+                 payload: torch.Tensor, steps: torch.Tensor | None = None, *,
+                 allow_tools: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi(action) [B], mean per-token entropy [B]); see ``score``."""
+        scored = self.score(observations, carry, tool, payload, steps, allow_tools=allow_tools)
+        return scored.log_prob, scored.entropy
 
 
 def _choose(logp: torch.Tensor, sample: bool, temperature: float, generator) -> torch.Tensor:
@@ -205,8 +257,8 @@ def _truncate_at_eos(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.masked_fill(~_live(tokens), PAD_ID)
 
 
-def _gather_tool(tool_lp: torch.Tensor, tool: torch.Tensor) -> torch.Tensor:
-    return tool_lp.gather(1, tool[:, None]).squeeze(1)
+def _gather(logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return logp.gather(1, index[:, None]).squeeze(1)
 
 
 def _payload_sum(slot_lp: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,20 @@
-"""Play a policy in a Gymnasium vector env, one decision per live episode per turn.
+"""Play a policy in a Gymnasium vector env, one decision per live episode per turn; and re-score
+the episodes it played.
 
 Every episode runs through the registered env (tool calls executed by the env through the
 tool registry, rewards from the verifier), with the memory carry threaded across the turns
 of an episode and fresh for each new one. ``SAME_STEP`` autoreset: a finished sub-env is
 already reset when its result arrives, so later steps of that slot are ignored.
+
+``rescore`` replays episodes turn by turn through the policy with the carry threaded the same
+way but with gradients, so the policy gradient of a later action reaches the memory writes of
+the earlier turns it read (backpropagation through time within the episode).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -18,18 +23,19 @@ from gymnasium.vector import AutoresetMode
 
 from r3m import envs  # noqa: F401  (registers the suite)
 from r3m.learn.policy import Policy
-from r3m_agent.memory import Carry
+from r3m_agent.tokenizer import PAD_ID
 
 
 @dataclass
 class Turn:
     observation: str
-    carry: Carry | None  # the memory the policy saw (one row), for re-scoring
     tool: int
     payload: torch.Tensor
     log_prob: float
-    steps: int
-    writes: float
+    steps: int  # refinement steps the turn ran
+    writes: float  # memory writes the turn made (0 or 1)
+    blocks: float = 0.0  # block applications the turn cost
+    kind: str = "turn"  # what the observation was (streamed envs: "fact", "distractor", "question", "chunk")
 
 
 @dataclass
@@ -53,6 +59,10 @@ class Episode:
     @property
     def writes(self) -> float:
         return float(sum(t.writes for t in self.turns))
+
+    @property
+    def blocks(self) -> float:
+        return float(sum(t.blocks for t in self.turns))
 
 
 def make_vec(env_id: str, n: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
@@ -81,6 +91,7 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
     else:
         obs, info = vec.reset(seed=list(seeds), options=options)
     episodes = [Episode(int(s), info["family"][i], int(info["difficulty"][i])) for i, s in enumerate(seeds)]
+    kinds = list(info["stream_kind"]) if "stream_kind" in info else ["turn"] * n
     live = np.ones(n, dtype=bool)
     carry = policy.model.initial_carry(n, policy.device) if policy.recurrent else None
     while live.any():
@@ -92,13 +103,14 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
         actions = [""] * n
         for j, i in enumerate(rows):
             actions[i] = dec.actions[j]
-            episodes[i].turns.append(Turn(
-                obs[i], row_carry.select(index.new_tensor([j])) if row_carry is not None else None,
-                int(dec.tool[j]), dec.payload[j].cpu(), float(dec.log_prob[j]), int(dec.steps[j]),
-                float(dec.writes[j])))
+            episodes[i].turns.append(Turn(obs[i], int(dec.tool[j]), dec.payload[j].cpu(), float(dec.log_prob[j]),
+                                          int(dec.steps[j]), float(dec.writes[j]), float(dec.blocks[j]),
+                                          str(kinds[i])))
         if carry is not None and dec.carry is not None:
             carry = carry.put(index, dec.carry)
         obs, reward, terminated, truncated, info = vec.step(tuple(actions))
+        if "stream_kind" in info:
+            kinds = [str(k) if k is not None else "turn" for k in info["stream_kind"]]
         for i in rows:
             if terminated[i] or truncated[i]:
                 final = info["final_info"]
@@ -109,3 +121,41 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
                 ep.tool_calls, ep.malformed_calls = int(final["tool_calls"][i]), int(final["malformed_calls"][i])
                 live[i] = False
     return episodes
+
+
+class Rescored(NamedTuple):
+    """Per action, episode by episode and turn by turn (``episode`` says whose it is)."""
+
+    log_prob: torch.Tensor  # [N] log pi(action) under the policy now (with gradients)
+    entropy: torch.Tensor  # [N] mean per-token entropy of the payload
+    episode: torch.Tensor  # [N] index into the episodes
+    write_probs: torch.Tensor | None  # [N] the soft write gate of each turn (None: no memory)
+
+
+def rescore(policy: Policy, episodes: Sequence[Episode], *, allow_tools: bool = True) -> Rescored:
+    """log pi of every action of ``episodes`` under ``policy`` (see the module docstring)."""
+    device = policy.device
+    lengths = [len(e.turns) for e in episodes]
+    carry = policy.model.initial_carry(len(episodes), device) if policy.recurrent else None
+    per_turn: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    for j in range(max(lengths, default=0)):
+        rows = [i for i, n in enumerate(lengths) if n > j]
+        turns = [episodes[i].turns[j] for i in rows]
+        index = torch.tensor(rows, device=device)
+        width = max(t.payload.shape[0] for t in turns)
+        payload = torch.full((len(turns), width), PAD_ID, dtype=torch.long)
+        for k, t in enumerate(turns):
+            payload[k, : t.payload.shape[0]] = t.payload
+        scored = policy.score([t.observation for t in turns], carry.select(index) if carry is not None else None,
+                              torch.tensor([t.tool for t in turns]), payload,
+                              torch.tensor([t.steps for t in turns]), allow_tools=allow_tools)
+        if carry is not None and scored.carry is not None:
+            carry = carry.put(index, scored.carry)
+        per_turn.append((index, scored.log_prob, scored.entropy, scored.write_probs))
+    # episode-major order: all of episode 0's actions, then episode 1's, ...
+    owner = torch.cat([index for index, *_ in per_turn])
+    turn_no = torch.cat([torch.full_like(index, j) for j, (index, *_) in enumerate(per_turn)])
+    order = torch.argsort(owner * (len(per_turn) + 1) + turn_no)
+    gates = None if per_turn[0][3] is None else torch.cat([g for *_, g in per_turn])[order]
+    return Rescored(torch.cat([lp for _, lp, _, _ in per_turn])[order],
+                    torch.cat([e for _, _, e, _ in per_turn])[order], owner[order], gates)

@@ -31,9 +31,11 @@ class Imitation:
     k_train: int = 8
     grad_steps: int = 2
     tool_fraction: float = 0.25
-    write_penalty: float = 0.0
-    write_budget: float = 4.0
+    write_penalty: float = 1.0
+    write_budget: float = 8.0
+    write_cost: float = 0.01
     drift_penalty: float = 1.0
+    tbptt: int = 0  # 0: backpropagate through the whole episode
     ckpt_every: int = 200
     log_every: int = 25
     max_bad_steps: int = 20
@@ -72,7 +74,7 @@ def stage1_loss(run: Run, model: torch.nn.Module, specs: Sequence[TaskSpec], s: 
         with autocast(run.device):
             return imitation_loss(model, spec, episodes, K=K, grad_steps=grad_steps, supervised_steps=supervised,
                                   write_penalty=s.write_penalty, write_budget=s.write_budget,
-                                  drift_penalty=s.drift_penalty)
+                                  write_cost=s.write_cost, drift_penalty=s.drift_penalty, tbptt=s.tbptt or None)
 
     return loss_fn
 
