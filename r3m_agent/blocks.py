@@ -126,11 +126,11 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 class Batch(NamedTuple):
     """Inputs after ``prepare``: the token ids the trunk sees, their mask, positions and layout.
 
-    The decision point (where the tool choice and the halting decision are read) sees the
-    observation only: in causal mode the state at ``decision`` (the ``<sep>`` that ends the
-    observation; later positions hold the payload); in fill mode the mean over the observation's
-    positions, which never attend to the answer slots. So the choice can condition the payload
-    (``payload`` marks where its embedding is added) without the payload leaking into the choice.
+    The decision point (where the tool choice and the halting decision are read) never sees the
+    payload: in causal mode it is the state at ``decision`` (the ``<sep>`` that ends the
+    observation; later positions hold the payload, ``payload`` marks them); in fill mode it is the
+    mean over every position, answer slots included, whose inputs are mask tokens (the choice
+    conditions their readout, not their input).
     """
 
     ids: torch.Tensor  # [B, T'] (fill: input then answer_len mask tokens)
@@ -152,7 +152,7 @@ class Batch(NamedTuple):
 def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
             answer_len: int | None, decision_index: torch.Tensor | None = None) -> Batch:
     """Build masks and positions; in fill mode append ``answer_len`` mask tokens (answer slots)
-    after the input, which attend to everything while the input attends only to itself.
+    after the input (every position attends to every other).
 
     ``decision_index`` (causal mode): where the observation ends in each row (teacher forcing puts
     the payload after it); default: the last real token (the observation alone).
@@ -183,21 +183,18 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
         decision = last if decision_index is None else decision_index.to(device=device, dtype=torch.long)
         payload = torch.arange(T, device=device)[None, :] > decision[:, None]
     else:
-        slot = torch.zeros(T, dtype=torch.bool, device=device)
-        slot[T - n_answer:] = True
-        allowed = allowed & (slot[:, None] | ~slot[None, :])  # the input does not attend to the slots
         decision = torch.full((B,), -1, dtype=torch.long, device=device)
-        payload = slot.expand(B, T)
+        payload = (torch.arange(T, device=device) >= T - n_answer).expand(B, T)
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
     return Batch(input_ids, mask, allowed, positions, causal, n_answer, decision, payload, last)
 
 
 def decision_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
     """The state [B, d] the tool choice and the halting decision read: the decision point (causal)
-    or the mean over the observation's positions (fill); it never depends on the payload."""
+    or the mean over every position (fill); it never depends on the payload."""
     if batch.causal:
         return h[torch.arange(h.shape[0], device=h.device), batch.decision]
-    w = (batch.mask & ~batch.payload).to(h.dtype)[..., None]
+    w = batch.mask.to(h.dtype)[..., None]
     return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 

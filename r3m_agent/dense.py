@@ -57,7 +57,8 @@ class DenseTransformer(GroupedModule):
         self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.tool_head = nn.Linear(cfg.d_model, 1 + len(cfg.tool_names))
-        self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), cfg.d_model)
+        self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), cfg.d_model)  # causal: payload input
+        self.choice_film = nn.Embedding(1 + len(cfg.tool_names), 2 * cfg.d_model)  # fill: readout, as R3M
         # R3M's initialisation (LeCun-normal linears, GPT-2's residual scaling): with nanoGPT's fixed
         # 0.02 the block updates start ~100x smaller than the unit-scale embeddings and learning
         # stalls (see r3m.py); the baseline gets the initialisation that works for it too.
@@ -68,10 +69,11 @@ class DenseTransformer(GroupedModule):
         for blk in self.blocks:
             for proj in (blk.attn.proj, blk.mlp.down):
                 proj.weight.data /= math.sqrt(2 * cfg.n_layers)
+        nn.init.zeros_(self.choice_film.weight)
 
     def _group_modules(self) -> dict[str, list]:
         return {"prelude": [self.embed], "core": [self.blocks], "readout": [self.norm, self.head],
-                "tool": [self.tool_head, self.choice_embed]}
+                "tool": [self.tool_head, self.choice_embed, self.choice_film]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 mode: str = "causal", answer_len: int | None = None, choice: torch.Tensor | None = None,
@@ -82,19 +84,28 @@ class DenseTransformer(GroupedModule):
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         h = self.embed(b.ids)
         if choice is not None:
-            h = h + self.choice_embed(choice.to(h.device))[:, None, :] * b.payload[..., None].to(h.dtype)
+            choice = choice.to(h.device)
+            if b.causal:
+                h = h + self.choice_embed(choice)[:, None, :] * b.payload[..., None].to(h.dtype)
         for blk in self.blocks:
             h = blk(h, b.attn_mask, rope)
-        h = self.norm(h)
-        logits = self.head(answer_part(h, b))
+        logits = self.readout(answer_part(h, b), None if b.causal else choice)
         B = h.shape[0]
         ones = torch.ones(B, 1, device=h.device)
         return ModelOutput(
             logits=logits, step_logits=logits[None], halt_probs=ones,
             steps=torch.ones(B, dtype=torch.long, device=h.device), writes=torch.zeros(B, device=h.device),
-            write_probs=None, tool_logits=self.tool_head(decision_state(h, b)), carry=None, hidden=h,
+            write_probs=None, tool_logits=self.tool_head(decision_state(self.norm(h), b)), carry=None, hidden=h,
             halt_logp=torch.zeros(B, device=h.device),
             blocks=torch.full((B,), self.cfg.n_layers, device=h.device))
+
+    def readout(self, h: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
+        """Token logits of final states ``h``; with ``choice``, scaled and shifted per choice (as R3M)."""
+        n = self.norm(h)
+        if choice is not None:
+            scale, shift = self.choice_film(choice).to(n.dtype).chunk(2, dim=-1)
+            n = n * (1.0 + scale[:, None]) + shift[:, None]
+        return self.head(n)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -5,12 +5,12 @@
 
 | preset | R3M params | dense (1x) | dense (1x) params | dense (2x) | dense (2x) params |
 |---|---|---|---|---|---|
-| cpu-tiny | 150,147 | d64 L3 mlp3.55 | 150,337 | d64 L6 mlp3.81 | 300,097 |
-| cpu-small | 801,283 | d128 L4 mlp3.90 | 801,409 | d128 L8 mlp4.00 | 1,602,177 |
-| gpu-sudoku | 6,788,995 | d448 L3 mlp3.56 | 6,788,545 | d448 L6 mlp3.60 | 13,578,433 |
+| cpu-tiny | 150,275 | d64 L3 mlp3.55 | 150,465 | d64 L6 mlp3.81 | 300,225 |
+| cpu-small | 801,539 | d128 L4 mlp3.90 | 801,665 | d128 L8 mlp4.00 | 1,602,433 |
+| gpu-sudoku | 6,789,891 | d448 L3 mlp3.56 | 6,789,441 | d448 L6 mlp3.60 | 13,579,329 |
 
-Counts are without tools; the scripts add, per registered tool, a tool-head class and a choice
-embedding (2 d_model + 1 parameters).
+Counts are without tools; the scripts add, per registered tool, a tool-head class, a choice
+embedding and its readout scale and shift (4 d_model + 1 parameters).
 """
 
 from __future__ import annotations

@@ -180,8 +180,11 @@ class R3M(GroupedModule):
         self.semantic = SemanticMemory(d, cfg.n_heads, cfg.semantic_slots) if cfg.semantic_slots else None
         self.halting = HaltingHead(d, cfg.halt_bias_init)
         self.tool_head = nn.Linear(d, 1 + len(cfg.tool_names))
-        # the choice (answer or a tool) conditions the payload: added to the payload positions' input
+        # the choice (answer or a tool) conditions the payload: causal, an embedding added to the
+        # payload positions' input; fill, a scale and shift of the answer slots' readout (FiLM), so
+        # the slots refine once and the choice, read at the same step, picks what they say
         self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), d)
+        self.choice_film = nn.Embedding(1 + len(cfg.tool_names), 2 * d)
         # x, h and every block input are RMS-normalised (unit scale), unlike a GPT's 0.02-scale
         # residual stream, so linear layers get LeCun-normal weights (std 1/sqrt(fan_in), as TRM):
         # with nanoGPT's fixed 0.02 the block updates start ~100x smaller than the stream and the
@@ -196,6 +199,7 @@ class R3M(GroupedModule):
         for part in (self.memory, self.semantic, self.halting):
             if part is not None:
                 part.reset_parameters()
+        nn.init.zeros_(self.choice_film.weight)  # no conditioning until trained
 
     def _group_modules(self) -> dict[str, list]:
         core = [self.core, self.core_norm, self.h_init]
@@ -203,7 +207,8 @@ class R3M(GroupedModule):
             core.append(self.eta_logit)
         return {"prelude": [self.embed, self.prelude, self.input_norm], "core": core,
                 "readout": [self.readout_norm, self.head], "memory": [self.memory],
-                "semantic": [self.semantic], "halt": [self.halting], "tool": [self.tool_head, self.choice_embed]}
+                "semantic": [self.semantic], "halt": [self.halting],
+                "tool": [self.tool_head, self.choice_embed, self.choice_film]}
 
     def eta(self) -> torch.Tensor:
         return self.cfg.eta_min + (self.cfg.eta_max - self.cfg.eta_min) * torch.sigmoid(self.eta_logit)
@@ -230,7 +235,9 @@ class R3M(GroupedModule):
         cfg.halt_threshold), ``halt="sample"`` samples its step from the halting distribution
         (with ``generator``), ``halt_steps`` [B] stops each row at a given step (re-scoring a
         sampled step). A stopped row leaves the batch: it costs no more block applications.
-        choice [B]: the decision (0 = answer, i = tool i) whose embedding the payload positions get.
+        choice [B]: the decision (0 = answer, i = tool i) that conditions the payload (causal: an
+        embedding of the payload positions' input; fill: the answer slots' readout, see ``readout``;
+        None in fill mode: the readout of "answer").
         decision_index [B] (causal): where the observation ends (see ``blocks.prepare``).
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
         read_memory: False reads nothing from the memory (the no-memory ablation; writes happen).
@@ -251,15 +258,17 @@ class R3M(GroupedModule):
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         x = self.embed(b.ids)
         if choice is not None:
-            x = x + self.choice_embed(choice.to(x.device))[:, None, :] * b.payload[..., None].to(x.dtype)
+            choice = choice.to(x.device)
+            if b.causal:
+                x = x + self.choice_embed(choice)[:, None, :] * b.payload[..., None].to(x.dtype)
         for blk in self.prelude:
             x = blk(x, b.attn_mask, rope)
         x = self.input_norm(x)
         carry = self._carry_in(carry, x)
         if halt is None and halt_steps is None:
-            return self._refine_all(x, b, rope, carry, K, grad_steps, read_memory, use_semantic)
+            return self._refine_all(x, b, rope, carry, K, grad_steps, read_memory, use_semantic, choice)
         stop = _StopRule(halt, halt_steps, threshold, generator)
-        return self._refine_early_exit(x, b, rope, carry, K, stop, read_memory, use_semantic)
+        return self._refine_early_exit(x, b, rope, carry, K, stop, read_memory, use_semantic, choice)
 
     def _carry_in(self, carry: Carry | None, x: torch.Tensor) -> Carry | None:
         if self.memory is None:
@@ -286,8 +295,17 @@ class R3M(GroupedModule):
         eta = self.eta().to(z.dtype)
         return (1.0 - eta) * h + eta * self.core_norm(z)
 
-    def _readout(self, h: torch.Tensor, b: Batch) -> torch.Tensor:
-        return self.head(self.readout_norm(answer_part(h, b)))
+    def readout(self, h: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
+        """Token logits of states ``h`` [B, T, d]; with ``choice`` [B], scaled and shifted per choice
+        (fill mode: the same refined slots say the answer or a call's arguments)."""
+        n = self.readout_norm(h)
+        if choice is not None:
+            scale, shift = self.choice_film(choice).to(n.dtype).chunk(2, dim=-1)
+            n = n * (1.0 + scale[:, None]) + shift[:, None]
+        return self.head(n)
+
+    def _readout(self, h: torch.Tensor, b: Batch, choice: torch.Tensor | None) -> torch.Tensor:
+        return self.readout(answer_part(h, b), None if b.causal else choice)
 
     def _write(self, carry: Carry | None, h: torch.Tensor, b: Batch):
         """The memory after this call: one gated write of the turn's state."""
@@ -295,7 +313,7 @@ class R3M(GroupedModule):
             return None, torch.zeros(h.shape[0], device=h.device), None
         return self.memory.write(carry, turn_state(h, b))
 
-    def _refine_all(self, x, b, rope, carry, K, grad_steps, read_memory, use_semantic) -> ModelOutput:
+    def _refine_all(self, x, b, rope, carry, K, grad_steps, read_memory, use_semantic, choice) -> ModelOutput:
         """Every row K steps, every step's readout kept (training and fixed-K evaluation)."""
         h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
         logits, lambdas, tools = [], [], []
@@ -304,7 +322,7 @@ class R3M(GroupedModule):
             with torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
                 prev, h = h, self._step(h, x, b, rope, carry, read_memory, use_semantic)
                 state = decision_state(h, b)
-                logits.append(self._readout(h, b))
+                logits.append(self._readout(h, b, choice))
                 lambdas.append(self.halting(state))
                 tools.append(self.tool_head(state))
         new_carry, writes, write_probs = self._write(carry, h, b)
@@ -316,8 +334,8 @@ class R3M(GroupedModule):
             tool_logits=tools[-1], carry=new_carry, hidden=h, drift=_drift(h, prev, b),
             halt_logp=halt_probs[:, -1].clamp(min=1e-30).log(), blocks=self._blocks(K, B, h.device))
 
-    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", read_memory,
-                           use_semantic) -> ModelOutput:
+    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", read_memory, use_semantic,
+                           choice) -> ModelOutput:
         """Per-row halting: a row that stops leaves the batch (the running rows are compacted), so
         its remaining steps cost nothing; its outputs are those of the step it stopped at."""
         B, device = x.shape[0], x.device
@@ -335,7 +353,8 @@ class R3M(GroupedModule):
                 i = halts.nonzero().squeeze(1)
                 logp = log_survive[i] + (lam[i].clamp(min=1e-30).log() if not last else 0.0)
                 done.append(self._stopped(rows[i], h[i], prev[i], b.select(i), logp,
-                                          carry.select(i) if carry is not None else None))
+                                          carry.select(i) if carry is not None else None,
+                                          choice[i] if choice is not None else None))
                 steps[rows[i]] = k + 1
             keep = ~halts
             if not bool(keep.any()):
@@ -346,11 +365,12 @@ class R3M(GroupedModule):
                 rows, h, x, b, log_survive = rows[j], h[j], x[j], b.select(j), log_survive[j]
                 rope = (rope[0][j], rope[1][j])
                 carry = carry.select(j) if carry is not None else None
+                choice = choice[j] if choice is not None else None
         return self._assemble(done, B, steps, carry_template=self._template(carry, done))
 
-    def _stopped(self, rows, h, prev, b, logp, carry) -> _Stopped:
+    def _stopped(self, rows, h, prev, b, logp, carry, choice) -> _Stopped:
         new_carry, writes, write_probs = self._write(carry, h, b)
-        return _Stopped(rows, self._readout(h, b), self.tool_head(decision_state(h, b)), h, _drift(h, prev, b),
+        return _Stopped(rows, self._readout(h, b, choice), self.tool_head(decision_state(h, b)), h, _drift(h, prev, b),
                         logp, new_carry, writes, write_probs if write_probs is not None else writes)
 
     @staticmethod

@@ -85,7 +85,8 @@ def test_ddp_imitation_step_equals_one_process_on_the_global_batch(tmp_path):
 def test_ddp_policy_gradient_step_equals_one_process_on_the_global_batch(tmp_path):
     net = model().eval()
     with torch.no_grad():
-        net.tool_head.bias.fill_(-5.0)  # some calls, some answers
+        net.tool_head.weight.zero_()  # some calls, some answers
+        net.tool_head.bias.fill_(-5.0)
         net.tool_head.bias[0] = net.tool_head.bias[1 + list(net.cfg.tool_names).index("calculator")] = 0.0
     policy = Policy(net, SPEC.mode, SPEC.width, K=2)
     vec = make_vec("arithmetic-v0", 8)

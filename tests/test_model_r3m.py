@@ -142,7 +142,9 @@ def _full_loss(model, ids):
                            for s in out.step_logits])
     tool_ce = F.cross_entropy(out.tool_logits, choice)
     ponder = ponder_loss(step_ce, out.halt_probs, lambda_p=0.3, beta=0.01).loss
-    return step_ce.mean() + ponder + tool_ce + write_budget_penalty(first.write_probs + out.write_probs, 0.5)
+    causal = model(ids, K=2, choice=choice, decision_index=torch.tensor([2, 2]))  # the payload input's choice
+    return (step_ce.mean() + ponder + tool_ce + write_budget_penalty(first.write_probs + out.write_probs, 0.5)
+            + causal.logits.float().pow(2).mean() * 1e-3)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_GROUPS))

@@ -110,7 +110,8 @@ def test_acting_and_rescoring_log_probs_agree(mode, allow_tools, halt):
     policy acted with is the one re-scoring computes, with the memory re-threaded across turns."""
     model = tiny_model(K=4)
     with torch.no_grad():
-        model.tool_head.bias.fill_(-5.0)  # about half the turns call the calculator, the others answer
+        model.tool_head.weight.zero_()  # about half the turns call the calculator, the others answer
+        model.tool_head.bias.fill_(-5.0)
         model.tool_head.bias[0] = model.tool_head.bias[1 + list(model.cfg.tool_names).index("calculator")] = 0.0
         model.memory.gate.bias += 5.0  # and memory writes
         model.halting.proj.bias.fill_(-0.5)  # steps spread over 1..K
@@ -141,6 +142,8 @@ def test_acting_and_rescoring_log_probs_agree(mode, allow_tools, halt):
 def test_the_content_depends_on_the_choice(mode):
     """The same observation, choice 'answer' against a tool choice: a different payload distribution."""
     model = tiny_model()
+    with torch.no_grad():  # as after training (the readout's scale and shift start at zero)
+        model.choice_film.weight.normal_(0.0, 0.5)
     policy = Policy(model, mode, 6, K=2)
     payload = torch.tensor([[PAD_ID, PAD_ID, PAD_ID, 30, 31, EOS_ID]] if mode == "fill" else [[30, 31, EOS_ID]])
     scores = [policy.score(["n:12"], None, torch.tensor([c]), payload) for c in (0, 1)]

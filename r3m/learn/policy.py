@@ -14,9 +14,11 @@ The decision point sees the observation only (never the payload), so
     log pi(action) = log p_halt(s) + log p(c | s) + log p(payload | c, s)
 
 is computed by one forward pass over the observation and the payload with the choice and the
-step count given (``score``), and acting computes the same numbers: a pass over the observation
-alone for (s, c), then the payload pass with them (fill: one pass over the answer slots; causal:
-one pass per token). A test checks that acting and re-scoring agree in both modes.
+step count given (``score``), and acting computes the same numbers. Fill mode acts in one pass
+too: the answer slots refine with the observation, the row stops at its halting step, the choice
+is read there, and the slots' readout is conditioned on it (``R3M.readout``). Causal mode reads
+(s, c) in a pass over the observation, then writes the payload token by token with the choice
+embedded in its input. A test checks that acting and re-scoring agree in both modes.
 
 Payload tokens are restricted to the printable alphabet plus ``<eos>`` (and, in fill mode,
 ``<pad>`` for the slots a shorter payload leaves empty; see ``r3m.learn.data``), so a policy can
@@ -124,43 +126,42 @@ class Policy:
         """log p_halt(s), part of the action only when the policy halts."""
         return out.halt_logp.float() if self.halt and self.recurrent else torch.zeros_like(out.steps, dtype=torch.float)
 
-    def _decide(self, ids, mask, carry, allow_tools, sample, temperature, generator):
-        """The decision pass over the observation alone: (steps, choice, log p(s) + log p(c | s), blocks).
-        With tools off and no halting there is nothing to decide: the pass is skipped."""
-        B = ids.shape[0]
-        if not allow_tools and not (self.recurrent and self.halt):
-            zeros = torch.zeros(B, device=ids.device)
-            return torch.full((B,), self.max_steps, device=ids.device), zeros.long(), zeros, zeros
-        if self.recurrent and self.halt:
-            mode = "sample" if sample else "threshold"
-            extra = dict(halt=mode, generator=generator, halt_threshold=self.threshold)
-            kw = self._kw(carry, None, **extra)
-        else:
-            kw = self._kw(carry, torch.full((ids.shape[0],), self.max_steps, device=ids.device)
-                          if self.recurrent else None)
-        fill = dict(mode="fill", answer_len=0) if self.mode == "fill" else dict(mode="causal")
-        out = self.model(ids, mask, **fill, **kw)
+    def _halting(self, carry, rows: int, sample, generator) -> dict:
+        """The model's arguments when acting: every row K steps, or halting at a threshold (greedy)
+        or at a sampled step."""
+        if not self.recurrent:
+            return {}
+        if not self.halt:
+            return self._kw(carry, torch.full((rows,), self.max_steps, device=self.device))
+        return self._kw(carry, None, halt="sample" if sample else "threshold", generator=generator,
+                        halt_threshold=self.threshold)
+
+    def _decide(self, out, allow_tools, sample, temperature, generator):
+        """(choice, log p(s) + log p(c | s)) at the decision point of ``out``."""
         choice_lp = self._choice_logp(out.tool_logits, allow_tools)
         choice = _choose(choice_lp, sample, temperature, generator)
-        return out.steps, choice, self._halt_logp(out) + _gather(choice_lp, choice), out.blocks
+        return choice, self._halt_logp(out) + _gather(choice_lp, choice)
 
     # -- acting --------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, observations: Sequence[str], carry: Carry | None = None, *, allow_tools: bool = True,
             sample: bool = False, temperature: float = 1.0, generator: torch.Generator | None = None) -> Decision:
         ids, mask = self.encode(observations)
-        steps, choice, log_prob, blocks = self._decide(ids, mask, carry, allow_tools, sample, temperature, generator)
-        if self.mode == "fill":
-            out = self.model(ids, mask, mode="fill", answer_len=self.width, choice=choice,
-                             **self._kw(carry, steps if self.recurrent else None))
-            slot_lp = self._payload_logp(out.logits)
+        kw = self._halting(carry, ids.shape[0], sample, generator)
+        if self.mode == "fill":  # one pass: refine, stop, choose, read the slots for that choice
+            out = self.model(ids, mask, mode="fill", answer_len=self.width, **kw)
+            choice, log_prob = self._decide(out, allow_tools, sample, temperature, generator)
+            slot_lp = self._payload_logp(self.model.readout(out.hidden[:, -self.width:], choice))
             payload = _truncate_at_eos(_choose(slot_lp, sample, temperature, generator))
             log_prob = log_prob + _payload_sum(slot_lp, payload)
-            writes, new_carry, blocks = out.writes, out.carry, blocks + out.blocks
-        else:
+            steps, writes, new_carry, blocks = out.steps, out.writes, out.carry, out.blocks
+        else:  # the decision over the observation, then the payload token by token
+            first = self.model(ids, mask, mode="causal", **kw)
+            choice, log_prob = self._decide(first, allow_tools, sample, temperature, generator)
+            steps = first.steps
             payload, payload_lp, writes, new_carry, more = self._generate(ids, mask, carry, steps, choice, sample,
                                                                           temperature, generator)
-            log_prob, blocks = log_prob + payload_lp, blocks + more
+            log_prob, blocks = log_prob + payload_lp, first.blocks + more
         actions = [self.render(int(t), p) for t, p in zip(choice.tolist(), payload)]
         return Decision(actions, choice, payload, log_prob, steps, writes, new_carry, blocks)
 
