@@ -16,12 +16,14 @@ from r3m_agent.blocks import GROUP_NAMES, ModelOutput
 from r3m_agent.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, unwrap
 from r3m_agent.dense import DenseConfig, DenseTransformer
 from r3m_agent.memory import Carry, reset_carry
-from r3m_agent.presets import PRESETS, build_model, count_parameters, dense_config_like, dense_preset
+from r3m_agent.presets import (
+    PRESETS, build_model, count_parameters, dense_compute_like, dense_config_like, dense_preset,
+)
 from r3m_agent.r3m import R3M, R3MConfig, halting_distribution, threshold_steps
 from r3m_agent.tokenizer import Tokenizer
 
 __all__ = [
     "GROUP_NAMES", "PRESETS", "Carry", "DenseConfig", "DenseTransformer", "ModelOutput", "R3M", "R3MConfig",
-    "Tokenizer", "build_model", "count_parameters", "dense_config_like", "dense_preset", "halting_distribution",
+    "Tokenizer", "build_model", "count_parameters", "dense_compute_like", "dense_config_like", "dense_preset", "halting_distribution",
     "load_checkpoint", "model_from_checkpoint", "reset_carry", "save_checkpoint", "threshold_steps", "unwrap",
 ]

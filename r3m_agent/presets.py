@@ -81,6 +81,14 @@ def dense_config_like(cfg: R3MConfig, param_ratio: float = 1.0) -> DenseConfig:
     return dataclasses.replace(base, n_layers=best[1], mlp_ratio=best[2])
 
 
+def dense_compute_like(cfg: R3MConfig, K: int) -> DenseConfig:
+    """A DenseConfig of ``cfg``'s width and MLP ratio that applies as many blocks per sample as R3M
+    at K steps: ``prelude_layers + K * core_layers`` distinct layers (K times the core's parameters)."""
+    return DenseConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                       n_layers=cfg.prelude_layers + K * cfg.core_layers, mlp_ratio=cfg.mlp_ratio,
+                       rope_base=cfg.rope_base, tool_names=cfg.tool_names)
+
+
 def dense_preset(name: str, param_ratio: float = 1.0) -> DenseConfig:
     return dense_config_like(PRESETS[name], param_ratio)
 

@@ -11,7 +11,8 @@ from r3m.learn.cli import UsageError, parse_config
 from r3m.train import imitate
 
 TINY = dict(families=("arithmetic",), levels=(1,), steps=12, halt_steps=4, batch_size=8, eval_n=3,
-            eval_ks=(1, 2), k_train=2, ckpt_every=5, log_every=4, tensorboard=False, progress=False, threads=1)
+            eval_ks=(1, 2), k_train=2, ckpt_every=5, log_every=4, tensorboard=False, progress=False, threads=1,
+            baseline_lrs=(2e-3,))
 
 
 def run(tmp_path, name, **kw):
@@ -22,9 +23,13 @@ def run(tmp_path, name, **kw):
 def _strip(metrics: dict) -> dict:
     """Metrics that must be identical between equivalent runs (timings and paths differ)."""
     m = json.loads(json.dumps(metrics, default=str))
-    m.pop("config", None)
+    for key in ("config", "provenance", "results_table"):  # the table shows wall-time speedups
+        m.pop(key, None)
     for phase in m.get("fit", {}).values():
         phase.pop("seconds", None)
+    for h in m.get("halting", {}).values():
+        for key in ("wall_halt_s", "wall_fixed_s", "speedup"):
+            h.pop(key, None)
     return m
 
 
@@ -39,7 +44,8 @@ def test_stage_1_2_writes_metrics_plots_and_checkpoints(tmp_path):
     assert all(0.0 <= a <= 1.0 for a in metrics["accuracy_vs_k"]["arithmetic"].values())
     assert set(saved["halting"]["arithmetic"]) >= {"accuracy", "avg_steps", "fixed_k", "fixed_k_accuracy"}
     assert set(saved["grad_norm"]) == {"mean", "max"} and saved["grad_norm"]["max"] > 0
-    for f in ("accuracy_vs_k.png", "halting_steps.png", "ckpt/stage1.pt", "ckpt/stage2.pt", "ckpt/dense.pt"):
+    for f in ("accuracy_vs_k.png", "halting_steps.png", "ckpt/stage1.pt", "ckpt/stage2.pt",
+              "ckpt/dense_param_matched_lr0.002.pt", "ckpt/dense_compute_matched_lr0.002.pt"):
         assert (out / f).exists(), f
     assert any((out / "tb").rglob("events.out.tfevents.*"))
     assert {w["name"] for w in saved["warnings"]} <= {"no_k_helps", "overthinking", "halting_collapse",

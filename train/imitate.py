@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from r3m.learn.plots import plot_accuracy_vs_k, plot_halting_steps
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import imitation_table, log, mean, setup_logging, write_metrics
 from r3m.learn.run import Run, autocast, barrier, jsonable, seed_everything, start_run
-from r3m_agent import PRESETS, DenseTransformer, R3M, dense_config_like
+from r3m_agent import PRESETS, DenseTransformer, R3M, dense_compute_like, dense_config_like
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,12 @@ class Config:
     """K values for the accuracy-vs-K curve."""
     baseline: bool = True
     """Train and evaluate the parameter-matched dense baseline."""
-    baseline_lr: float = 2e-3
-    """The dense baseline's peak learning rate (same batches and steps as R3M). Each model gets a
-    rate it trains stably at: in the default prefix run the dense model reached 99% at 2e-3 but
-    stalled at 9% with R3M's 4e-3, so sharing R3M's rate would understate the baseline."""
+    baseline_lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
+    """Peak learning rates tried for each dense baseline (same batches and steps as R3M); the one with
+    the best accuracy on held-out train-split instances is reported on the test split."""
+    baseline_compute: bool = True
+    """Also train the compute-matched dense baseline (as many layers as R3M applies blocks at k_train)
+    beside the parameter-matched one."""
     lm_steps: int = 1500
     """Stage-0 optimiser steps."""
     lm_preset: str = "cpu-tiny"
@@ -196,8 +199,9 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
 
 # -- phases ----------------------------------------------------------------------------------
 def evaluate_models(cfg: Config, specs: list[TaskSpec], model: torch.nn.Module, *, Ks, halt: bool = False,
-                    allow_tools: bool = False) -> dict:
-    """family -> K -> FamilyEval (K = None for the dense model)."""
+                    allow_tools: bool = False, split: str = "test") -> dict:
+    """family -> K -> FamilyEval (K = None for the dense model); ``split="train"``: held-out instances
+    of the train split (a validation set: other seeds than any training draw)."""
     results: dict[str, dict] = {}
     for spec in specs:
         results[spec.family] = {}
@@ -205,7 +209,7 @@ def evaluate_models(cfg: Config, specs: list[TaskSpec], model: torch.nn.Module, 
             policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
             results[spec.family][K] = evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
                                                       levels=eval_levels(spec.family, spec.levels),
-                                                      allow_tools=allow_tools)
+                                                      allow_tools=allow_tools, split=split)
     return results
 
 
@@ -247,21 +251,40 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
     return model
 
 
-def run_baseline(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics: dict) -> None:
-    seed_everything(cfg.seed)
-    dense_cfg = dense_config_like(r3m_cfg, 1.0)
-    model = DenseTransformer(dense_cfg).to(run.device)
-    state = stages.dense(run, "dense", model, specs, stages.Imitation.of(cfg, lr=cfg.baseline_lr), cfg.seed)
-    _record_fit(metrics, "dense", state)
-    if not run.main:
-        return
-    with torch.no_grad():
-        res = evaluate_models(cfg, specs, model, Ks=(None,))
-    metrics["baseline_accuracy"] = {s.family: accuracy_on(res[s.family][None], s.levels) for s in specs}
-    metrics["baseline_accuracy_harder"] = {s.family: accuracy_on(res[s.family][None], harder_levels(s))
-                                           for s in specs}
-    metrics["baseline"] = {"params": sum(p.numel() for p in model.parameters()),
-                           "config": dense_cfg.to_dict()}
+def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics: dict) -> None:
+    """The dense baselines on the same batches and steps: parameter-matched, and compute-matched
+    (as many block applications per sample as R3M at k_train), each at every --baseline-lrs rate."""
+    kinds = {"param_matched": dense_config_like(r3m_cfg, 1.0)}
+    if cfg.baseline_compute:
+        kinds["compute_matched"] = dense_compute_like(r3m_cfg, cfg.k_train)
+    report: dict = {}
+    for kind, dense_cfg in kinds.items():
+        tried = {}
+        for lr in cfg.baseline_lrs:
+            seed_everything(cfg.seed)
+            model = DenseTransformer(dense_cfg).to(run.device)
+            phase = f"dense_{kind}_lr{lr:g}"
+            state = stages.dense(run, phase, model, specs, stages.Imitation.of(cfg, lr=lr), cfg.seed)
+            _record_fit(metrics, phase, state)
+            if not run.main:
+                continue
+            with torch.no_grad():
+                val = evaluate_models(cfg, specs, model, Ks=(None,), split="train")
+                test = evaluate_models(cfg, specs, model, Ks=(None,))
+            tried[lr] = {"validation": mean(accuracy_on(val[s.family][None], s.levels) for s in specs),
+                         "test": {s.family: accuracy_on(test[s.family][None], s.levels) for s in specs},
+                         "test_harder": {s.family: accuracy_on(test[s.family][None], harder_levels(s))
+                                         for s in specs}}
+        if run.main:
+            best = max(tried, key=lambda lr: (tried[lr]["validation"], -lr))
+            report[kind] = {"params": sum(p.numel() for p in model.parameters()), "layers": dense_cfg.n_layers,
+                            "block_applications": dense_cfg.n_layers, "best_lr": best,
+                            "accuracy": tried[best]["test"], "accuracy_harder": tried[best]["test_harder"],
+                            "lrs": {f"{lr:g}": t for lr, t in tried.items()}, "config": dense_cfg.to_dict()}
+    if run.main:
+        metrics["baseline"] = report
+        metrics["baseline_accuracy"] = report["param_matched"]["accuracy"]
+        metrics["baseline_accuracy_harder"] = report["param_matched"]["accuracy_harder"]
 
 
 def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
@@ -278,8 +301,14 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
                 return evaluate_family(policy, spec.family,
                                        n_per_level=cfg.eval_n, levels=eval_levels(spec.family, spec.levels))
 
+            t0 = time.perf_counter()  # the same instances, batch size and process: wall time with and without
             halted = play(cfg.k_train, halt=True)
-            halting[spec.family] = halting_summary(halted, play(cfg.k_train), cfg.k_train, play, levels=spec.levels)
+            t1 = time.perf_counter()
+            fixed = play(cfg.k_train)
+            t2 = time.perf_counter()
+            summary = halting_summary(halted, fixed, cfg.k_train, play, levels=spec.levels)
+            summary.update(wall_halt_s=t1 - t0, wall_fixed_s=t2 - t1, speedup=(t2 - t1) / max(t1 - t0, 1e-9))
+            halting[spec.family] = summary
             steps_by_level[spec.family] = {lv: [e.steps for e in halted.episodes if e.difficulty == lv]
                                            for lv in halted.by_level}
     metrics["halting"] = halting
@@ -325,9 +354,10 @@ def _record_fit(metrics: dict, phase: str, state) -> None:
     finite = [g for g in state.grad_norms if math.isfinite(g)]
     metrics.setdefault("fit", {})[phase] = {
         "steps": state.step, "seconds": state.seconds, "final_loss": mean(state.losses[-50:]),
-        "grad_norm": {"mean": mean(finite), "max": max(finite, default=0.0)}, "nan_steps": state.nan_steps,
+        "grad_norm": {"mean": mean(finite), "max": max(finite, default=0.0), **signals.spike_stats(finite)},
+        "nan_steps": state.nan_steps,
     }
-    metrics.setdefault("_grad_norms", []).extend(state.grad_norms)
+    metrics.setdefault("_grad_norms", {})[phase] = list(state.grad_norms)
     metrics["nan_steps"] = metrics.get("nan_steps", 0) + state.nan_steps
 
 
@@ -366,7 +396,8 @@ def warnings_for(cfg: Config, metrics: dict) -> list[dict]:
         found += signals.write_spam(metrics.get("_write_rate", 0.0))
     for fam, by_level in metrics.get("_halt_steps", {}).items():
         found += signals.halting_collapse([s for steps in by_level.values() for s in steps])
-    found += signals.instability(metrics.get("_grad_norms", []), metrics.get("nan_steps", 0))
+    for phase, norms in metrics.get("_grad_norms", {}).items():  # each model against its own median
+        found += signals.instability(norms, metrics["fit"][phase]["nan_steps"], phase=phase)
     for s in found:
         log.warning(f"WARNING [{s.name}] {s.message}. Remedy: {s.remedy}")
     return [s.as_dict() for s in found]
@@ -385,7 +416,7 @@ def main(cfg: Config) -> dict:
             model = run_stage1(cfg, run, specs, metrics)
             metrics["params"] = sum(p.numel() for p in model.parameters())
             if cfg.baseline:
-                run_baseline(cfg, run, specs, model.cfg, metrics)
+                run_baselines(cfg, run, specs, model.cfg, metrics)
             if 2 in cfg.stages:
                 run_stage2(cfg, run, specs, model, metrics)
             barrier()
@@ -395,7 +426,7 @@ def main(cfg: Config) -> dict:
     if not run.main:
         return {"rank": run.rank}
     metrics["warnings"] = warnings_for(cfg, metrics)
-    norms = [g for g in metrics.pop("_grad_norms", []) if math.isfinite(g)]
+    norms = [g for phase in metrics.pop("_grad_norms", {}).values() for g in phase if math.isfinite(g)]
     metrics["grad_norm"] = {"mean": mean(norms), "max": max(norms, default=0.0)}
     return finish(cfg, run, metrics)
 

@@ -131,9 +131,31 @@ def accuracy_on(ev: FamilyEval, levels: Sequence[int]) -> float:
     return mean(ev.by_level[lv] for lv in levels if lv in ev.by_level)
 
 
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank); 0.0 when either is constant."""
+    def ranks(v) -> np.ndarray:
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for value in np.unique(v):  # average rank within ties
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+
+    if len(x) < 2:
+        return 0.0
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 def halting_summary(halted: FamilyEval, fixed: FamilyEval, K: int, play_fixed: Callable[[int], FamilyEval],
                     levels: Sequence[int] | None = None) -> dict:
-    """Halting against the same model at fixed K and at the fixed K nearest its average steps.
+    """Halting against the same model at fixed K and at the fixed K nearest its average steps, with
+    the compute it saved: ``flops_ratio`` (block applications with halting over fixed K, the same
+    episodes) and ``spearman_steps_level`` (do harder levels get more steps, over every episode).
 
     ``levels``: summarise those levels (mean of per-level accuracies); None: all episodes.
     """
@@ -143,9 +165,13 @@ def halting_summary(halted: FamilyEval, fixed: FamilyEval, K: int, play_fixed: C
         acc = lambda ev: accuracy_on(ev, levels)  # noqa: E731
         avg = mean(e.steps for e in halted.episodes if e.difficulty in levels)
     at_avg = max(1, round(avg))
+    blocks = sum(e.blocks for e in halted.episodes), sum(e.blocks for e in fixed.episodes)
     return {"accuracy": acc(halted), "avg_steps": avg, "fixed_k": K, "fixed_k_accuracy": acc(fixed),
             "steps_fraction": avg / K, "fixed_at_avg_steps": at_avg,
             "fixed_at_avg_steps_accuracy": acc(play_fixed(at_avg)),
+            "flops_ratio": blocks[0] / blocks[1] if blocks[1] else 1.0,
+            "spearman_steps_level": spearman([e.steps for e in halted.episodes],
+                                             [e.difficulty for e in halted.episodes]),
             "steps_by_level": halted.steps_by_level, "accuracy_by_level": halted.by_level}
 
 

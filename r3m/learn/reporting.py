@@ -150,27 +150,33 @@ class Logger:
 
 # -- results tables ----------------------------------------------------------------------------------
 def imitation_table(metrics: Mapping[str, Any], ks: Sequence[int]) -> str:
-    """Accuracy against K beside the dense baseline, halting, and Stage 0 (``train/imitate.py``)."""
+    """Accuracy against K beside the dense baselines, halting, and Stage 0 (``train/imitate.py``)."""
     lines = []
+    base = metrics.get("baseline", {})
     if "accuracy_vs_k" in metrics:
         ks = list(ks)
-        lines += ["| family | " + " | ".join(f"K={k}" for k in ks) + " | dense (same params) |",
-                  "|---" * (len(ks) + 2) + "|"]
-        for fam, curve in metrics["accuracy_vs_k"].items():
-            base = metrics.get("baseline_accuracy", {}).get(fam)
-            lines.append(f"| {fam} | " + " | ".join(f"{curve[k]:.3f}" for k in ks)
-                         + f" | {'-' if base is None else f'{base:.3f}'} |")
-        for fam, curve in metrics.get("accuracy_vs_k_harder", {}).items():
-            base = metrics.get("baseline_accuracy_harder", {}).get(fam)
-            lines.append(f"| {fam} (harder, untrained level) | " + " | ".join(f"{curve[k]:.3f}" for k in ks)
-                         + f" | {'-' if base is None else f'{base:.3f}'} |")
+        names = {"param_matched": "dense, same params", "compute_matched": "dense, same compute"}
+        kinds = [k for k in names if k in base]
+        lines += ["| family | " + " | ".join(f"K={k}" for k in ks) + "".join(f" | {names[k]}" for k in kinds) + " |",
+                  "|---" * (len(ks) + 1 + len(kinds)) + "|"]
+        for key, suffix in (("accuracy_vs_k", ""), ("accuracy_vs_k_harder", " (harder, untrained level)")):
+            for fam, curve in metrics.get(key, {}).items():
+                dense = [base[k]["accuracy" + ("_harder" if suffix else "")].get(fam) for k in kinds]
+                lines.append(f"| {fam}{suffix} | " + " | ".join(f"{_get(curve, k):.3f}" for k in ks)
+                             + "".join(f" | {'-' if d is None else f'{d:.3f}'}" for d in dense) + " |")
+        if kinds:
+            lines.append("\ndense baselines (best of the learning rates tried, chosen on held-out train instances): "
+                         + "; ".join(f"{names[k]} {base[k]['params']:,} params, {base[k]['layers']} layers, "
+                                     f"lr {base[k]['best_lr']:g}" for k in kinds))
     if "halting" in metrics:
-        lines += ["", "| family | halting accuracy | avg steps | fixed K | fixed-K accuracy | steps by level |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| family | halting accuracy | fixed-K accuracy | avg steps | fixed K | FLOPs ratio | "
+                      "speedup | Spearman(steps, level) | steps by level |", "|---|---|---|---|---|---|---|---|---|"]
         for fam, h in metrics["halting"].items():
-            by = ", ".join(f"L{lv}: {s:.2f}" for lv, s in h["steps_by_level"].items())
-            lines.append(f"| {fam} | {h['accuracy']:.3f} | {h['avg_steps']:.2f} | {h['fixed_k']} | "
-                         f"{h['fixed_k_accuracy']:.3f} | {by} |")
+            by = ", ".join(f"L{lv}: {st:.2f}" for lv, st in h["steps_by_level"].items())
+            lines.append(f"| {fam} | {h['accuracy']:.3f} | {h['fixed_k_accuracy']:.3f} | {h['avg_steps']:.2f} | "
+                         f"{h['fixed_k']} | {h.get('flops_ratio', float('nan')):.3f} | "
+                         f"{h.get('speedup', float('nan')):.2f} | {h.get('spearman_steps_level', float('nan')):.2f} | "
+                         f"{by} |")
     if "stage0" in metrics:
         g = metrics["stage0"]["generation"]
         lines += ["", "| stage 0 | immediate EOS | distinct-1 | distinct-2 | longest repeat run | non-degenerate |",
@@ -178,6 +184,11 @@ def imitation_table(metrics: Mapping[str, Any], ks: Sequence[int]) -> str:
                   f"| dense LM | {g['immediate_eos_rate']:.3f} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | "
                   f"{g['longest_repeat_run']} | {metrics['stage0']['non_degenerate']} |"]
     return "\n".join(lines)
+
+
+def _get(curve: Mapping, k: int) -> float:
+    """A curve's value at K, whether its keys are ints (in memory) or strings (from JSON)."""
+    return curve[k] if k in curve else curve[str(k)]
 
 
 def rl_table(metrics: Mapping[str, Any]) -> str:

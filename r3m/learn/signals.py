@@ -61,19 +61,31 @@ def write_spam(write_rate: float, saturated: float = 0.95) -> list[Signal]:
                    "turn on the write-budget penalty (--write-penalty) or lower the write budget")]
 
 
-def instability(grad_norms: Sequence[float], nan_steps: int, spike_factor: float = 10.0) -> list[Signal]:
-    """NaN/inf losses or gradients, or gradient-norm spikes far above the run's median."""
-    signals = []
-    if nan_steps:
-        signals.append(Signal("nan", f"{nan_steps} steps had NaN/inf loss or gradients (skipped)",
-                              "lower the learning rate, use a smaller eta, tighten norms and gradient clipping"))
+def spike_stats(grad_norms: Sequence[float], spike_factor: float = 10.0) -> dict[str, float]:
+    """The median gradient norm of a phase and how many norms exceed ``spike_factor`` times it."""
     finite = sorted(g for g in grad_norms if math.isfinite(g))
+    if not finite:
+        return {"median": 0.0, "spikes": 0}
+    median = finite[len(finite) // 2]
+    return {"median": median, "spikes": sum(1 for g in finite if g > spike_factor * median)}
+
+
+def instability(grad_norms: Sequence[float], nan_steps: int, spike_factor: float = 10.0,
+                phase: str = "") -> list[Signal]:
+    """NaN/inf losses or gradients, or gradient-norm spikes far above the median of the same phase
+    (one model: pooling models with different gradient scales would call every norm a spike)."""
+    signals = []
+    where = f"{phase}: " if phase else ""
+    if nan_steps:
+        signals.append(Signal("nan", f"{where}{nan_steps} steps had NaN/inf loss or gradients (skipped)",
+                              "lower the learning rate, use a smaller eta, tighten norms and gradient clipping"))
+    finite = [g for g in grad_norms if math.isfinite(g)]
     if len(finite) >= 20:
-        median = finite[len(finite) // 2]
-        spikes = sum(1 for g in finite if g > spike_factor * median)
-        if spikes:
+        stats = spike_stats(finite, spike_factor)
+        if stats["spikes"]:
             signals.append(Signal(
-                "grad_spikes", f"{spikes} gradient norms above {spike_factor:g}x the median ({median:.3g})",
+                "grad_spikes", f"{where}{stats['spikes']} gradient norms above {spike_factor:g}x the median "
+                               f"({stats['median']:.3g})",
                 "use a smaller eta (slower mixing), tighter norms / gradient clipping, or a lower learning rate"))
     return signals
 
