@@ -119,10 +119,12 @@ class EpisodicMemory(nn.Module):
         nn.init.normal_(self.null_key, 0.0, 0.02)
         nn.init.normal_(self.age, 0.0, 0.02)
 
-    def write(self, carry: Carry, state: torch.Tensor) -> tuple[Carry, torch.Tensor, torch.Tensor]:
-        """One gated FIFO write per row of ``state`` [B, d]. Returns (new carry, hard writes [B], soft gate [B])."""
+    def write(self, carry: Carry, state: torch.Tensor, threshold: float = 0.5) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+        """One gated FIFO write per row of ``state`` [B, d]: a hard write where the gate exceeds
+        ``threshold`` (raising it at evaluation tightens the write budget). Returns (new carry,
+        hard writes [B], soft gate [B])."""
         soft = torch.sigmoid(self.gate(state).float().squeeze(-1))
-        hard = (soft > 0.5).float()
+        hard = (soft > threshold).float()
         st = hard + soft - soft.detach()  # forward: the hard decision; backward: the soft gate's gradient
         at = F.one_hot(carry.ptr, self.mem_slots).to(carry.valid.dtype)  # [B, M]
         value = self.content(state).to(carry.slots.dtype)[:, None, :]

@@ -226,7 +226,7 @@ class R3M(GroupedModule):
                 halt_steps: torch.Tensor | None = None, halt_threshold: float | None = None,
                 generator: torch.Generator | None = None, choice: torch.Tensor | None = None,
                 decision_index: torch.Tensor | None = None, read_memory: bool = True,
-                semantic: bool | None = None) -> ModelOutput:
+                write_threshold: float = 0.5, semantic: bool | None = None) -> ModelOutput:
         """Refine for up to K steps (default cfg.K). See ``ModelOutput`` for the fields.
 
         Halting, per row: ``halt=None`` runs every row K steps (the training forward: every step's
@@ -241,6 +241,8 @@ class R3M(GroupedModule):
         decision_index [B] (causal): where the observation ends (see ``blocks.prepare``).
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
         read_memory: False reads nothing from the memory (the no-memory ablation; writes happen).
+        write_threshold: the write gate's value above which the turn is written (0.5; higher at
+        evaluation: a tighter write budget).
         semantic: read the semantic memory (default cfg.semantic).
         """
         K = self.cfg.K if K is None else K
@@ -265,10 +267,11 @@ class R3M(GroupedModule):
             x = blk(x, b.attn_mask, rope)
         x = self.input_norm(x)
         carry = self._carry_in(carry, x)
+        memory = _MemoryUse(read_memory, write_threshold)
         if halt is None and halt_steps is None:
-            return self._refine_all(x, b, rope, carry, K, grad_steps, read_memory, use_semantic, choice)
+            return self._refine_all(x, b, rope, carry, K, grad_steps, memory, use_semantic, choice)
         stop = _StopRule(halt, halt_steps, threshold, generator)
-        return self._refine_early_exit(x, b, rope, carry, K, stop, read_memory, use_semantic, choice)
+        return self._refine_early_exit(x, b, rope, carry, K, stop, memory, use_semantic, choice)
 
     def _carry_in(self, carry: Carry | None, x: torch.Tensor) -> Carry | None:
         if self.memory is None:
@@ -283,10 +286,10 @@ class R3M(GroupedModule):
         return carry
 
     def _step(self, h: torch.Tensor, x: torch.Tensor, b: Batch, rope: tuple[torch.Tensor, torch.Tensor],
-              carry: Carry | None, read_memory: bool, use_semantic: bool) -> torch.Tensor:
+              carry: Carry | None, memory: "_MemoryUse", use_semantic: bool) -> torch.Tensor:
         """h_{k+1} = (1 - eta) h_k + eta f(h_k + x + read(h_k + x)): reads see the carry that came in."""
         z = h + x
-        if carry is not None and read_memory:
+        if carry is not None and memory.read:
             z = z + self.memory.read(z, carry)
         if use_semantic:
             z = z + self.semantic(z)
@@ -307,25 +310,25 @@ class R3M(GroupedModule):
     def _readout(self, h: torch.Tensor, b: Batch, choice: torch.Tensor | None) -> torch.Tensor:
         return self.readout(answer_part(h, b), None if b.causal else choice)
 
-    def _write(self, carry: Carry | None, h: torch.Tensor, b: Batch):
+    def _write(self, carry: Carry | None, h: torch.Tensor, b: Batch, memory: "_MemoryUse"):
         """The memory after this call: one gated write of the turn's state."""
         if carry is None:
             return None, torch.zeros(h.shape[0], device=h.device), None
-        return self.memory.write(carry, turn_state(h, b))
+        return self.memory.write(carry, turn_state(h, b), memory.write_threshold)
 
-    def _refine_all(self, x, b, rope, carry, K, grad_steps, read_memory, use_semantic, choice) -> ModelOutput:
+    def _refine_all(self, x, b, rope, carry, K, grad_steps, memory, use_semantic, choice) -> ModelOutput:
         """Every row K steps, every step's readout kept (training and fixed-K evaluation)."""
         h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
         logits, lambdas, tools = [], [], []
         for k in range(K):
             keep_graph = grad_steps is None or k >= K - grad_steps
             with torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-                prev, h = h, self._step(h, x, b, rope, carry, read_memory, use_semantic)
+                prev, h = h, self._step(h, x, b, rope, carry, memory, use_semantic)
                 state = decision_state(h, b)
                 logits.append(self._readout(h, b, choice))
                 lambdas.append(self.halting(state))
                 tools.append(self.tool_head(state))
-        new_carry, writes, write_probs = self._write(carry, h, b)
+        new_carry, writes, write_probs = self._write(carry, h, b, memory)
         halt_probs = halting_distribution(torch.stack(lambdas, dim=1))
         B = h.shape[0]
         return ModelOutput(
@@ -334,7 +337,7 @@ class R3M(GroupedModule):
             tool_logits=tools[-1], carry=new_carry, hidden=h, drift=_drift(h, prev, b),
             halt_logp=halt_probs[:, -1].clamp(min=1e-30).log(), blocks=self._blocks(K, B, h.device))
 
-    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", read_memory, use_semantic,
+    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", memory, use_semantic,
                            choice) -> ModelOutput:
         """Per-row halting: a row that stops leaves the batch (the running rows are compacted), so
         its remaining steps cost nothing; its outputs are those of the step it stopped at."""
@@ -345,7 +348,7 @@ class R3M(GroupedModule):
         steps = torch.full((B,), K, dtype=torch.long, device=device)
         done: list[_Stopped] = []
         for k in range(K):
-            prev, h = h, self._step(h, x, b, rope, carry, read_memory, use_semantic)
+            prev, h = h, self._step(h, x, b, rope, carry, memory, use_semantic)
             lam = self.halting(decision_state(h, b))
             last = k == K - 1
             halts = stop.decide(lam, log_survive, rows, k, last)
@@ -354,7 +357,7 @@ class R3M(GroupedModule):
                 logp = log_survive[i] + (lam[i].clamp(min=1e-30).log() if not last else 0.0)
                 done.append(self._stopped(rows[i], h[i], prev[i], b.select(i), logp,
                                           carry.select(i) if carry is not None else None,
-                                          choice[i] if choice is not None else None))
+                                          choice[i] if choice is not None else None, memory))
                 steps[rows[i]] = k + 1
             keep = ~halts
             if not bool(keep.any()):
@@ -368,8 +371,8 @@ class R3M(GroupedModule):
                 choice = choice[j] if choice is not None else None
         return self._assemble(done, B, steps, carry_template=self._template(carry, done))
 
-    def _stopped(self, rows, h, prev, b, logp, carry, choice) -> _Stopped:
-        new_carry, writes, write_probs = self._write(carry, h, b)
+    def _stopped(self, rows, h, prev, b, logp, carry, choice, memory) -> _Stopped:
+        new_carry, writes, write_probs = self._write(carry, h, b, memory)
         return _Stopped(rows, self._readout(h, b, choice), self.tool_head(decision_state(h, b)), h, _drift(h, prev, b),
                         logp, new_carry, writes, write_probs if write_probs is not None else writes)
 
@@ -418,6 +421,11 @@ class R3M(GroupedModule):
         new, ids, mask = generate_tokens(step, input_ids, attention_mask, max_new_tokens, temperature, top_k,
                                          eos_id, generator)
         return new, self(ids, mask, **kw).carry
+
+
+class _MemoryUse(NamedTuple):
+    read: bool  # False: the no-memory ablation
+    write_threshold: float
 
 
 class _StopRule:

@@ -94,7 +94,7 @@ def test_imitate_resumes_after_sigkill_to_the_same_metrics(tmp_path):
 
 def test_rl_verify_resumes_after_sigkill_to_the_same_metrics(tmp_path):
     argv = ["--env", "arithmetic-v0", "--levels", "1", "--k", "1", "--warm-steps", "12", "--warm-batch", "8",
-            "--warm-carry-steps", "4", "--iterations", "6", "--groups", "2", "--group-size", "2", "--eval-n", "3",
+            "--iterations", "6", "--groups", "2", "--group-size", "2", "--eval-n", "3",
             "--distill-n", "8", "--distill-steps", "4", "--baselines", "false", "--ckpt-every", "1"]
     full, resumed = _kill_and_resume("train/rl_verify.py", argv, tmp_path, seed=12)
     assert _strip(resumed) == _strip(full)

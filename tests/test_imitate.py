@@ -106,3 +106,17 @@ def test_torchrun_two_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["fit"]["stage1"]["steps"] == 4
+
+
+def test_streamed_memory_run_reports_ablations_writes_and_sweep(tmp_path):
+    m = run(tmp_path, "mem", families=("memory",), levels=(1,), eval_levels=(1, 4), stream=True, distractors=0.5,
+            batch_size=4, stage="1", write_thresholds=(0.5, 0.999))
+    mem = m["memory"]["memory"]
+    for key in ("accuracy", "accuracy_by_level", "accuracy_longer", "chance", "writes_per_sample",
+                "write_rate_fact", "write_rate_distractor", "no_memory", "no_memory_trained", "write_sweep"):
+        assert key in mem, key
+    assert set(mem["accuracy_by_level"]) == {1, 4} and 0.0 < mem["chance"] < 1.0
+    assert [s["threshold"] for s in mem["write_sweep"]] == [0.5, 0.999]
+    # a higher threshold can only write less
+    assert mem["write_sweep"][1]["writes_per_sample"] <= mem["write_sweep"][0]["writes_per_sample"]
+    assert "stage1_no_memory" in m["fit"] and (tmp_path / "mem" / "accuracy_vs_writes.png").exists()

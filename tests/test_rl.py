@@ -210,21 +210,30 @@ def _episode(prompt: str, calls: list[tuple[str, str]], answer: str, correct: bo
 def test_tool_precision_recall_by_hand():
     good = ("<call>calculator 12</call>", "12")
     bad = ("<call>calculator 1+</call>", "error: unexpected end")
-    wrong_tool = ("<call>list_eval 12</call>", "12")
-    eps = [_episode("n:12", [good], "12", True),  # needed, made: good
-           _episode("n:12", [bad, good], "12", True),  # one good call, one wasted
-           _episode("n:7", [], "7", True),  # needed, not made
-           _episode("n:7", [wrong_tool], "7", False)]  # wrong tool: not a needed call
-    m = tool_metrics(eps, "calculator")
-    assert m["calls"] == 4 and m["needed"] == 4
-    assert m["precision"] == pytest.approx(2 / 4) and m["recall"] == pytest.approx(2 / 4)
-    assert m["format_validity"] == pytest.approx(3 / 4) and m["call_rate"] == pytest.approx(3 / 4)
-    assert m["calls_per_solved"] == pytest.approx(3 / 3)
-    # no expert tool: a call is needed only where it turns a tool-free failure into success
-    no_tool = [_episode("n:1", [good], "12", True), _episode("n:2", [good], "12", True)]
-    alone = [_episode("n:1", [], "0", False), _episode("n:2", [], "12", True)]
-    m = tool_metrics(no_tool, None, alone)
-    assert m["needed"] == 1 and m["precision"] == pytest.approx(1 / 2) and m["recall"] == 1.0
+    # need comes from the same instances answered without tools: n:1 and n:2 are answered wrong
+    with_tools = [_episode("n:1", [good], "1", True),  # needed, called: a precise call
+                  _episode("n:2", [], "9", False),  # needed, not called: a miss
+                  _episode("n:3", [bad, good], "3", True),  # not needed, called: unneeded (one malformed)
+                  _episode("n:4", [], "4", True)]  # not needed, not called
+    without = [_episode("n:1", [], "0", False), _episode("n:2", [], "0", False),
+               _episode("n:3", [], "3", True), _episode("n:4", [], "4", True)]
+    for ep, lv in zip(with_tools + without, [1, 1, 2, 2] * 2):
+        ep.difficulty = lv
+    m = tool_metrics(with_tools, without)
+    assert m["precision"] == pytest.approx(1 / 2) and m["recall"] == pytest.approx(1 / 2)
+    assert m["unneeded_call_rate"] == pytest.approx(1 / 2) and m["call_rate"] == pytest.approx(2 / 4)
+    assert m["need_rate"] == pytest.approx(2 / 4) and m["tool_free_accuracy"] == pytest.approx(2 / 4)
+    assert m["with_tools_accuracy"] == pytest.approx(3 / 4)
+    assert m["calls_per_episode"] == pytest.approx(3 / 4) and m["format_validity"] == pytest.approx(2 / 3)
+    assert m["by_level"][1]["recall"] == pytest.approx(1 / 2) and m["by_level"][1]["unneeded_call_rate"] == 0.0
+    assert m["by_level"][2]["precision"] == 0.0 and m["by_level"][2]["recall"] == 1.0  # nothing needed there
+    # the metric can come out either way: a policy that calls exactly where needed is perfect
+    exact = [_episode("n:1", [good], "1", True), _episode("n:2", [good], "2", True),
+             _episode("n:3", [], "3", True), _episode("n:4", [], "4", True)]
+    m = tool_metrics(exact, without)
+    assert (m["precision"], m["recall"], m["unneeded_call_rate"]) == (1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="same instances"):
+        tool_metrics(exact, without[:2])
 
 
 def test_distill_examples_keep_verified_tool_answers_only():
@@ -235,6 +244,28 @@ def test_distill_examples_keep_verified_tool_answers_only():
            _episode("n:8", [("<call>calculator 8</call>", "8")], "9", False)]  # not verified
     ex = distill_examples(eps)
     assert [(e.context, e.tool, e.payload, targets) for e, targets in ex] == [("n:12", 0, "12", None)]
+
+
+def test_distillation_teaches_the_tool_answers_to_the_policy_itself(tmp_path):
+    from r3m.learn.data import Example
+    from r3m.learn.distill import Distillation, distill
+    from r3m.learn.run import Run
+
+    prompts = [f"n:{n}" for n in (12, 34, 56, 78)]
+    examples = [(Example(TOY, 1, p, 0, p[2:]), None) for p in prompts]
+    policy = Policy(tiny_model(), SPEC.mode, SPEC.width, K=2)
+
+    def answered() -> float:
+        d = policy.act(prompts, allow_tools=False)
+        return float(np.mean([a == p[2:] for a, p in zip(d.actions, prompts)]))
+
+    before = answered()
+    settings = Distillation(steps=150, lr=3e-3, batch=8, replay_batch=2)
+    run = Run(tmp_path, torch.device("cpu"), tensorboard=False, progress=False)
+    distill(run, "distill", policy, SPEC, examples, (2,), settings, seed=0)
+    policy.model.eval()
+    assert before == 0.0 and answered() == 1.0
+    assert (tmp_path / "ckpt" / "distill.pt").exists()
 
 
 def test_curriculum_moves_weight_to_levels_with_mixed_success():
@@ -257,7 +288,7 @@ def _cfg(tmp_path, name, **kw):
     from r3m.train import rl_verify
 
     base = dict(env=ENV, iterations=3, groups=2, group_size=4, minibatch=16, replay_batch=4, eval_n=2,
-                distill_n=8, distill_steps=2, warm_batch=4, warm_carry_steps=3, baselines=False,
+                distill_n=8, distill_steps=2, warm_batch=4, baselines=False,
                 tensorboard=False, progress=False, ckpt_every=1, out=str(tmp_path / name))
     return rl_verify.Config(**{**base, **kw})
 
@@ -265,19 +296,24 @@ def _cfg(tmp_path, name, **kw):
 def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_path):
     from r3m.train import rl_verify
 
-    m = rl_verify.main(_cfg(tmp_path, "warm", warm_steps=3, iterations=2, baselines=True))
+    m = rl_verify.main(_cfg(tmp_path, "warm", warm_steps=3, iterations=2, iterations_after=1, baselines=True,
+                            distill_levels=(1,)))
     out = tmp_path / "warm"
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("reward_start", "reward_end", "success", "tool_precision", "tool_recall", "distill",
                 "baselines"):
         assert key in saved, key
     assert set(saved["success"]) >= {"with_tools", "without_tools"}
-    assert set(saved["distill"][TOY]) >= {"before", "after"}
+    assert set(saved["distill"]) >= {"levels", "examples"}  # what it distilled, or a note why not
+    assert saved["distill"]["examples"] > 0 or saved["distill"]["note"]
     assert {"r3m_with_tools", "r3m_without_tools", "dense_2x_no_tools"} <= set(saved["baselines"])
     assert m["baseline_details"]["dense_2x_no_tools"]["params"] >= 2 * 0.99 * m["params"]
     assert all(0.0 <= v <= 1.0 for res in saved["baselines"].values() for v in res.values())
-    assert len(m["history"]) == 2 and m["rl_env_steps"] >= 2 * 8
-    for f in ("reward_curve.png", "ckpt/rl.pt", "ckpt/reference.pt", "ckpt/warm_stage1.pt"):
+    assert m["iterations"][0] == 2 and m["rl_env_steps"] >= 2 * 8
+    assert set(saved["phases"]) >= {"start", "after_rl", "end"}
+    for key in ("precision", "recall", "unneeded_call_rate", "by_level"):
+        assert key in saved["phases"]["end"]["tools"], key
+    for f in ("reward_curve.png", "ckpt/rl.pt", "ckpt/rl_reference.pt", "ckpt/warm_stage1.pt"):
         assert (out / f).exists(), f
 
 
@@ -301,7 +337,7 @@ def test_halting_run_samples_steps_and_charges_them(tmp_path):
     from r3m.train import rl_verify
 
     cfg = _cfg(tmp_path, "halt", init=_init_ckpt(tmp_path), halt=True, halt_cost=0.5, iterations=2,
-               distill=False, warm_carry_steps=0, group_size=2, groups=4)
+               distill=False, group_size=2, groups=4)
     m = rl_verify.main(cfg)
     assert all(1.0 <= h["halt/steps"] <= TINY.K for h in m["history"])
     ep = Episode(0, TOY, 1, reward=1.0, correct=True, turns=[Turn("n:1", 0, torch.tensor([EOS_ID]), 0.0, 1, 0.0)])
@@ -317,3 +353,21 @@ def test_cli_rejects_unknown_flags_and_unregistered_envs():
         parse_config(rl_verify.Config, ["--env", "sudoku-grid-v0"])  # not a text env
     cfg = parse_config(rl_verify.Config, ["--env", "arithmetic-v0", "--distill", "--levels", "1", "2"])
     assert cfg.distill is True and cfg.levels == (1, 2) and cfg.family == "arithmetic"
+
+
+def test_distill_script_measures_before_and_after(tmp_path):
+    from r3m.train import distill as distill_script
+
+    cfg = parse_config(distill_script.Config, [
+        "--checkpoint", _init_ckpt(tmp_path), "--env", ENV, "--distill-levels", "1", "--n", "8", "--steps", "2",
+        "--batch", "4", "--eval-n", "3", "--tensorboard", "false", "--progress", "false", "--out", str(tmp_path / "d")])
+    m = distill_script.main(cfg)
+    assert m["distill"]["levels"] == [1]
+    assert set(m["phases"]["before"]["tools"]) >= {"precision", "recall", "unneeded_call_rate"}
+    if m["distill"]["examples"]:  # an untrained policy may solve nothing through the tool: then a note says so
+        assert (tmp_path / "d" / "ckpt" / "distill.pt").exists() and m["phases"]["after"] is not None
+    else:
+        assert m["distill"]["note"] and m["phases"]["after"] is None
+    with pytest.raises(SystemExit):
+        parse_config(distill_script.Config, ["--env", ENV])  # no checkpoint: a one-line usage error
+

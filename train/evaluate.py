@@ -43,7 +43,11 @@ from r3m.learn import cli
 from r3m.learn.cli import UsageError, check_device
 from r3m.learn.data import TaskSpec, task_spec
 from r3m.learn.evaluation import (
-    FamilyEval, env_id_of, evaluate_family, evaluate_instances, halting_summary,
+    FamilyEval,
+    env_id_of,
+    evaluate_family,
+    evaluate_instances,
+    halting_summary,
 )
 from r3m.learn.plots import plot_accuracy_vs_k
 from r3m.learn.policy import Policy
@@ -51,6 +55,7 @@ from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging, wr
 from r3m.learn.run import jsonable, resolve_device
 from r3m_agent.checkpoint import model_from_checkpoint, read_checkpoint
 from r3m_agent.r3m import R3M
+
 
 @dataclass(frozen=True)
 class Config:

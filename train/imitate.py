@@ -32,20 +32,24 @@ if __package__ in (None, ""):  # `python train/imitate.py` from the repository r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3m import envs, tools
-from r3m.learn import lm, signals, stages
-from r3m.learn import cli
+from r3m.learn import cli, lm, signals, stages
 from r3m.learn.cli import check_device
 from r3m.learn.data import IGNORE, TaskSpec, task_spec
 from r3m.learn.evaluation import (
-    accuracy_on, eval_levels, evaluate_family, halting_summary,
+    accuracy_on,
+    eval_levels,
+    evaluate_family,
+    halting_summary,
+    majority_rate,
+    write_stats,
 )
-from r3m.learn.losses import LossOut
 from r3m.learn.loop import Interrupted, train_phase
-from r3m.learn.plots import plot_accuracy_vs_k, plot_halting_steps
+from r3m.learn.losses import LossOut
+from r3m.learn.plots import plot_accuracy_vs_k, plot_accuracy_vs_writes, plot_halting_steps
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import imitation_table, log, mean, setup_logging, write_metrics
 from r3m.learn.run import Run, autocast, barrier, jsonable, seed_everything, start_run
-from r3m_agent import PRESETS, DenseTransformer, R3M, dense_compute_like, dense_config_like
+from r3m_agent import PRESETS, R3M, DenseTransformer, dense_compute_like, dense_config_like
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class Config:
     halt_steps: int = 300
     """Stage-2 optimiser steps (continuing from stage 1)."""
     batch_size: int = 32
-    """Demonstrations per step (one family per step, round robin)."""
+    """Demonstrations per step, in turns (one family per step, round robin); with --stream, in
+    episodes (a streamed episode has a turn per sentence or chunk)."""
     lr: float = 4e-3
     """Peak AdamW learning rate (warmup then cosine to 10%)."""
     warmup: int = 100
@@ -112,6 +117,20 @@ class Config:
     """Stage 2: cumulative halting probability at which inference stops."""
     eval_n: int = 100
     """Test instances per level and family."""
+    eval_levels: tuple[int, ...] = ()
+    """Levels to evaluate (empty: the training levels plus the next harder one); a family's missing
+    levels are skipped."""
+    stream: bool = False
+    """Streamed episodes for the families that stream (memory: one sentence per turn, then the
+    question; prefix: the bits in chunks, the running parity after each): the past is only in the
+    memory. Adds the memory measurements (metrics.json "memory")."""
+    distractors: float = 0.0
+    """With --stream: sentences that carry no world information per story sentence (memory stories)."""
+    memory_ablations: bool = True
+    """With --stream: also evaluate the trained model with memory reads off, and train a model without
+    memory on the same batches."""
+    write_thresholds: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+    """With --stream: write-gate thresholds swept at evaluation (accuracy against writes per sample)."""
     eval_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     """K values for the accuracy-vs-K curve."""
     baseline: bool = True
@@ -192,8 +211,10 @@ def check_families(families: tuple[str, ...], levels: tuple[int, ...]) -> None:
 def task_specs(cfg: Config) -> list[TaskSpec]:
     specs = []
     for fam in cfg.families:
-        levels = tuple(cfg.levels) or envs.make_family(fam).levels[:3]
-        specs.append(task_spec(fam, levels, eval_levels(fam, levels)))
+        levels = tuple(lv for lv in cfg.levels if lv in envs.make_family(fam).levels) or envs.make_family(fam).levels[:3]
+        env = {"stream": True, **({"distractors": cfg.distractors} if envs.make_family(fam).max_distractor_rate else {})} \
+            if cfg.stream else {}
+        specs.append(task_spec(fam, levels, eval_levels(fam, levels) + tuple(cfg.eval_levels), **env))
     return specs
 
 
@@ -208,9 +229,14 @@ def evaluate_models(cfg: Config, specs: list[TaskSpec], model: torch.nn.Module, 
         for K in Ks:
             policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
             results[spec.family][K] = evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
-                                                      levels=eval_levels(spec.family, spec.levels),
-                                                      allow_tools=allow_tools, split=split)
+                                                      levels=spec_eval_levels(cfg, spec),
+                                                      allow_tools=allow_tools, split=split, env_kwargs=spec.env)
     return results
+
+
+def imitation(cfg: Config, **overrides) -> stages.Imitation:
+    """How the imitation phases train (streamed episodes are batched by episode, not by turn)."""
+    return stages.Imitation.of(cfg, per_episode=cfg.stream, **overrides)
 
 
 def r3m_config(cfg: Config):
@@ -218,14 +244,22 @@ def r3m_config(cfg: Config):
     return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, tool_names=tuple(tools.list_tools()))
 
 
-def harder_levels(spec: TaskSpec) -> list[int]:
-    return [lv for lv in eval_levels(spec.family, spec.levels) if lv not in spec.levels]
+def spec_eval_levels(cfg: Config, spec: TaskSpec) -> tuple[int, ...]:
+    """--eval-levels the family has, else the training levels plus the next harder one."""
+    levels = envs.make_family(spec.family).levels
+    chosen = tuple(lv for lv in cfg.eval_levels if lv in levels)
+    return chosen or eval_levels(spec.family, spec.levels)
+
+
+def harder_levels(cfg: Config, spec: TaskSpec) -> list[int]:
+    """The evaluated levels no training batch came from (longer or harder instances)."""
+    return [lv for lv in spec_eval_levels(cfg, spec) if lv not in spec.levels]
 
 
 def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R3M:
     seed_everything(cfg.seed)
     model = R3M(r3m_config(cfg)).to(run.device)
-    state = stages.stage1(run, "stage1", model, specs, stages.Imitation.of(cfg), cfg.seed)
+    state = stages.stage1(run, "stage1", model, specs, imitation(cfg), cfg.seed)
     _record_fit(metrics, "stage1", state)
     if not run.main:  # under torchrun, rank 0 evaluates and writes
         return model
@@ -235,8 +269,8 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
     by_family = {s.family: s for s in specs}
     metrics["accuracy_vs_k"] = {f: {K: accuracy_on(ev, by_family[f].levels) for K, ev in c.items()}
                                 for f, c in curve.items()}
-    metrics["accuracy_vs_k_harder"] = {f: {K: accuracy_on(ev, harder_levels(by_family[f])) for K, ev in c.items()}
-                                       for f, c in curve.items() if harder_levels(by_family[f])}
+    metrics["accuracy_vs_k_harder"] = {f: {K: accuracy_on(ev, harder_levels(cfg, by_family[f])) for K, ev in c.items()}
+                                       for f, c in curve.items() if harder_levels(cfg, by_family[f])}
     metrics["accuracy_vs_k_by_level"] = {f: {K: ev.by_level for K, ev in c.items()} for f, c in curve.items()}
     at_k = {f: c[cfg.k_train] if cfg.k_train in c else c[max(c)] for f, c in curve.items()}
     metrics["writes_per_sample"] = mean(ev.writes for ev in at_k.values())
@@ -264,7 +298,7 @@ def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics
             seed_everything(cfg.seed)
             model = DenseTransformer(dense_cfg).to(run.device)
             phase = f"dense_{kind}_lr{lr:g}"
-            state = stages.dense(run, phase, model, specs, stages.Imitation.of(cfg, lr=lr), cfg.seed)
+            state = stages.dense(run, phase, model, specs, imitation(cfg, lr=lr), cfg.seed)
             _record_fit(metrics, phase, state)
             if not run.main:
                 continue
@@ -273,7 +307,7 @@ def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics
                 test = evaluate_models(cfg, specs, model, Ks=(None,))
             tried[lr] = {"validation": mean(accuracy_on(val[s.family][None], s.levels) for s in specs),
                          "test": {s.family: accuracy_on(test[s.family][None], s.levels) for s in specs},
-                         "test_harder": {s.family: accuracy_on(test[s.family][None], harder_levels(s))
+                         "test_harder": {s.family: accuracy_on(test[s.family][None], harder_levels(cfg, s))
                                          for s in specs}}
         if run.main:
             best = max(tried, key=lambda lr: (tried[lr]["validation"], -lr))
@@ -287,8 +321,53 @@ def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics
         metrics["baseline_accuracy_harder"] = report["param_matched"]["accuracy_harder"]
 
 
+def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
+    """The episodic memory on streamed episodes: accuracy by level and on longer streams than any
+    trained; the ablations (reads off; a model trained without memory on the same batches); where
+    the writes go (fact and distractor sentences); accuracy against writes per sample as the
+    write threshold rises."""
+    streamed = [s for s in specs if s.env.get("stream")]
+    blind = None
+    if cfg.memory_ablations:
+        seed_everything(cfg.seed)
+        blind = R3M(dataclasses.replace(r3m_config(cfg), memory=False)).to(run.device)
+        state = stages.stage1(run, "stage1_no_memory", blind, specs, imitation(cfg), cfg.seed)
+        _record_fit(metrics, "stage1_no_memory", state)
+    if not run.main or not streamed:
+        return
+    report, sweeps = {}, {}
+    with torch.no_grad():
+        for spec in streamed:
+            levels = spec_eval_levels(cfg, spec)
+
+            def play(net=model, **kw):
+                policy = Policy(net, spec.mode, spec.width, K=cfg.k_train, **kw)
+                return evaluate_family(policy, spec.family, n_per_level=cfg.eval_n, levels=levels,
+                                       env_kwargs=spec.env)
+
+            ev = play()
+            stats = write_stats(ev.episodes)
+            res = {"accuracy": accuracy_on(ev, spec.levels), "accuracy_by_level": ev.by_level,
+                   "accuracy_longer": accuracy_on(ev, harder_levels(cfg, spec)),
+                   "chance": majority_rate(spec.family, spec.levels, cfg.eval_n, spec.env), **stats,
+                   "write_rate_fact": stats["write_rate_by_kind"].get("fact"),
+                   "write_rate_distractor": stats["write_rate_by_kind"].get("distractor")}
+            if blind is not None:
+                res["no_memory"] = accuracy_on(play(read_memory=False), spec.levels)
+                res["no_memory_trained"] = accuracy_on(play(blind), spec.levels)
+            sweep = []
+            for threshold in cfg.write_thresholds:
+                swept = play(write_threshold=threshold)
+                sweep.append({"threshold": threshold, "writes_per_sample": write_stats(swept.episodes)["writes_per_sample"],
+                              "accuracy": accuracy_on(swept, spec.levels)})
+            res["write_sweep"] = sweeps[spec.family] = sweep
+            report[spec.family] = res
+    metrics["memory"] = report
+    plot_accuracy_vs_writes(sweeps, run.dir / "accuracy_vs_writes.png")
+
+
 def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
-    state = stages.stage2(run, "stage2", model, specs, stages.Imitation.of(cfg, steps=cfg.halt_steps), cfg.seed,
+    state = stages.stage2(run, "stage2", model, specs, imitation(cfg, steps=cfg.halt_steps), cfg.seed,
                           lambda_p=cfg.lambda_p, beta=cfg.beta)
     _record_fit(metrics, "stage2", state)
     if not run.main:
@@ -298,8 +377,8 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
         for spec in specs:
             def play(K: int, halt: bool = False, spec: TaskSpec = spec):
                 policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
-                return evaluate_family(policy, spec.family,
-                                       n_per_level=cfg.eval_n, levels=eval_levels(spec.family, spec.levels))
+                return evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
+                                       levels=spec_eval_levels(cfg, spec), env_kwargs=spec.env)
 
             t0 = time.perf_counter()  # the same instances, batch size and process: wall time with and without
             halted = play(cfg.k_train, halt=True)
@@ -415,6 +494,8 @@ def main(cfg: Config) -> dict:
             specs = task_specs(cfg)
             model = run_stage1(cfg, run, specs, metrics)
             metrics["params"] = sum(p.numel() for p in model.parameters())
+            if cfg.stream:
+                run_memory(cfg, run, specs, model, metrics)
             if cfg.baseline:
                 run_baselines(cfg, run, specs, model.cfg, metrics)
             if 2 in cfg.stages:

@@ -1,36 +1,37 @@
-"""Stage 3: policy gradients from the verifiers, with tools, distillation, and the baselines.
+"""Stage 3: policy gradients from the verifiers, with tools, then distillation, then RL again.
 
-    python train/rl_verify.py                          # sudoku-v0 from scratch, ~9 CPU-minutes
-    python train/rl_verify.py --env arithmetic-v0      # imitation warm start, RL, distillation
+    python train/rl_verify.py --env arithmetic-v0      # warm start, RL, distillation, RL, baselines
+    python train/rl_verify.py --env sudoku-v0
     python train/rl_verify.py --env listops-v0 --init runs/imitate-X/ckpt/stage1.pt
 
-Without ``--init`` a short imitation warm start (Stage 1 of ``r3m.learn.stages``, on tool-using
-demonstrations by default) gives the starting policy, so the command works alone; a short phase of
-whole-episode imitation then trains the turns with the memory carried across them, as the policy
-acts. Each RL iteration samples G episodes of each of ``groups`` train instances (one ``reset``
-seed per group) through the vectorized env, which runs the tool calls and the verifier. A small
-imitation replay loss keeps the call format, and a level curriculum moves instances away from
-levels whose groups are all solved or all failed. The distillation phase turns verified
-tool-derived answers into tool-free targets (``r3m.learn.distill``). Baselines on the same test
-instances and env-step budget (``r3m.learn.baselines``): a dense Transformer with 2x R3M's
-parameters trained by imitation without tools, R3M with its tools masked, and, for a family with a
-numeric env (Sudoku), MaskablePPO. Everything lands in ``--out``.
+Without ``--init`` an imitation warm start (Stage 1 of ``r3m.learn.stages``) gives the starting
+policy: every instance it sees comes twice, answered directly and through the family's tool, so the
+policy starts undecided between the two (neither "always call" nor "never call") and knows both
+contents. An action is a decision (answer or a tool; with ``--halt`` also the refinement steps),
+then the content conditioned on it (``r3m.learn.policy``). Each RL iteration samples G episodes
+of each of ``groups`` train instances (one ``reset`` seed per group) through the vectorized env,
+which runs the tool calls and the verifier. Then the verified tool answers of the levels where the
+policy still calls are distilled into the same policy (``r3m.learn.distill``), and RL runs again.
+Tool use is measured against need: an instance needs the tool when the same policy, forced to
+answer without it, gets it wrong (``r3m.learn.evaluation.tool_metrics``). Baselines on the same
+test instances (``r3m.learn.baselines``): a dense Transformer trained without tools on the same
+demonstration budget (its own best of three learning rates), R3M with its tools masked, and, for a
+family with a numeric env (Sudoku), MaskablePPO with the env-step budget stated beside it.
 
 Reward of an episode (``r3m.learn.evaluation.shaped_reward``)::
 
     r = verifier reward (1 correct, else 0; 0 when truncated)
-        - tool_cost * tool_calls - malformed_cost * malformed_calls
+        - tool_cost * calls - malformed_cost * malformed calls - halt_cost * steps / K (with --halt)
 
-``tool_calls`` counts every ``<call>`` the policy made, including the one that broke the
-env's call budget (that episode is truncated with verifier reward 0), so exceeding a budget of
-B calls scores ``-(B + 1) * tool_cost - malformed_cost * malformed``.
+so a call where the tool-free answer would be right lowers the return. ``calls`` counts every
+``<call>`` the policy made, including the one that broke the env's call budget.
 
-Advantages are group-relative: G samples of one instance (the same ``reset`` seed) form a
-group. GRPO (Shao et al. 2024) standardises rewards within the group; RLOO (Ahmadian et al.
-2024) subtracts the mean of the other G-1 samples. A group whose rewards are all equal carries
-no signal (every advantage is 0); it is counted and left out of the update. The update is PPO's
-clipped surrogate on length-normalised sequence ratios with a k3 KL to the starting policy
-(``r3m.learn.losses.clipped_objective``).
+Advantages are group-relative: G samples of one instance form a group. GRPO (Shao et al. 2024)
+standardises rewards within the group; RLOO (Ahmadian et al. 2024) subtracts the mean of the
+other G-1 samples. A group whose rewards are all equal carries no signal; it is counted and left
+out of the update. The update is PPO's clipped surrogate on length-normalised sequence ratios
+with a k3 KL to the policy the phase started from (``r3m.learn.losses.clipped_objective``), each
+episode replayed turn by turn with its memory re-threaded with gradients (``rollout.rescore``).
 """
 
 from __future__ import annotations
@@ -53,17 +54,20 @@ if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3m import envs, tools
-from r3m.learn import baselines, distill, stages
-from r3m.learn import cli
+from r3m.learn import baselines, cli, stages
 from r3m.learn.cli import check_device
 from r3m.learn.data import DemoSource, TaskSpec, task_spec
+from r3m.learn.distill import Distillation, levels_to_distill, run_distillation
 from r3m.learn.evaluation import (
-    eval_levels, evaluate_family, evaluate_instances, external_sets, sampled_test, shaped_reward, tool_metrics,
+    eval_levels,
+    evaluate_instances,
+    external_sets,
+    shaped_reward,
+    tool_metrics,
+    tool_snapshot,
 )
+from r3m.learn.loop import Diverged, Interrupted, all_finite, average_gradients, make_optimizer, progress_bar
 from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss, write_penalties
-from r3m.learn.loop import (
-    Diverged, FitSpec, Interrupted, all_finite, average_gradients, make_optimizer, progress_bar, train_phase,
-)
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
@@ -73,14 +77,16 @@ from r3m_agent import PRESETS, R3M, load_checkpoint, model_from_checkpoint, save
 from r3m_agent.checkpoint import read_checkpoint
 from r3m_agent.tokenizer import PAD_ID
 
+
 @dataclass(frozen=True)
 class Config:
-    """Verifier-feedback RL (GRPO/RLOO with PPO clipping and a KL to the imitation policy)."""
+    """Verifier-feedback RL with tools (RLOO/GRPO, PPO clipping, a KL to the phase's start), then
+    distillation of tool results into the same policy, then RL again."""
 
     env: str = "sudoku-v0"
     """Registered text env id to train on (its family's test split is evaluated)."""
     init: str = ""
-    """Imitation checkpoint to start from (empty: run a short imitation warm start)."""
+    """Imitation checkpoint to start from (empty: run the imitation warm start)."""
     out: str = ""
     """Run directory (empty: runs/rl-<env>-<time>)."""
     resume: bool = False
@@ -100,18 +106,21 @@ class Config:
     action (its log-probability in the policy gradient, --halt-cost x steps/K in the reward)."""
     levels: tuple[int, ...] = ()
     """Difficulty levels to train and evaluate (empty: all of the family's levels)."""
-    warm_steps: int = 150
+    warm_steps: int = 400
     """Warm start: imitation steps (stage 1)."""
     warm_batch: int = 32
-    """Warm start: demonstrations per step."""
-    warm_carry_steps: int = 40
-    """Then (also after --init) imitation of whole expert episodes with the memory carried across
-    turns, as the policy acts (per-turn imitation trains every turn on an empty memory)."""
-    warm_tool_fraction: float = 1.0
-    """Warm start and replay: fraction of demonstrations that call the family's tool (1: the policy
-    learns to call; what it can do without the tool comes from distillation)."""
-    iterations: int = 40
-    """RL iterations (one rollout + update each)."""
+    """Warm start: demonstrations (turns) per step."""
+    warm_lr: float = 2e-3
+    """Warm start: peak learning rate."""
+    tool_fraction: float = 0.5
+    """Share of the demonstrations that call the family's tool (warm start and replay); with
+    --both-demos every instance comes once each way instead."""
+    both_demos: bool = True
+    """Demonstrate every instance twice, answered directly and through the tool."""
+    iterations: int = 30
+    """RL iterations before distillation (one rollout + update each)."""
+    iterations_after: int = 10
+    """RL iterations after distillation (when it runs)."""
     groups: int = 8
     """Instances per iteration."""
     group_size: int = 8
@@ -122,26 +131,23 @@ class Config:
     """rloo (leave-one-out baseline) or grpo (group-standardised rewards; dividing by a tiny std
     turns call-cost differences between failed samples into full-size advantages)."""
     epochs: int = 2
-    """Passes over an iteration's turns."""
+    """Passes over an iteration's episodes."""
     minibatch: int = 32
     """Episodes per optimiser step (each replayed turn by turn with its memory)."""
     lr: float = 3e-4
-    """AdamW learning rate (constant)."""
-    carry_lr: float = 1e-3
-    """Learning rate of the carried-memory imitation phase (warmup then cosine)."""
-    clip: float = 0.02
-    """PPO clip range of the length-normalised (per-token geometric mean) ratio: 0.02 still lets an
-    80-token payload's probability move by a factor of ~5 per update."""
+    """AdamW learning rate of the RL phases (constant)."""
+    clip: float = 0.05
+    """PPO clip range of the length-normalised (per-token geometric mean) ratio."""
     kl_coef: float = 0.02
-    """Weight of the k3 KL to the reference (starting) policy."""
+    """Weight of the k3 KL to the policy the RL phase started from."""
     entropy_coef: float = 0.0
     """Entropy bonus (per payload token)."""
     replay_coef: float = 0.1
-    """Weight of the imitation replay loss (demonstrations incl. tool calls)."""
+    """Weight of the imitation replay loss (expert episodes, both ways) beside the policy gradient."""
     replay_batch: int = 4
     """Expert episodes per replay batch (one batch per optimiser step)."""
-    tool_cost: float = 0.01
-    """Reward cost per tool call."""
+    tool_cost: float = 0.1
+    """Reward cost per tool call: calling where the tool-free answer would be right lowers the return."""
     malformed_cost: float = 0.1
     """Reward cost per malformed call (unparsable, unknown or disabled tool)."""
     halt_cost: float = 0.1
@@ -166,28 +172,28 @@ class Config:
     """Stop the run after this many optimiser steps in a row with a NaN/inf loss or gradient (each
     such step is skipped; the last checkpoint stays as it was)."""
     eval_n: int = 40
-    """Test instances per level for the before/after evaluations."""
+    """Test instances per level for the evaluations."""
     external: bool = True
     """Also evaluate on the family's registered external sets (r3m.envs.list_eval_sets; for Sudoku the
     collections in ../shared/eval/sudoku). A missing file is skipped with one warning."""
     distill: bool | None = None
     """Distillation phase: on, off, or none = where it applies (families with a tool)."""
+    distill_levels: tuple[int, ...] = ()
+    """Levels to distil (empty: those where the policy calls on at least half the test instances)."""
     distill_n: int = 512
-    """Train instances the final policy plays with tools to harvest distillation targets."""
+    """Train instances the policy plays with tools to harvest distillation targets."""
     distill_steps: int = 300
     """Optimiser steps of the distillation phase."""
-    distill_levels: tuple[int, ...] = ()
-    """Levels to distil and measure (empty: the easiest trained level, the realistic target)."""
-    distill_lr: float = 2e-3
+    distill_lr: float = 1e-3
     """Distillation learning rate (warmup then cosine)."""
     distill_replay_coef: float = 1.0
-    """Weight of the expert-episode replay loss during distillation (keeps the tool-using skills)."""
+    """Weight of the expert-episode replay of the other levels during distillation."""
     baselines: bool = True
-    """Train/evaluate the baselines (dense 2x without tools; MaskablePPO on Sudoku)."""
-    dense_lr: float = 2e-3
-    """Dense baseline learning rate (as train/imitate.py)."""
-    sb3_timesteps: int = 0
-    """MaskablePPO env steps (0: the same env-step budget as R3M)."""
+    """Train/evaluate the baselines (dense without tools; MaskablePPO where the family has a numeric env)."""
+    dense_lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
+    """Learning rates tried for the dense baseline (the best on held-out train instances is reported)."""
+    sb3_timesteps: int = 50_000
+    """MaskablePPO env steps (stated beside its result)."""
     ckpt_every: int = 10
     """Checkpoint interval (iterations)."""
     tensorboard: bool = True
@@ -213,8 +219,9 @@ class Config:
         if self.k < 0 or (self.k == 0 and not self.init):
             raise ValueError("--k must be >= 1 (0 only with --init: the checkpoint's K)")
         levels = envs.make_family(self.family).levels
-        if any(lv not in levels for lv in self.levels):
-            raise ValueError(f"--levels {' '.join(map(str, self.levels))}: {self.family} has levels {levels}")
+        if any(lv not in levels for lv in (*self.levels, *self.distill_levels)):
+            raise ValueError(f"--levels/--distill-levels {' '.join(map(str, (*self.levels, *self.distill_levels)))}: "
+                             f"{self.family} has levels {levels}")
         if self.init:
             init_spec(self.init, self.family)  # a missing or unreadable checkpoint fails here, one line
         check_device(self.device)
@@ -222,6 +229,11 @@ class Config:
     @property
     def family(self) -> str:
         return envs.ENV_IDS[self.env]
+
+    @property
+    def distillation(self) -> Distillation:
+        return Distillation(self.distill_n, self.distill_steps, self.distill_lr, self.warm_batch,
+                            self.distill_replay_coef, max(4, self.replay_batch), self.call_budget)
 
 
 # -- set-up ---------------------------------------------------------------------------------------
@@ -250,15 +262,17 @@ def starting_model(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, in
 
 def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
     """Stage 1 (and with --halt Stage 2) imitation on this family, as the phases ``warm_stage1``
-    and ``warm_stage2`` of this run: a short, copy-like warm start (no drift penalty)."""
+    and ``warm_stage2`` of this run, on every instance answered both ways (--both-demos)."""
     levels = train_levels(cfg)
     spec = task_spec(cfg.family, levels, eval_levels(cfg.family, levels))
     seed_everything(cfg.seed)
     model = R3M(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k, tool_names=tuple(tools.list_tools())))
     model = model.to(run.device)
-    settings = stages.Imitation(steps=cfg.warm_steps, lr=2e-3, batch_size=cfg.warm_batch,
+    settings = stages.Imitation(steps=cfg.warm_steps, lr=cfg.warm_lr, batch_size=cfg.warm_batch,
                                 warmup=max(1, cfg.warm_steps // 5), k_train=cfg.k, grad_steps=min(2, cfg.k),
-                                tool_fraction=cfg.warm_tool_fraction, drift_penalty=0.0)
+                                tool_fraction=cfg.tool_fraction, both_demos=cfg.both_demos, drift_penalty=0.0,
+                                write_penalty=cfg.write_penalty, write_budget=cfg.write_budget,
+                                write_cost=cfg.write_cost, max_bad_steps=cfg.max_bad_steps)
     log.info(f"warm start: {cfg.warm_steps} imitation steps on {cfg.family}")
     stages.stage1(run, "warm_stage1", model, [spec], settings, cfg.seed)
     if cfg.halt:
@@ -266,25 +280,6 @@ def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
                       cfg.seed, lambda_p=0.3, beta=0.05)
     model.requires_grad_(True)
     return model, spec, cfg.warm_steps * cfg.warm_batch
-
-
-def carry_phase(cfg: Config, run: Run, model: torch.nn.Module, spec: TaskSpec) -> int:
-    """Episode imitation with the carried memory (``losses.imitation_loss``); returns the
-    expected number of expert env steps it used."""
-    if cfg.warm_carry_steps <= 0:
-        return 0
-    n = max(1, cfg.warm_batch // 2)
-    source = DemoSource([dataclasses.replace(spec, levels=train_levels(cfg))], model.cfg.tool_names, cfg.seed,
-                        stream="carry_demos", tool_fraction=cfg.warm_tool_fraction, episodes=n, rank=run.rank)
-    K = cfg.k or getattr(model.cfg, "K", None)
-    steps = cfg.warm_carry_steps
-    train_phase(run, "warm_carry", model,
-                FitSpec(steps, cfg.carry_lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=10,
-                        samples_per_step=n, max_bad_steps=cfg.max_bad_steps),
-                lambda step: imitation_loss(model, spec, source.get(step)[1], K=K, grad_steps=None),
-                extra={"specs": [spec.as_dict()]})
-    has_tool = envs.make_family(cfg.family).tool is not None
-    return round(steps * n * (1 + cfg.warm_tool_fraction * has_tool))
 
 
 def make_policy(cfg: Config, model: torch.nn.Module, spec: TaskSpec) -> Policy:
@@ -337,16 +332,14 @@ def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, v
     if cfg.curriculum:
         curriculum.update(group_levels, solved.mean(1).tolist())
     keep = [i for i in range(len(episodes)) if not bool(zero[i // G])]
-    fam = envs.make_family(cfg.family)
-    tm = tool_metrics(episodes, fam.tool)
     stats = {"rl/reward": float(rewards.mean()), "rl/pass@1": float(solved.mean()),
              "rl/zero_variance_groups": float(zero.float().mean()),
              "rl/all_solved_groups": float((solved.mean(1) == 1).float().mean()),
              "rl/all_failed_groups": float((solved.mean(1) == 0).float().mean()),
              "rl/mean_level": float(np.mean(group_levels)),
              "rl/env_steps": float(sum(len(e.turns) for e in episodes)),
-             "tools/call_rate": tm["call_rate"], "tools/calls_per_episode": tm["calls_per_episode"],
-             "tools/format_validity": tm["format_validity"], "tools/calls_per_solved": tm["calls_per_solved"],
+             "tools/call_rate": float(np.mean([e.tool_calls > 0 for e in episodes])),
+             "tools/calls_per_episode": float(np.mean([e.tool_calls for e in episodes])),
              "tools/malformed_rate": float(np.mean([e.malformed_calls > 0 for e in episodes])),
              "halt/steps": float(np.mean([e.steps for e in episodes])),
              "memory/writes_per_episode": float(np.mean([e.writes for e in episodes]))}
@@ -432,40 +425,39 @@ def update(cfg: Config, it: int, policy: Policy, optimizer, batch: "EpisodeBatch
     return {k: float(np.mean(v)) for k, v in logs.items()}
 
 
-# -- the RL phase ---------------------------------------------------------------------------------
-def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec, start: dict) -> dict:
-    """Run (or resume) the iterations; returns the RL state (history, curriculum, env steps)."""
+# -- an RL phase ------------------------------------------------------------------------------------
+def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy, ref: Policy,
+             spec: TaskSpec) -> dict:
+    """Run (or resume) one RL phase of ``iterations``; returns its state (history, curriculum, env steps)."""
     model = policy.model
     optimizer = make_optimizer(model, cfg.lr, 0.0)
     levels = train_levels(cfg)
-    state = {"iteration": 0, "history": [], "env_steps": 0, "done": False, "start": start,
-             "curriculum": Curriculum(levels).state()}
-    path = run.ckpt("rl")
+    state = {"iteration": 0, "history": [], "env_steps": 0, "done": False, "curriculum": Curriculum(levels).state()}
+    path = run.ckpt(phase)
     if path.exists():
         state = load_checkpoint(path, model, optimizer, map_location=run.device)["extra"]["rl"]
         if state["done"]:
             return state
-        log.info(f"rl: resuming at iteration {state['iteration']} from {path}")
+        log.info(f"{phase}: resuming at iteration {state['iteration']} from {path}")
     curriculum = Curriculum(**state["curriculum"])
-    replay = DemoSource([spec], model.cfg.tool_names, cfg.seed, stream="replay", tool_fraction=cfg.warm_tool_fraction,
-                        episodes=cfg.replay_batch, rank=run.rank)
+    replay = DemoSource([spec], model.cfg.tool_names, cfg.seed, stream="replay", tool_fraction=cfg.tool_fraction,
+                        episodes=cfg.replay_batch, rank=run.rank, both=cfg.both_demos)
     my_groups = len(range(run.rank, cfg.groups, run.world))
     vec = make_vec(cfg.env, my_groups * cfg.group_size, call_budget=cfg.call_budget,
                    partial_credit=cfg.partial_credit)
-    logger = run.logger("rl", purge_step=state["iteration"] + 1)
-    bar = progress_bar(run, cfg.iterations, state["iteration"], "rl")
-    done_here = 0
+    logger = run.logger(phase, purge_step=state["iteration"] + 1)
+    bar = progress_bar(run, iterations, state["iteration"], phase)
     try:
-        while state["iteration"] < cfg.iterations:
-            if cfg.stop_after and done_here >= cfg.stop_after:
+        while state["iteration"] < iterations:
+            if cfg.stop_after and run.steps_taken >= cfg.stop_after:
                 if run.main:
                     _save_rl(path, model, optimizer, state, curriculum, spec)
-                raise Interrupted(f"rl: stopped after {done_here} iterations (stop_after)")
+                raise Interrupted(f"{phase}: stopped after {run.steps_taken} iterations (stop_after)")
             t0 = time.time()
-            stats = rl_iteration(cfg, state["iteration"], policy, ref, optimizer, vec, curriculum, replay,
-                                 levels, run, state)
+            stats = rl_iteration(cfg, state["iteration"] + (1000 if phase != "rl" else 0), policy, ref, optimizer,
+                                 vec, curriculum, replay, levels, run, state)
             state["iteration"] += 1
-            done_here += 1
+            run.steps_taken += 1
             state["env_steps"] += int(stats["rl/env_steps"])
             stats["rl/seconds"] = time.time() - t0
             state["history"].append(stats)
@@ -473,9 +465,9 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
                 logger.scalars(state["iteration"], stats)
             bar.update(1)
             bar.set_postfix(reward=f"{stats['rl/reward']:.3f}", pass1=f"{stats['rl/pass@1']:.2f}",
-                            calls=f"{stats['tools/call_rate']:.2f}", kl=f"{stats.get('rl/kl', 0.0):.3f}")
+                            calls=f"{stats['tools/call_rate']:.2f}")
             if cfg.progress and bar.disable:
-                log.info(f"rl: iteration {state['iteration']}/{cfg.iterations} reward {stats['rl/reward']:.3f} "
+                log.info(f"{phase}: iteration {state['iteration']}/{iterations} reward {stats['rl/reward']:.3f} "
                          f"pass@1 {stats['rl/pass@1']:.2f} calls {stats['tools/call_rate']:.2f}")
             if state["iteration"] % cfg.ckpt_every == 0 and run.main and not state.get("bad_in_a_row"):
                 _save_rl(path, model, optimizer, state, curriculum, spec)
@@ -491,9 +483,7 @@ def train_rl(cfg: Config, run: Run, policy: Policy, ref: Policy, spec: TaskSpec,
 
 def _save_rl(path: Path, model, optimizer, state: dict, curriculum: Curriculum, spec: TaskSpec) -> None:
     state["curriculum"] = curriculum.state()
-    save_checkpoint(path, model, optimizer, step=state["iteration"],
-                    extra={"rl": state, "specs": [spec.as_dict()]})
-
+    save_checkpoint(path, model, optimizer, step=state["iteration"], extra={"rl": state, "specs": [spec.as_dict()]})
 
 
 def group_advantages(rewards: torch.Tensor, kind: str = "grpo",
@@ -590,69 +580,56 @@ class Curriculum:
 
 
 # -- measurements -----------------------------------------------------------------------------------
-def split_eval(cfg: Config, policy: Policy, levels: Sequence[int], allow_tools: bool):
-    return evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=allow_tools,
-                           env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
-
-
 def snapshot(cfg: Config, policy: Policy, levels: Sequence[int]) -> dict:
-    """Greedy test-split success with and without tools, tool metrics, sampled reward."""
-    with torch.no_grad():
-        with_tools = split_eval(cfg, policy, levels, True)
-        without = split_eval(cfg, policy, levels, False)
-    tool = envs.make_family(cfg.family).tool
-    sampled = sampled_test(policy, cfg.env, levels, cfg.eval_n, seed=stream_seed(cfg.seed, "eval_sampling"),
-                           temperature=cfg.temperature,
-                           call_budget=cfg.call_budget, partial_credit=cfg.partial_credit, tool_cost=cfg.tool_cost,
-                           malformed_cost=cfg.malformed_cost, step_cost=cfg.halt_cost if cfg.halt else 0.0)
-    return {"with_tools": with_tools.accuracy, "without_tools": without.accuracy,
-            "with_tools_by_level": with_tools.by_level, "without_tools_by_level": without.by_level,
-            "tools": tool_metrics(with_tools.episodes, tool, without.episodes),
-            "steps": with_tools.steps, **sampled}
+    """``evaluation.tool_snapshot`` with this run's env, costs and sampling seed."""
+    return tool_snapshot(policy, cfg.env, levels, cfg.eval_n, call_budget=cfg.call_budget,
+                         partial_credit=cfg.partial_credit, tool_cost=cfg.tool_cost, malformed_cost=cfg.malformed_cost,
+                         step_cost=cfg.halt_cost if cfg.halt else 0.0, temperature=cfg.temperature,
+                         seed=stream_seed(cfg.seed, "eval_sampling"))
 
 
 def external_eval(cfg: Config, policy: Policy) -> dict[str, dict]:
-    """Success with and without tools and tool metrics on each of the family's external sets."""
+    """Success with and without tools and tool use on each of the family's external sets."""
     out = {}
-    tool = envs.make_family(cfg.family).tool
     for key, instances in external_sets(cfg.family).items():
         with torch.no_grad():
             w = evaluate_instances(policy, cfg.env, instances, allow_tools=True,
                                    env_kwargs={"call_budget": cfg.call_budget})
             wo = evaluate_instances(policy, cfg.env, instances, allow_tools=False)
         out[key] = {"with_tools": w.accuracy, "without_tools": wo.accuracy, "n": len(instances),
-                    "tools": tool_metrics(w.episodes, tool, wo.episodes)}
+                    "tools": tool_metrics(w.episodes, wo.episodes)}
     return out
 
 
-def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, state: dict, start: dict, end: dict,
+def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, phases: dict, states: list[dict],
            demos: int) -> dict:
-    env_steps = int(state["env_steps"])
+    start, end = phases["start"], phases["end"]
+    env_steps = sum(int(s["env_steps"]) for s in states)
+    history = [h for s in states for h in s["history"]]
+    tools_end = end["tools"]
     metrics = {
         "env": cfg.env, "family": cfg.family, "config": jsonable(cfg), "device": str(run.device),
         "params": sum(p.numel() for p in policy.model.parameters()), "K": policy.K, "spec": spec.as_dict(),
-        "reward_start": start["reward"], "reward_end": end["reward"],
-        "pass1_start": start["pass@1"], "pass1_end": end["pass@1"],
         "success": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]},
         "success_start": {"with_tools": start["with_tools"], "without_tools": start["without_tools"]},
-        "success_by_level": {"with_tools": end["with_tools_by_level"],
-                             "without_tools": end["without_tools_by_level"]},
-        "tool_precision": end["tools"]["precision"], "tool_recall": end["tools"]["recall"],
-        "tools": {"test": end["tools"], "start": start["tools"]},
-        "iterations": state["iteration"], "rl_env_steps": env_steps, "warm_start_demonstrations": demos,
-        "env_step_budget": env_steps + demos,
-        "zero_variance_groups": float(np.mean([h["rl/zero_variance_groups"] for h in state["history"]]))
-        if state["history"] else 0.0,
-        "curriculum": state["curriculum"], "distill": {},
+        "reward_start": start["reward"], "reward_end": end["reward"],
+        "greedy_start": start["greedy_reward"], "greedy_end": end["greedy_reward"],
+        "pass1_start": start["pass@1"], "pass1_end": end["pass@1"],
+        "tool_precision": tools_end["precision"], "tool_recall": tools_end["recall"],
+        "unneeded_call_rate": tools_end["unneeded_call_rate"],
+        "unneeded_call_rate_start": start["tools"]["unneeded_call_rate"],
+        "calls_by_level": {lv: t["call_rate"] for lv, t in tools_end["by_level"].items()},
+        "tool_free_by_level": {lv: t["tool_free_accuracy"] for lv, t in tools_end["by_level"].items()},
+        "success_by_level": {"with_tools": end["with_tools_by_level"], "without_tools": end["without_tools_by_level"]},
+        "phases": phases, "iterations": [s["iteration"] for s in states], "rl_env_steps": env_steps,
+        "warm_start_demonstrations": demos, "env_step_budget": env_steps + demos,
+        "zero_variance_groups": float(np.mean([h["rl/zero_variance_groups"] for h in history])) if history else 0.0,
+        "distill": {}, "history": history,
     }
     sets = {"test": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]}}
     if cfg.external:
-        ext = external_eval(cfg, policy)
-        metrics["external"] = ext
-        sets.update({k: {"with_tools": v["with_tools"], "without_tools": v["without_tools"]}
-                     for k, v in ext.items()})
-        for k, v in ext.items():
-            metrics["tools"][k] = v["tools"]
+        metrics["external"] = ext = external_eval(cfg, policy)
+        sets.update({k: {"with_tools": v["with_tools"], "without_tools": v["without_tools"]} for k, v in ext.items()})
     metrics["baselines"] = {"r3m_with_tools": {k: v["with_tools"] for k, v in sets.items()},
                             "r3m_without_tools": {k: v["without_tools"] for k, v in sets.items()}}
     return metrics
@@ -664,59 +641,78 @@ def main(cfg: Config) -> dict:
     setup_logging()
     run = start_run(cfg, f"rl-{cfg.env}")  # stop_after counts RL iterations (train_rl)
     log.info(f"run directory {run.dir} on {run.device}: {cfg.env} ({cfg.family})")
-    torch.manual_seed(cfg.seed)
     model, spec, demos = starting_model(cfg, run)
-    demos += carry_phase(cfg, run, model, spec)
-    ref_path = run.ckpt("reference")
-    if ref_path.exists():
-        load_checkpoint(ref_path, model)  # the start of RL (the RL checkpoint, if any, loads over it)
-    elif run.main:
-        save_checkpoint(ref_path, model, extra={"specs": [spec.as_dict()]})
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    policy, ref = make_policy(cfg, model, spec), make_policy(cfg, ref_model, spec)
-    t_rl = time.time()
-    start = _cached(run.dir / "start.json", lambda: snapshot(cfg, policy, train_levels(cfg))) if run.main else {}
-    barrier()
+    policy = make_policy(cfg, model, spec)
+    levels = train_levels(cfg)
+    phases = {"start": _cached(run.dir / "start.json", lambda: snapshot(cfg, policy, levels)) if run.main else {}}
+    states = []
     try:
-        state = train_rl(cfg, run, policy, ref, spec, start)
+        states.append(rl_phase(cfg, run, "rl", cfg.iterations, policy, spec))
+        if not run.main:
+            return {"rank": run.rank}
+        phases["after_rl"] = _cached(run.dir / "after_rl.json", lambda: snapshot(cfg, policy, levels))
+        distill_on = cfg.distill if cfg.distill is not None else envs.make_family(cfg.family).tool is not None
+        numbers = {}
+        if distill_on:
+            numbers, after = run_distillation(
+                run, policy, spec, cfg.env, levels_to_distill(phases["after_rl"], cfg.distill_levels), levels,
+                phases["after_rl"], cfg.distillation, cfg.seed,
+                lambda: _cached(run.dir / "after_distill.json", lambda: snapshot(cfg, policy, levels)),
+                cfg.tool_fraction)
+            if after is not None:
+                phases["after_distill"] = after
+            if after is not None and cfg.iterations_after:
+                states.append(rl_phase(cfg, run, "rl2", cfg.iterations_after, policy, spec))
     except Interrupted as exc:
         log.info(str(exc))
         return {"interrupted": True, "run_dir": str(run.dir)}
-    rl_seconds = time.time() - t_rl
-    if not run.main:  # under torchrun, rank 0 measures, distils, runs the baselines and writes
-        return {"rank": run.rank}
     model.eval()
-    end = snapshot(cfg, policy, train_levels(cfg))
-    metrics = report(cfg, run, policy, spec, state, start, end, demos)
-    metrics["seconds"] = {"rl": rl_seconds}
-    if distill.distill_applies(cfg):
-        metrics["distill"] = distill.run_distill(cfg, run, policy, spec, train_levels(cfg))
+    phases["end"] = snapshot(cfg, policy, levels)
+    metrics = report(cfg, run, policy, spec, phases, states, demos)
+    metrics["distill"] = numbers
     if cfg.baselines:
-        budget = metrics["env_step_budget"]
-        success, details = baselines.run_baselines(cfg, run, model.cfg, spec, budget, train_levels(cfg))
+        success, details = baselines.run_baselines(cfg, run, model.cfg, spec, metrics["env_step_budget"], levels)
         metrics["baselines"].update(success)
         metrics["baseline_details"] = details
-    metrics["seconds"]["total"] = metrics["wall_seconds"] = time.time() - t_start
-    return finish(cfg, run, metrics, state)
+    metrics["seconds"] = metrics["wall_seconds"] = time.time() - t_start
+    return finish(cfg, run, metrics)
+
+
+def rl_phase(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy, spec: TaskSpec) -> dict:
+    """An RL phase with a KL to the policy it starts from (saved as ``<phase>_reference``)."""
+    ref_path = run.ckpt(f"{phase}_reference")
+    if ref_path.exists():
+        load_checkpoint(ref_path, policy.model)  # the phase's start (its own checkpoint, if any, loads over it)
+    elif run.main:
+        save_checkpoint(ref_path, policy.model, extra={"specs": [spec.as_dict()]})
+    barrier()
+    ref = dataclasses.replace(policy, model=copy.deepcopy(policy.model).eval().requires_grad_(False))
+    state = train_rl(cfg, run, phase, iterations, policy, ref, spec)
+    policy.model.eval()
+    return state
+
+
+def _atomic_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def _cached(path: Path, compute) -> dict:
     """``compute()``, stored in ``path`` (written atomically) so a resumed run reuses it."""
     if path.exists():
         return json.loads(path.read_text())
-    value = compute()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    value = json.loads(json.dumps(compute(), default=str))  # as a resumed run would read it back
+    _atomic_json(path, value)
     return value
 
 
-def finish(cfg: Config, run: Run, metrics: dict, state: dict) -> dict:
-    plot_reward_curve(state["history"], metrics["reward_start"], metrics["reward_end"], run.dir / "reward_curve.png")
-    metrics["history"] = state["history"]
+def finish(cfg: Config, run: Run, metrics: dict) -> dict:
+    rewards = [h["rl/reward"] for h in metrics["history"]]
+    plot_reward_curve(metrics["history"], metrics["reward_start"], metrics["reward_end"], run.dir / "reward_curve.png")
     metrics = write_metrics(run.dir, metrics, rl_table(metrics))
-    print(f"\nwall time {metrics['seconds']['total']:.0f} s   metrics: {run.dir / 'metrics.json'}   "
-          f"tensorboard --logdir {run.dir / 'tb'}")
+    print(f"\nwall time {metrics['seconds']:.0f} s ({len(rewards)} RL iterations)   metrics: {run.dir / 'metrics.json'}"
+          f"   tensorboard --logdir {run.dir / 'tb'}")
     return metrics
 
 

@@ -31,8 +31,8 @@ import torch
 if __package__ in (None, ""):  # `python train/sb3_baseline.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r3m.learn.baselines import MaskablePPOSettings, train_maskable_ppo
 from r3m.learn import cli
+from r3m.learn.baselines import MaskablePPOSettings, train_maskable_ppo
 from r3m.learn.reporting import Logger, grid_table, setup_logging, write_metrics
 from r3m.learn.run import check_out
 

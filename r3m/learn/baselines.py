@@ -25,10 +25,9 @@ import torch
 from r3m import envs  # noqa: F401  (registers sudoku-grid-v0)
 from r3m.learn.cli import check_device
 from r3m.learn.data import DemoSource, TaskSpec
-from r3m.learn.distill import split_eval
-from r3m.learn.evaluation import EVAL_SEED, evaluate_instances, external_sets
-from r3m.learn.losses import LossOut, imitation_loss
+from r3m.learn.evaluation import EVAL_SEED, evaluate_family, evaluate_instances, external_sets
 from r3m.learn.loop import FitSpec, train_phase
+from r3m.learn.losses import LossOut, imitation_loss
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, mean
 from r3m.learn.run import Run
@@ -51,30 +50,46 @@ def run_baselines(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
 
 def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
                    levels: Sequence[int]) -> tuple[dict, dict]:
-    """A dense Transformer with 2x R3M's parameters, imitation without tools, ``budget`` demonstrations."""
-    torch.manual_seed(cfg.seed)
+    """A dense Transformer with 2x R3M's parameters, imitation without tools on ``budget``
+    demonstrations, at each of ``cfg.dense_lrs``; the rate with the best accuracy on held-out train
+    instances is reported on the test split (and the external sets)."""
     dense_cfg = dense_config_like(r3m_cfg, 2.0)
-    model = DenseTransformer(dense_cfg).to(run.device)
-    source = DemoSource([spec], dense_cfg.tool_names, cfg.seed, stream="baseline_demos", tool_fraction=0.0,
-                        turns=cfg.warm_batch)
     steps = max(1, math.ceil(budget / cfg.warm_batch))
+    tried, models = {}, {}
+    for lr in cfg.dense_lrs:
+        torch.manual_seed(cfg.seed)
+        model = DenseTransformer(dense_cfg).to(run.device)
+        source = DemoSource([spec], dense_cfg.tool_names, cfg.seed, stream="baseline_demos", tool_fraction=0.0,
+                            turns=cfg.warm_batch)
 
-    def loss_fn(step: int) -> LossOut:
-        s, episodes = source.get(step)
-        return imitation_loss(model, s, episodes, K=None, grad_steps=None)
+        def loss_fn(step: int, model=model, source=source) -> LossOut:
+            s, episodes = source.get(step)
+            return imitation_loss(model, s, episodes, K=None, grad_steps=None)
 
-    fit_spec = FitSpec(steps, cfg.dense_lr, warmup=max(1, min(100, steps // 5)), ckpt_every=max(1, steps // 4),
-                       samples_per_step=cfg.warm_batch)
-    train_phase(run, "dense2x", model, fit_spec,
-                loss_fn, weight_decay=0.01, extra={"specs": [spec.as_dict()]})
-    policy = Policy(model, spec.mode, spec.width)
+        fit_spec = FitSpec(steps, lr, warmup=max(1, min(100, steps // 5)), ckpt_every=max(1, steps // 4),
+                           samples_per_step=cfg.warm_batch)
+        train_phase(run, f"dense2x_lr{lr:g}", model, fit_spec, loss_fn, weight_decay=0.01,
+                    extra={"specs": [spec.as_dict()]})
+        policy = Policy(model, spec.mode, spec.width)
+        with torch.no_grad():
+            tried[lr] = evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, split="train",
+                                        env_id=cfg.env).accuracy
+        models[lr] = policy
+    best = max(tried, key=lambda lr: (tried[lr], -lr))
+    policy = models[best]
     with torch.no_grad():
         res = {"test": split_eval(cfg, policy, levels, False).accuracy}
         if cfg.external:
             for key, instances in external_sets(cfg.family).items():
                 res[key] = evaluate_instances(policy, cfg.env, instances, allow_tools=False).accuracy
-    details = {"params": sum(p.numel() for p in model.parameters()), "demonstrations": steps * cfg.warm_batch}
+    details = {"params": sum(p.numel() for p in policy.model.parameters()), "demonstrations": steps * cfg.warm_batch,
+               "steps": steps, "best_lr": best, "validation_accuracy_by_lr": {f"{lr:g}": a for lr, a in tried.items()}}
     return res, details
+
+
+def split_eval(cfg, policy: Policy, levels: Sequence[int], allow_tools: bool):
+    return evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=allow_tools,
+                           env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
 
 
 def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dict, dict]:
@@ -83,12 +98,13 @@ def maskable_ppo(cfg, run: Run, budget: int, levels: Sequence[int]) -> tuple[dic
     except ImportError as exc:
         log.warning(f"MaskablePPO baseline unavailable: {exc}")
         return {}, {"error": str(exc)}
-    settings = MaskablePPOSettings(family=cfg.family, timesteps=cfg.sb3_timesteps or budget,
+    settings = MaskablePPOSettings(family=cfg.family, timesteps=cfg.sb3_timesteps or budget, levels=tuple(levels),
                                    eval_levels=tuple(levels), eval_n=cfg.eval_n, seed=cfg.seed, external=cfg.external)
     run_dir = run.dir / "sb3"
     run_dir.mkdir(parents=True, exist_ok=True)
     res = train_maskable_ppo(settings, run_dir, cfg.tensorboard, cfg.progress)
-    return dict(res["success"]), {"timesteps": settings.timesteps, "train_levels": list(settings.levels)}
+    return dict(res["success"]), {"timesteps": int(res["timesteps"]), "train_levels": list(settings.levels),
+                                  "seconds": res["train_seconds"]}
 
 
 # -- MaskablePPO on sudoku-grid-v0 -------------------------------------------------------------------

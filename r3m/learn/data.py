@@ -17,7 +17,7 @@ Two layouts, matching the model's two decoding modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
 import torch
@@ -34,19 +34,22 @@ TOK = Tokenizer()
 @dataclass
 class TaskSpec:
     """How one family is trained and decoded: ``mode`` fill or causal, ``width`` answer slots (fill)
-    or most payload tokens (causal), eos included, and the training ``levels``."""
+    or most payload tokens (causal), eos included, the training ``levels``, and the text env's
+    arguments (``env``: e.g. ``stream``, ``distractors``) for training and evaluation alike."""
 
     family: str
     mode: str
     width: int
     levels: tuple[int, ...]
+    env: Mapping = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"family": self.family, "mode": self.mode, "width": self.width, "levels": list(self.levels)}
+        return {"family": self.family, "mode": self.mode, "width": self.width, "levels": list(self.levels),
+                "env": dict(self.env)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TaskSpec":
-        return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]))
+        return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]), dict(d.get("env", {})))
 
 
 class Example(NamedTuple):
@@ -98,13 +101,13 @@ def episode_examples(env: TextTaskEnv, index: int, difficulty: int | None, use_t
     return examples
 
 
-def task_spec(family: str, levels: Sequence[int], eval_levels: Sequence[int] = ()) -> TaskSpec:
+def task_spec(family: str, levels: Sequence[int], eval_levels: Sequence[int] = (), **env) -> TaskSpec:
     """How ``family`` is trained on ``levels`` and decoded, as the family declares it: its decode
     mode, and room for the longest payload (answer or call ARGS) at the training and evaluation
-    levels plus the eos."""
+    levels plus the eos; ``env``: the text env's arguments."""
     fam = envs.make_family(family)
     width = fam.payload_chars(tuple(sorted(set(levels) | set(eval_levels)))) + 1
-    return TaskSpec(family, fam.decode, width, tuple(levels))
+    return TaskSpec(family, fam.decode, width, tuple(levels), env)
 
 
 class PayloadTooLong(ValueError):
@@ -170,17 +173,20 @@ class DemoSource:
     ``get(step)`` cycles through ``specs`` (one family per step) and draws, from the random stream
     ``stream`` at (rank, step), either ``episodes`` whole episodes or, when that is None, episodes
     until they hold at least ``turns`` turns. A share ``tool_fraction`` of the episodes of a
-    family with a tool are the tool-using demonstrations.
+    family with a tool are the tool-using demonstrations; with ``both``, every instance drawn of
+    such a family comes twice instead, answered directly and with the tool (so the choice is
+    learned as a probability, and the content for each choice on the same instances).
     """
 
     def __init__(self, specs: Sequence[TaskSpec], tool_names: Sequence[str], seed: int, *, stream: str,
-                 tool_fraction: float, episodes: int | None = None, turns: int | None = None, rank: int = 0):
+                 tool_fraction: float, episodes: int | None = None, turns: int | None = None, rank: int = 0,
+                 both: bool = False):
         if (episodes is None) == (turns is None):
             raise ValueError("DemoSource needs exactly one of episodes= and turns=")
         self.specs, self.tool_names = list(specs), tuple(tool_names)
-        self.seed, self.stream, self.rank, self.tool_fraction = seed, stream, rank, tool_fraction
+        self.seed, self.stream, self.rank, self.tool_fraction, self.both = seed, stream, rank, tool_fraction, both
         self.n_episodes, self.n_turns = episodes, turns
-        self._envs = {s.family: TextTaskEnv(s.family) for s in self.specs}
+        self._envs = {s.family: TextTaskEnv(s.family, **s.env) for s in self.specs}
 
     @property
     def spec(self) -> TaskSpec:
@@ -192,6 +198,10 @@ class DemoSource:
         has_tool = bool(env.family.tool)
         out: list[list[Example]] = []
         while (len(out) < self.n_episodes) if self.n_episodes is not None else (sum(map(len, out)) < self.n_turns):
+            if self.both and has_tool:
+                level, index = int(rng.choice(spec.levels)), int(rng.integers(2**62))
+                out += [episode_examples(env, index, level, use, self.tool_names) for use in (False, True)]
+                continue
             use_tools = has_tool and rng.random() < self.tool_fraction
             level = int(rng.choice(spec.levels))
             out.append(episode_examples(env, int(rng.integers(2**62)), level, use_tools, self.tool_names))

@@ -1,55 +1,66 @@
-"""Distillation of verified tool results back into the model (Stage 3).
+"""Distillation of verified tool results back into the policy (Stage 3).
 
-Targets, on the easiest trained level by default (``--distill-levels``): the verified answer of a
-tool-using episode becomes the tool-free target for its prompt. A family may declare that only
-part of an answer can be taught (``TaskFamily.distill_targets``: Sudoku's forced cells, the only
-digit their row, column and box givens allow, since a tiny model cannot learn to solve whole grids
-in CPU-minutes); the loss is then on those positions only and leaves the tool head alone (a partial
-grid is not an answer, so the policy keeps calling the solver), and the report adds the accuracy on
-those positions, before and after.
+The policy plays train instances of the levels where it calls a tool; every verified answer that
+came from a tool becomes a tool-free target for its prompt (choice "answer", payload the verified
+answer), and the same policy trains on them, so where it learns to answer it also learns to stop
+calling. Beside them it replays expert episodes (tool calls and direct answers) of the other
+levels, so tool use where the tool is still needed stays as it was.
+
+A family may declare that only part of an answer can be taught (``TaskFamily.distill_targets``:
+Sudoku's forced cells, the only digit their row, column and box givens allow, since a tiny model
+cannot learn to solve whole grids in CPU-minutes); the loss is then on those positions only and
+leaves the choice alone (a partial grid is not an answer, so the policy keeps calling the solver),
+and ``target_accuracy`` measures those positions.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import Sequence
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-import gymnasium as gym
-import numpy as np
 import torch
 
 from r3m import envs
-from r3m.envs.base import Instance, TaskFamily
 from r3m.learn.data import IGNORE, DemoSource, Example, TaskSpec, collate_causal, collate_fill
-from r3m.learn.evaluation import episode_calls, evaluate_family
+from r3m.learn.evaluation import answer_text, episode_calls, partial_targets, replay_instance
+from r3m.learn.loop import FitSpec, FitState, train_phase
 from r3m.learn.losses import LossOut, imitation_loss
-from r3m.learn.loop import FitSpec, train_phase
 from r3m.learn.policy import Policy
-from r3m.learn.reporting import log
 from r3m.learn.rollout import Episode, make_vec, run_episodes
 from r3m.learn.run import Run, stream_rng
-from r3m_agent.tokenizer import EOS_ID, PAD_ID, Tokenizer
-
-TOK = Tokenizer()
 
 
-def split_eval(cfg, policy: Policy, levels: Sequence[int], allow_tools: bool):
-    return evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=allow_tools,
-                           env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
+@dataclass(frozen=True)
+class Distillation:
+    """How a distillation phase runs (``train/rl_verify.py`` and ``train/distill.py`` expose these)."""
+
+    n: int = 512  # train instances the policy plays with tools to harvest targets
+    steps: int = 300
+    lr: float = 1e-3
+    batch: int = 32  # distillation targets per step
+    replay_coef: float = 1.0  # weight of the replayed expert episodes (tool use on the other levels)
+    replay_batch: int = 8  # expert episodes per replay batch
+    call_budget: int = 4
 
 
-def answer_text(ep: Episode) -> str:
-    """The final answer of an episode as the env received it."""
-    ids = [t for t in ep.turns[-1].payload.tolist() if t not in (EOS_ID, PAD_ID)]
-    return TOK.decode(ids)
-
-
-def replay_instance(env_id: str, ep: Episode, split: str) -> Instance:
-    """The instance an episode played (its reset seed and level on ``split`` give it back)."""
-    env = gym.make(env_id, disable_env_checker=True)
-    env.reset(seed=ep.seed, options={"split": split, "difficulty": ep.difficulty})
-    return env.unwrapped.instance
+def harvest(policy: Policy, env_id: str, levels: Sequence[int], n: int, seed: int, call_budget: int,
+            batch: int = 64) -> list[Episode]:
+    """The policy plays ``n`` train instances of ``levels`` greedily with tools (fixed seeds)."""
+    seeds = stream_rng(seed, "distill_harvest").integers(0, 2**31 - 1, size=n).tolist()
+    episodes: list[Episode] = []
+    for s in range(0, len(seeds), batch):
+        chunk = seeds[s : s + batch]
+        vec = make_vec(env_id, len(chunk), call_budget=call_budget)
+        try:
+            options = [{"split": "train", "difficulty": levels[(s + i) % len(levels)]} for i in range(len(chunk))]
+            with torch.no_grad():
+                episodes += run_episodes(policy, vec, chunk, options, allow_tools=True)
+        finally:
+            vec.close()
+    return episodes
 
 
 def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
@@ -72,122 +83,11 @@ def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
         if prompt in seen:
             continue
         seen.add(prompt)
-        fam = envs.make_family(ep.family)
-        partial = type(fam).distill_targets is not TaskFamily.distill_targets
-        targets = fam.distill_targets(replay_instance(env_id, ep, split)) if partial and env_id else None
+        targets = None
+        if partial_targets(ep.family) and env_id:
+            targets = envs.make_family(ep.family).distill_targets(replay_instance(env_id, ep, split))
         out.append((Example(ep.family, ep.difficulty, prompt, 0, answer_text(ep)), targets))
     return out
-
-
-def target_accuracy(env_id: str, episodes: Sequence[Episode], split: str) -> float | None:
-    """Share of the partial distillation targets (``TaskFamily.distill_targets``) that the episodes'
-    final answers get right; None for a family whose targets are whole answers."""
-    right = total = 0
-    for ep in episodes:
-        fam = envs.make_family(ep.family)
-        if type(fam).distill_targets is TaskFamily.distill_targets:
-            return None
-        targets = fam.distill_targets(replay_instance(env_id, ep, split)) or {}
-        answer = "".join(answer_text(ep).split())
-        total += len(targets)
-        right += sum(c < len(answer) and answer[c] == d for c, d in targets.items())
-    return right / total if total else None
-
-
-def distill_applies(cfg) -> bool:
-    return cfg.distill if cfg.distill is not None else envs.make_family(cfg.family).tool is not None
-
-
-def distill_levels(cfg, trained: Sequence[int]) -> tuple[int, ...]:
-    return tuple(cfg.distill_levels) if cfg.distill_levels else (min(trained),)
-
-
-def harvest(cfg, policy: Policy, levels: Sequence[int], batch: int = 64) -> list[Episode]:
-    """The final policy plays ``distill_n`` train instances greedily with tools (fixed seeds)."""
-    rng = stream_rng(cfg.seed, "distill_harvest")
-    seeds = rng.integers(0, 2**31 - 1, size=cfg.distill_n).tolist()
-    episodes: list[Episode] = []
-    for s in range(0, len(seeds), batch):
-        chunk = seeds[s : s + batch]
-        vec = make_vec(cfg.env, len(chunk), call_budget=cfg.call_budget)
-        try:
-            options = [{"split": "train", "difficulty": levels[(s + i) % len(levels)]}
-                       for i in range(len(chunk))]
-            with torch.no_grad():
-                episodes += run_episodes(policy, vec, chunk, options, allow_tools=True)
-        finally:
-            vec.close()
-    return episodes
-
-
-def _tool_free(cfg, policy: Policy, levels: Sequence[int], called: Sequence[int] | None = None) -> dict:
-    """Tool-free and with-tools test success on ``levels``; ``called``: the test instances (indices)
-    on which the policy before distillation called a tool (default: this policy's own calls)."""
-    with torch.no_grad():
-        wo = evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=False,
-                             env_id=cfg.env)
-        w = evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, allow_tools=True,
-                            env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
-    own = [i for i, e in enumerate(w.episodes) if e.tool_calls]
-    called = own if called is None else called
-    out = {"tool_free": wo.accuracy, "with_tools": w.accuracy, "call_rate": w.tool_call_rate,
-           # of the instances the pre-distillation policy called a tool on, the share solved without it
-           "unnecessary_calls": float(np.mean([wo.episodes[i].correct for i in called])) if called else 0.0,
-           "_called": own}
-    partial = target_accuracy(cfg.env, wo.episodes, "test")
-    if partial is not None:
-        out["target_accuracy"] = partial
-    return out
-
-
-def run_distill(cfg, run: Run, policy: Policy, spec: TaskSpec, trained: Sequence[int]) -> dict:
-    """Distil verified tool answers of ``distill_levels`` into a copy of the policy.
-
-    The replay (expert episodes with calls) covers only the other trained levels: a prompt has one
-    set of payload slots, which a call fills with ARGS and an answer with the result, so replaying
-    calls on the distilled prompts would pull the same slots back to the call's arguments.
-    """
-    levels = distill_levels(cfg, trained)
-    others = tuple(lv for lv in trained if lv not in levels)
-    examples = distill_examples(harvest(cfg, policy, levels), cfg.env)
-    before = _tool_free(cfg, policy, levels)
-    student = copy.deepcopy(policy.model)
-    if not examples:
-        log.warning("distillation: no verified tool-derived answers to distil")
-        return {cfg.family: {"before": before["tool_free"], "after": before["tool_free"], "examples": 0}}
-    replay = DemoSource([dataclasses.replace(spec, levels=others or levels)], student.cfg.tool_names, cfg.seed,
-                        stream="distill_replay", tool_fraction=cfg.warm_tool_fraction, episodes=cfg.replay_batch)
-    replay_coef = cfg.distill_replay_coef if others else 0.0
-    K = policy.K
-    # a partial target (Sudoku's forced cells) is not an answer, so it does not teach "answer now"
-    tool_weight = 0.0 if any(targets is not None for _, targets in examples) else 1.0
-
-    def loss_fn(step: int) -> LossOut:
-        rng = stream_rng(cfg.seed, "distill_batches", step)
-        chosen = [examples[i] for i in rng.integers(0, len(examples), size=cfg.warm_batch)]
-        batch = distill_batch(spec, chosen)  # collated: one turn, empty memory
-        out = imitation_loss(student, spec, batch, K=K, grad_steps=None, tool_weight=tool_weight)
-        if replay_coef > 0:
-            replayed = imitation_loss(student, spec, replay.get(step)[1], K=K, grad_steps=None)
-            out = out._replace(loss=out.loss + replay_coef * replayed.loss)
-        return out
-
-    steps = cfg.distill_steps
-    train_phase(run, "distill", student, FitSpec(steps, cfg.distill_lr, warmup=max(1, steps // 10),
-                                                 ckpt_every=max(1, steps // 2), log_every=25,
-                                                 samples_per_step=cfg.warm_batch),
-                loss_fn, extra={"specs": [spec.as_dict()]})
-    distilled = dataclasses.replace(policy, model=student)
-    after = _tool_free(cfg, distilled, levels, called=before["_called"])
-    before.pop("_called")
-    after.pop("_called")
-    res = {"before": before["tool_free"], "after": after["tool_free"], "levels": list(levels),
-           "examples": len(examples), "steps": steps, "replay_levels": list(others),
-           "before_detail": before, "after_detail": after}
-    if others:  # did the replay keep the tool use on the levels that were not distilled?
-        res["with_tools_other_levels"] = {"before": split_eval(cfg, policy, others, True).accuracy,
-                                          "after": split_eval(cfg, distilled, others, True).accuracy}
-    return {cfg.family: res}
 
 
 def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str] | None]]):
@@ -207,3 +107,87 @@ def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str]
             masked[i] = masked[i].masked_fill(~keep, IGNORE)
         batch = batch._replace(targets=masked)
     return batch
+
+
+def distill(run: Run, phase: str, policy: Policy, spec: TaskSpec, examples: Sequence[tuple[Example, dict | None]],
+            replay_levels: Sequence[int], settings: Distillation, seed: int, tool_fraction: float = 0.5) -> FitState:
+    """Train ``policy.model`` itself on ``examples`` (one turn each, empty memory) beside expert
+    episodes of ``replay_levels`` (tool use kept where it is still needed)."""
+    model = policy.model
+    replay = None
+    if replay_levels and settings.replay_coef > 0:
+        replay = DemoSource([dataclasses.replace(spec, levels=tuple(replay_levels))], model.cfg.tool_names, seed,
+                            stream="distill_replay", tool_fraction=tool_fraction, episodes=settings.replay_batch,
+                            both=True)
+    # a partial target (Sudoku's forced cells) is not an answer, so it does not teach "answer now"
+    tool_weight = 0.0 if any(targets is not None for _, targets in examples) else 1.0
+
+    def loss_fn(step: int) -> LossOut:
+        rng = stream_rng(seed, "distill_batches", step)
+        chosen = [examples[i] for i in rng.integers(0, len(examples), size=settings.batch)]
+        out = imitation_loss(model, spec, distill_batch(spec, chosen), K=policy.K, grad_steps=None,
+                             tool_weight=tool_weight)
+        if replay is not None:
+            replayed = imitation_loss(model, spec, replay.get(step)[1], K=policy.K, grad_steps=None)
+            out = out._replace(loss=out.loss + settings.replay_coef * replayed.loss)
+        return out
+
+    steps = settings.steps
+    fit_spec = FitSpec(steps, settings.lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=25,
+                       samples_per_step=settings.batch)
+    return train_phase(run, phase, model, fit_spec, loss_fn, extra={"specs": [spec.as_dict()]})
+
+
+def levels_to_distill(snapshot: dict, chosen: Sequence[int] = ()) -> tuple[int, ...]:
+    """``chosen``, else the levels where the policy calls on at least half the test instances."""
+    if chosen:
+        return tuple(chosen)
+    return tuple(int(lv) for lv, t in snapshot["tools"]["by_level"].items() if t["call_rate"] >= 0.5)
+
+
+def run_distillation(run: Run, policy: Policy, spec: TaskSpec, env_id: str, levels: Sequence[int],
+                     trained: Sequence[int], before: dict, settings: Distillation, seed: int,
+                     measure: Callable[[], dict], tool_fraction: float = 0.5) -> tuple[dict, dict]:
+    """Distil the verified tool answers of ``levels`` into the policy itself, replaying the other
+    ``trained`` levels; ``before`` and ``measure()`` are snapshots (``evaluation.tool_snapshot``)
+    before and after. Returns (the distillation's numbers, the snapshot after it; None when
+    nothing was distilled)."""
+    if not levels:
+        return {"levels": [], "examples": 0, "note": "no level to distil"}, None
+    examples = _harvested(run, policy, env_id, levels, settings, seed)
+    if not examples:  # the policy solved nothing through a tool there: nothing to distil
+        return {"levels": list(levels), "examples": 0,
+                "note": "no verified tool answers in the harvest; distillation skipped"}, None
+    others = [lv for lv in trained if lv not in levels]
+    distill(run, "distill", policy, spec, examples, others, settings, seed, tool_fraction)
+    after = measure()
+
+    def on(snap: dict, key: str) -> float:
+        return float(sum(snap["tools"]["by_level"][_key(snap, lv)][key] for lv in levels) / len(levels))
+
+    numbers = {"levels": list(levels), "examples": len(examples),
+               "before": on(before, "tool_free_accuracy"), "after": on(after, "tool_free_accuracy"),
+               "with_tools_before": before["with_tools_by_level"], "with_tools_after": after["with_tools_by_level"],
+               "calls_before": on(before, "call_rate"), "calls_after": on(after, "call_rate"),
+               "target_accuracy_before": before.get("target_accuracy"),
+               "target_accuracy_after": after.get("target_accuracy")}
+    return numbers, after
+
+
+def _key(snap: dict, level: int):
+    """Levels are ints in memory and strings once a snapshot went through JSON."""
+    return level if level in snap["tools"]["by_level"] else str(level)
+
+
+def _harvested(run: Run, policy: Policy, env_id: str, levels: Sequence[int], settings: Distillation,
+               seed: int) -> list[tuple[Example, dict[int, str] | None]]:
+    """The harvest, played once (a resumed run distils the same targets)."""
+    path = run.dir / "distill_examples.json"
+    if path.exists():
+        return [(Example(*e), {int(k): v for k, v in t.items()} if t is not None else None)
+                for e, t in json.loads(path.read_text())]
+    examples = distill_examples(harvest(policy, env_id, levels, settings.n, seed, settings.call_budget), env_id)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([(list(e), t) for e, t in examples]))
+    os.replace(tmp, path)
+    return examples

@@ -11,14 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from r3m import envs, tools
-from r3m.envs.base import Instance
+from r3m.envs.base import Instance, TaskFamily
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import mean
 from r3m.learn.rollout import Episode, make_vec, run_episodes
+from r3m_agent.tokenizer import EOS_ID, PAD_ID, Tokenizer
+
+TOK = Tokenizer()
 
 EVAL_SEED = 1_000_003  # evaluation instances come from seeds far from any training stream
 
@@ -111,6 +115,38 @@ def evaluate_instances(policy: Policy, env_id: str, instances: Sequence[Instance
         finally:
             vec.close()
     return summarize(episodes, sorted({e.difficulty for e in episodes}))
+
+
+def write_stats(episodes: Sequence[Episode]) -> dict:
+    """Memory writes: per episode, and as the share of turns of each kind (streamed envs: "fact",
+    "distractor", "question"...) and of each level that wrote."""
+    def rate(turns) -> float:
+        return mean(t.writes for t in turns)
+
+    turns = [(e, t) for e in episodes for t in e.turns]
+    kinds = sorted({t.kind for _, t in turns})
+    levels = sorted({e.difficulty for e in episodes})
+    return {"writes_per_sample": mean(e.writes for e in episodes),
+            "write_rate": rate(t for _, t in turns),
+            "write_rate_by_kind": {k: rate(t for _, t in turns if t.kind == k) for k in kinds},
+            "writes_per_sample_by_level": {lv: mean(e.writes for e in episodes if e.difficulty == lv)
+                                           for lv in levels}}
+
+
+def majority_rate(family: str, levels: Sequence[int], n_per_level: int, env_kwargs: dict | None = None,
+                  split: str = "test", seed: int = EVAL_SEED) -> float:
+    """Chance: the accuracy of always giving the most common answer of these test instances (the
+    ones ``evaluate_family`` plays), a floor any ablation should be compared with."""
+    import gymnasium as gym
+
+    env = gym.make(env_id_of(family), disable_env_checker=True, **(env_kwargs or {}))
+    answers = []
+    for level in levels:
+        for i in range(n_per_level):
+            env.reset(seed=seed + i, options={"split": split, "difficulty": level})
+            answers.append(env.unwrapped.instance.answer)
+    env.close()
+    return max(answers.count(a) for a in set(answers)) / len(answers) if answers else 0.0
 
 
 # -- which levels, and summaries ---------------------------------------------------------------------
@@ -210,36 +246,69 @@ def episode_calls(ep: Episode) -> list[CallRecord]:
     return calls
 
 
-def tool_metrics(episodes: Sequence[Episode], family_tool: str | None,
-                 without_tools: Sequence[Episode] | None = None) -> dict[str, float]:
-    """Precision, recall and format validity of tool calls (issue 5's definitions).
+def tool_metrics(with_tools: Sequence[Episode], without_tools: Sequence[Episode]) -> dict:
+    """Tool use against measured need, on the same instances played greedily twice by one policy.
 
-    A call is needed where the expert demonstration calls a tool (the family has one), or where the
-    call turns failure into success (this episode called and succeeded while ``without_tools[i]``,
-    the same instance played with tools off, failed). The first well-formed, successful call to the
-    right tool in an episode that needs one is a needed call made; every other call is not.
-    precision = needed calls made / calls made; recall = needed calls made / needed calls.
+    An instance needs the tool when the policy, forced to answer without it (``without_tools[i]``),
+    answers it wrong. A call is an episode that called at least once.
+    precision = calls on instances that need one / calls; recall = needing instances the policy
+    called on / needing instances; unneeded_call_rate = calls on instances it answers right without
+    a tool / such instances. By level too, with the call rate and the tool-free accuracy.
     """
-    made = needed = good = valid = solved = solved_calls = 0
-    for i, ep in enumerate(episodes):
-        calls = episode_calls(ep)
-        made += len(calls)
-        valid += sum(c.ok for c in calls)
-        rescued = (without_tools is not None and ep.correct and bool(calls)
-                   and not without_tools[i].correct)
-        right = family_tool if family_tool else next((c.name for c in calls if c.ok), None)
-        if family_tool or rescued:
-            needed += 1
-            good += any(c.ok and c.name == right for c in calls)
-        if ep.correct:
-            solved += 1
-            solved_calls += len(calls)
-    return {"precision": good / made if made else 0.0, "recall": good / needed if needed else 1.0,
-            "call_rate": float(np.mean([bool(ep.tool_calls) for ep in episodes])) if episodes else 0.0,
-            "calls_per_episode": made / len(episodes) if episodes else 0.0,
-            "format_validity": valid / made if made else 1.0,
-            "calls_per_solved": solved_calls / solved if solved else 0.0,
-            "calls": float(made), "needed": float(needed)}
+    if len(with_tools) != len(without_tools):
+        raise ValueError(f"need the same instances with and without tools: {len(with_tools)} != {len(without_tools)}")
+    rows = [(w.difficulty, bool(w.tool_calls), not wo.correct, w) for w, wo in zip(with_tools, without_tools)]
+
+    def summary(rs) -> dict:
+        calls = [r for r in rs if r[1]]
+        need = [r for r in rs if r[2]]
+        able = [r for r in rs if not r[2]]
+        made = sum(len(episode_calls(r[3])) for r in rs)
+        return {"precision": mean(r[2] for r in calls) if calls else 0.0,
+                "recall": mean(r[1] for r in need) if need else 1.0,
+                "unneeded_call_rate": mean(r[1] for r in able) if able else 0.0,
+                "call_rate": mean(r[1] for r in rs), "need_rate": mean(r[2] for r in rs),
+                "tool_free_accuracy": mean(not r[2] for r in rs),
+                "with_tools_accuracy": mean(r[3].correct for r in rs),
+                "calls_per_episode": made / len(rs) if rs else 0.0,
+                "format_validity": mean(c.ok for r in rs for c in episode_calls(r[3])) if made else 1.0,
+                "n": len(rs)}
+
+    out = summary(rows)
+    out["by_level"] = {lv: summary([r for r in rows if r[0] == lv]) for lv in sorted({r[0] for r in rows})}
+    return out
+
+
+def answer_text(ep: Episode) -> str:
+    """The final answer of an episode as the env received it."""
+    ids = [t for t in ep.turns[-1].payload.tolist() if t not in (EOS_ID, PAD_ID)]
+    return TOK.decode(ids)
+
+
+def replay_instance(env_id: str, ep: Episode, split: str) -> Instance:
+    """The instance an episode played (its reset seed and level on ``split`` give it back)."""
+    env = gym.make(env_id, disable_env_checker=True)
+    env.reset(seed=ep.seed, options={"split": split, "difficulty": ep.difficulty})
+    return env.unwrapped.instance
+
+
+def partial_targets(family: str) -> bool:
+    """Whether ``family`` distils part of an answer only (``TaskFamily.distill_targets``)."""
+    return type(envs.make_family(family)).distill_targets is not TaskFamily.distill_targets
+
+
+def target_accuracy(env_id: str, episodes: Sequence[Episode], split: str) -> float | None:
+    """Share of the partial distillation targets (``TaskFamily.distill_targets``) that the episodes'
+    final answers get right; None for a family whose targets are whole answers."""
+    right = total = 0
+    for ep in episodes:
+        if not partial_targets(ep.family):
+            return None
+        targets = envs.make_family(ep.family).distill_targets(replay_instance(env_id, ep, split)) or {}
+        answer = "".join(answer_text(ep).split())
+        total += len(targets)
+        right += sum(c < len(answer) and answer[c] == d for c, d in targets.items())
+    return right / total if total else None
 
 
 # -- a policy's state, before and after training ------------------------------------------------------
@@ -263,3 +332,24 @@ def sampled_test(policy: Policy, env_id: str, levels: Sequence[int], n: int, *, 
             vec.close()
     rewards = [shaped_reward(e, tool_cost, malformed_cost, step_cost, policy.max_steps) for e in episodes]
     return {"reward": float(np.mean(rewards)), "pass@1": float(np.mean([e.correct for e in episodes]))}
+
+
+def tool_snapshot(policy: Policy, env_id: str, levels: Sequence[int], n: int, *, call_budget: int,
+                  partial_credit: bool, tool_cost: float, malformed_cost: float, step_cost: float = 0.0,
+                  temperature: float = 1.0, seed: int = 0) -> dict:
+    """A policy on the test split: greedy with and without tools on the same instances (success, tool
+    use against measured need, greedy cost-adjusted reward) and sampled (reward, pass@1)."""
+    family = envs.ENV_IDS[env_id]
+    kw = dict(n_per_level=n, levels=levels, env_id=env_id)
+    with torch.no_grad():
+        with_tools = evaluate_family(policy, family, allow_tools=True, env_kwargs={"call_budget": call_budget}, **kw)
+        without = evaluate_family(policy, family, allow_tools=False, **kw)
+        sampled = sampled_test(policy, env_id, levels, n, seed=seed, temperature=temperature, call_budget=call_budget,
+                               partial_credit=partial_credit, tool_cost=tool_cost, malformed_cost=malformed_cost,
+                               step_cost=step_cost)
+    greedy = [shaped_reward(e, tool_cost, malformed_cost, step_cost, policy.max_steps) for e in with_tools.episodes]
+    return {"with_tools": with_tools.accuracy, "without_tools": without.accuracy,
+            "with_tools_by_level": with_tools.by_level, "without_tools_by_level": without.by_level,
+            "tools": tool_metrics(with_tools.episodes, without.episodes), "greedy_reward": mean(greedy),
+            "steps": with_tools.steps, "target_accuracy": target_accuracy(env_id, without.episodes, "test"),
+            **sampled}

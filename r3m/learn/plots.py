@@ -94,3 +94,22 @@ def plot_training_curve(episodes: Sequence[tuple[int, float]], path: Path, title
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_accuracy_vs_writes(sweeps: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> None:
+    """Accuracy against memory writes per sample, one curve per family (the write gate's threshold
+    rising from point to point)."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for fam, sweep in sweeps.items():
+        ax.plot([p["writes_per_sample"] for p in sweep], [p["accuracy"] for p in sweep], "o-", label=fam)
+        for p in sweep:
+            ax.annotate(f"{p['threshold']:g}", (p["writes_per_sample"], p["accuracy"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("memory writes per sample")
+    ax.set_ylabel("exact accuracy (test split, trained levels)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

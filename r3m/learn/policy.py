@@ -83,6 +83,13 @@ class Policy:
     halt: bool = False
     threshold: float | None = None  # greedy halting: cumulative probability to stop at (None: the model's)
     read_memory: bool = True  # False: the no-memory ablation (reads nothing, still writes)
+    write_threshold: float = 0.5  # the write gate's value above which a turn is written
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fill", "causal"):
+            raise ValueError(f"Policy mode must be 'fill' or 'causal', got {self.mode!r}")
+        if int(self.width) < 1:
+            raise ValueError(f"Policy width must be a positive number of payload slots, got {self.width!r}")
 
     @property
     def recurrent(self) -> bool:
@@ -99,7 +106,8 @@ class Policy:
     def _kw(self, carry: Carry | None, steps: torch.Tensor | None = None, **extra) -> dict:
         if not self.recurrent:
             return {}
-        return dict(K=self.K, carry=carry, halt_steps=steps, read_memory=self.read_memory, **extra)
+        return dict(K=self.K, carry=carry, halt_steps=steps, read_memory=self.read_memory,
+                    write_threshold=self.write_threshold, **extra)
 
     def encode(self, observations: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``<bos> observation <sep>`` (the decision point is the last column)."""

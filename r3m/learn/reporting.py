@@ -192,23 +192,26 @@ def _get(curve: Mapping, k: int) -> float:
 
 
 def rl_table(metrics: Mapping[str, Any]) -> str:
-    """Success per set and model, rewards, tool precision/recall, distillation (``train/rl_verify.py``)."""
+    """Success per set and model; reward, success and tool use at each phase; distillation
+    (``train/rl_verify.py``)."""
     sets = list(metrics["baselines"]["r3m_with_tools"])
     lines = ["| model | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
     for name, res in metrics["baselines"].items():
         cells = [f"{res[s]:.3f}" if isinstance(res.get(s), (int, float)) else "-" for s in sets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    s, s0 = metrics["success"], metrics["success_start"]
-    lines += ["", f"reward (sampled, test): {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}; "
-              f"pass@1 {metrics['pass1_start']:.3f} -> {metrics['pass1_end']:.3f}",
-              f"greedy success with tools: {s0['with_tools']:.3f} -> {s['with_tools']:.3f}; "
-              f"without tools: {s0['without_tools']:.3f} -> {s['without_tools']:.3f}",
-              f"tool precision {metrics['tool_precision']:.3f}, recall {metrics['tool_recall']:.3f} "
-              "(test split)"]
-    for fam, d in metrics.get("distill", {}).items():
-        lines.append(f"distillation ({fam}, levels {d.get('levels')}): tool-free accuracy "
-                     f"{d['before']:.3f} -> "
-                     f"{d['after']:.3f} on {d['examples']} verified tool answers")
+    lines += ["", "| phase | reward (sampled) | reward (greedy) | success with tools | without tools | call rate | "
+                  "tool precision | tool recall | unneeded calls |", "|---" * 9 + "|"]
+    for name, p in metrics.get("phases", {}).items():
+        t = p["tools"]
+        lines.append(f"| {name} | {p['reward']:.3f} | {p['greedy_reward']:.3f} | {p['with_tools']:.3f} | "
+                     f"{p['without_tools']:.3f} | {t['call_rate']:.3f} | {t['precision']:.3f} | {t['recall']:.3f} | "
+                     f"{t['unneeded_call_rate']:.3f} |")
+    d = metrics.get("distill") or {}
+    if d.get("note"):
+        lines.append(f"\ndistillation (levels {d['levels']}): {d['note']}")
+    elif d.get("levels"):
+        lines.append(f"\ndistillation (levels {d['levels']}, {d['examples']} verified tool answers): tool-free accuracy "
+                     f"{d['before']:.3f} -> {d['after']:.3f}, call rate {d['calls_before']:.3f} -> {d['calls_after']:.3f}")
     return "\n".join(lines)
 
 

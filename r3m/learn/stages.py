@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import torch
 
 from r3m.learn.data import DemoSource, TaskSpec
-from r3m.learn.losses import LossOut, imitation_loss, ponder_imitation_loss, progressive_schedule
 from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, train_phase
+from r3m.learn.losses import LossOut, imitation_loss, ponder_imitation_loss, progressive_schedule
 from r3m.learn.run import Run, autocast, stream_rng
 
 
@@ -36,6 +36,8 @@ class Imitation:
     write_cost: float = 0.01
     drift_penalty: float = 1.0
     tbptt: int = 0  # 0: backpropagate through the whole episode
+    per_episode: bool = False  # batch_size counts episodes (streams: many turns each), not turns
+    both_demos: bool = False  # every instance of a family with a tool answered directly and through it
     ckpt_every: int = 200
     log_every: int = 25
     max_bad_steps: int = 20
@@ -54,8 +56,9 @@ class Imitation:
 def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int, run: Run,
            stream: str = "demos") -> DemoSource:
     """Each torchrun process draws its own batches (the rank is part of the stream's key)."""
+    size = {"episodes": s.batch_size} if s.per_episode else {"turns": s.batch_size}
     return DemoSource(specs, model.cfg.tool_names, seed, stream=stream, tool_fraction=s.tool_fraction,
-                      turns=s.batch_size, rank=run.rank)
+                      rank=run.rank, both=s.both_demos, **size)
 
 
 def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:
