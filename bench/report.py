@@ -1,10 +1,13 @@
 """Regenerate the README's results section from the result files (nothing typed by hand).
 
     python bench/report.py            # rewrite README.md between the results markers
-    python bench/report.py --check    # exit 1 if README.md is out of date
+    python bench/report.py --check    # exit 1 if README.md is out of date or a result is stale
 
-Sources: ``results/<run>/metrics.json`` (with the command that made it in ``command.txt``) for
-training runs, and ``bench/results/*.json`` for benchmarks. A missing file is reported as such.
+Sources: ``results/<name>/metrics.json`` for the runs in ``bench/reproduce.py``'s ``PLAN`` (each
+names its command, commit and machine), and ``bench/results/*.json`` for benchmarks. A missing
+result is shown as missing. ``--check`` also fails when a result is stale (``reproduce.staleness``:
+its commit is not an ancestor of HEAD, it was made from uncommitted changes, or its recorded
+configuration is not what its command gives at HEAD).
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from reproduce import PLAN, Job, staleness  # noqa: E402
+
 README = ROOT / "README.md"
 START, END = "<!-- results:start (python bench/report.py) -->", "<!-- results:end -->"
 
@@ -23,107 +31,161 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def command(run: str) -> str:
-    path = ROOT / "results" / run / "command.txt"
-    return path.read_text().strip() if path.exists() else "(command.txt missing)"
-
-
 def pct(x) -> str:
     return "-" if x is None else f"{100 * float(x):.1f}%"
 
 
-def imitate_section(run: str, title: str) -> list[str]:
-    m = load(ROOT / "results" / run / "metrics.json")
+def _get(d, k):
+    return None if d is None else d.get(k, d.get(str(k)))
+
+
+def origin(m: dict) -> str:
+    """One line: the commit and machine a result came from, and its wall time."""
+    p = m.get("provenance") or {}
+    mach = p.get("machine") or {}
+    where = mach.get("gpu") or f"{mach.get('cpu', '?')}, {mach.get('cores', '?')} cores"
+    secs = m.get("wall_seconds") or sum(v.get("seconds", 0) for v in (m.get("fit") or {}).values())
+    return (f"Commit `{(p.get('commit') or '?')[:7]}`, {where}, torch {mach.get('torch', '?')}, "
+            f"{mach.get('threads', '?')} thread(s); {secs / 60:.1f} min.")
+
+
+def head(job: Job, m: dict | None) -> list[str]:
+    out = [f"### {job.title}", "", "```", " ".join(job.command), "```", ""]
     if m is None:
-        return [f"### {title}", "", f"_results/{run}/metrics.json is missing: run the command below._", "",
-                "```", command(run), "```", ""]
-    out = [f"### {title}", "", "```", command(run), "```", ""]
+        return out + [f"_`results/{job.name}/metrics.json` is missing: run `python bench/reproduce.py --only "
+                      f"{job.name}`._", ""]
+    return out + [origin(m), ""]
+
+
+def imitate_section(job: Job) -> list[str]:
+    m = load(job.out / "metrics.json")
+    out = head(job, m)
+    if m is None:
+        return out
     curve = m.get("accuracy_vs_k", {})
+    base = m.get("baseline") or {}
     if curve:
         ks = sorted({int(k) for c in curve.values() for k in c})
-        intro = "Exact accuracy on the test split (verifier), by refinement steps K"
-        dense_params = m.get("baseline", {}).get("params")
-        if isinstance(dense_params, int) and isinstance(m.get("params"), int):
-            intro += (f"; the dense baseline has the same parameter count ({dense_params:,} vs {m['params']:,}) "
-                      "and the same training batches")
-        elif not m["config"].get("baseline", True):
-            intro += " (run without the dense baseline)"
-        out += [intro + ".", "",
-                "| family | levels | " + " | ".join(f"K={k}" for k in ks) + " | dense |",
-                "|---|---|" + "---|" * (len(ks) + 1)]
-        levels = m["config"]["levels"]
+        cols = [f"K={k}" for k in ks] + [f"dense ({k.replace('_', '-')}, {v['layers']} layers, lr {v['best_lr']:g})"
+                                         for k, v in base.items()]
+        out += ["Exact accuracy on the test split (verifier) by refinement steps K; the dense baselines are "
+                "trained on the same batches and steps, each at its best of "
+                f"{len(next(iter(base.values()))['lrs']) if base else 0} learning rates (chosen on train instances).",
+                "", "| family | levels | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        levels = m["config"]["levels"] or ["trained"]
         for fam, c in curve.items():
-            base = m.get("baseline_accuracy", {}).get(fam)
-            out.append(f"| {fam} | {','.join(map(str, levels))} (trained) | "
-                       + " | ".join(pct(c[str(k)]) for k in ks) + f" | {pct(base)} |")
+            dense = [pct(_get(v["accuracy"], fam)) for v in base.values()]
+            out.append(f"| {fam} | {','.join(map(str, levels))} | " + " | ".join(pct(_get(c, k)) for k in ks)
+                       + "".join(f" | {d}" for d in dense) + " |")
         for fam, c in m.get("accuracy_vs_k_harder", {}).items():
-            base = m.get("baseline_accuracy_harder", {}).get(fam)
-            out.append(f"| {fam} | next level (untrained) | " + " | ".join(pct(c[str(k)]) for k in ks)
-                       + f" | {pct(base)} |")
+            dense = [pct(_get(v["accuracy_harder"], fam)) for v in base.values()]
+            out.append(f"| {fam} | longer (untrained) | " + " | ".join(pct(_get(c, k)) for k in ks)
+                       + "".join(f" | {d}" for d in dense) + " |")
+        out.append("")
+        for fam, e in (m.get("exit_criterion") or {}).items():
+            out.append(f"Exit criterion ({fam}): " + ", ".join(f"{k} {'yes' if v else 'no'}"
+                                                                 for k, v in e["checks"].items())
+                       + f" -> **{'passed' if e['passed'] else 'not passed'}**.")
         out.append("")
     if m.get("halting"):
-        out += ["Adaptive halting (stage 2, PonderNet), against the same model at fixed K:", "",
-                "| family | halting accuracy | avg steps | fixed K | fixed-K accuracy | steps by level |",
-                "|---|---|---|---|---|---|"]
+        out += ["Adaptive halting (stage 2) against the same model at fixed K, the same test instances "
+                "(trained levels; steps by level include the longer one):", "",
+                "| family | halting accuracy | fixed-K accuracy | avg steps (of K) | block applications vs fixed K | "
+                "wall-time speedup | Spearman(steps, level) | steps by level |", "|---|---|---|---|---|---|---|---|"]
         for fam, h in m["halting"].items():
             by = ", ".join(f"L{lv}: {s:.2f}" for lv, s in h["steps_by_level"].items())
-            out.append(f"| {fam} | {pct(h['accuracy'])} | {h['avg_steps']:.2f} ({pct(h['steps_fraction'])} of K) | "
-                       f"{h['fixed_k']} | {pct(h['fixed_k_accuracy'])} | {by} |")
+            out.append(f"| {fam} | {pct(h['accuracy'])} | {pct(h['fixed_k_accuracy'])} | {h['avg_steps']:.2f} "
+                       f"({pct(h['steps_fraction'])} of {h['fixed_k']}) | {pct(h.get('flops_ratio'))} | "
+                       f"{h.get('speedup', float('nan')):.2f}x | {h.get('spearman_steps_level', float('nan')):.2f} | "
+                       f"{by} |")
         out.append("")
-    if m.get("stage0"):
-        s0, g = m["stage0"], m["stage0"]["generation"]
-        out += ["| stage 0 (dense LM) | params | final loss | immediate EOS | distinct-1 | distinct-2 | "
-                "longest repeat run | non-degenerate | instruct accuracy |", "|---|---|---|---|---|---|---|---|---|",
-                f"| completions of {len(s0['samples'])} prompts | {s0['params']:,} | {s0['final_loss']:.3f} | "
-                f"{pct(g['immediate_eos_rate'])} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | "
-                f"{g['longest_repeat_run']} | {s0['non_degenerate']} | {pct(s0['instruct_accuracy'])} |", ""]
-        out += ["Samples (prompt -> completion):", "", "```"]
-        out += [f"{s['prompt']!r} -> {s['completion'][:70]!r}" for s in s0["samples"][:6]]
-        out += ["```", ""]
-    fit = m.get("fit", {})
-    if fit:
-        out.append("Wall time per phase: " + ", ".join(f"{k} {v['seconds']:.0f} s ({v['steps']} steps)"
-                                                     for k, v in fit.items())
-                   + f"; device: {m.get('device', '?')}.")
-    warnings = m.get("warnings", [])
-    out.append("Warnings raised by the run: " + ("none." if not warnings else
-                                                 "; ".join(f"`{w['name']}`: {w['message']}" for w in warnings)))
-    return out + [""]
+    return out + warnings(m)
 
 
-def rl_section(run: str, title: str) -> list[str]:
-    m = load(ROOT / "results" / run / "metrics.json")
-    head = [f"### {title}", "", "```", command(run), "```", ""]
+def warnings(m: dict) -> list[str]:
+    ws = m.get("warnings", [])
+    return ["Warnings raised by the run: " + ("none." if not ws else "; ".join(f"`{w['name']}`: {w['message']}"
+                                                                           for w in ws)), ""]
+
+
+def seeds_section(jobs: list[Job]) -> list[str]:
+    out = ["### Stage 1 across seeds and learning rates", "",
+           "The exit criterion on prefix: K=8 at least K=1 + 10 points, K=16 at least K=8 - 1 point, the "
+           "longer untrained level at least 85% at K=16. One row per run (`python bench/reproduce.py --only "
+           "NAME` reruns one):", "",
+           "| run | command | commit | K=1 | K=8 | K=16 | longer, K=16 | passed | minutes |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    passed = 0
+    for job in jobs:
+        m = load(job.out / "metrics.json")
+        args = " ".join(job.args)
+        if m is None:
+            out.append(f"| {job.name} | `{args}` | - | missing | | | | | |")
+            continue
+        for fam, e in (m.get("exit_criterion") or {}).items():
+            passed += e["passed"]
+            secs = sum(v.get("seconds", 0) for v in m.get("fit", {}).values())
+            out.append(f"| {job.name} | `{args}` | `{m['provenance']['commit'][:7]}` | {pct(e['K1'])} | {pct(e['K8'])} | "
+                       f"{pct(e['K16'])} | {pct(e['longer_K16'])} | {'yes' if e['passed'] else '**no**'} | "
+                       f"{secs / 60:.1f} |")
+    mach = next((load(j.out / "metrics.json") for j in jobs if (j.out / "metrics.json").exists()), None)
+    out += ["", f"{passed} of {len(jobs)} runs pass." + (f" Machine: {origin(mach).split(', torch')[0][len('Commit `xxxxxxx`, '):]}."
+                                                       if mach else ""), ""]
+    return out
+
+
+def memory_section(job: Job) -> list[str]:
+    m = load(job.out / "metrics.json")
+    out = head(job, m)
     if m is None:
-        return head + [f"_results/{run}/metrics.json is missing: run the command above._", ""]
-    out = head + ["| measure | value |", "|---|---|"]
-    rows = [("reward (sampled) at start -> end", f"{m.get('reward_start', 0):.3f} -> {m.get('reward_end', 0):.3f}")]
-    for k, v in (m.get("success") or {}).items():
-        rows.append((f"success {k}", _fmt_success(v)))
-    rows += [("tool precision", _num(m.get("tool_precision"))), ("tool recall", _num(m.get("tool_recall")))]
-    for fam, d in (m.get("distill") or {}).items():
-        lv = ",".join(map(str, d.get("levels", [])))
-        rows.append((f"distillation, tool-free accuracy on {fam} (level {lv})",
-                     f"{pct(d.get('before'))} -> {pct(d.get('after'))} ({d.get('examples', 0)} verified tool answers)"))
-        b, a = d.get("before_detail") or {}, d.get("after_detail") or {}
-        if "single_cell_accuracy" in a:
-            rows.append(("distillation, naked-single cells filled right without a tool",
-                         f"{pct(b.get('single_cell_accuracy'))} -> {pct(a.get('single_cell_accuracy'))}"))
-        if "with_tools" in a:
-            rows.append((f"distilled copy, success with tools (level {lv})",
-                         f"{pct(b.get('with_tools'))} -> {pct(a.get('with_tools'))}"))
-        if "unnecessary_calls" in a:
-            rows.append(("calls made before distillation that the copy now answers right without the tool",
-                         f"{pct(b.get('unnecessary_calls'))} -> {pct(a.get('unnecessary_calls'))}"))
-        if d.get("with_tools_other_levels"):
-            o = d["with_tools_other_levels"]
-            rows.append(("distilled copy, success with tools on the other levels",
-                         f"{pct(o.get('before'))} -> {pct(o.get('after'))}"))
-    for name, v in (m.get("baselines") or {}).items():
-        rows.append((f"baseline: {name}", _fmt_success(v)))
-    out += [f"| {a} | {b} |" for a, b in rows]
-    if m.get("wall_seconds") is not None:
-        out += ["", f"Wall time: {m['wall_seconds']:.0f} s on {m.get('device', '?')}."]
+        return out
+    out += ["Accuracy on streamed episodes (the past is never in the observation), against the same model with "
+            "memory reads off and a model trained without memory on the same batches; writes per episode and "
+            "where they go:", "",
+            "| family | trained levels | longer streams | chance | reads off | trained without memory | "
+            "writes / episode | write rate: facts | write rate: distractors | by level |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for fam, r in (m.get("memory") or {}).items():
+        by = ", ".join(f"L{lv}: {pct(a)}" for lv, a in r["accuracy_by_level"].items())
+        out.append(f"| {fam} | {pct(r['accuracy'])} | {pct(r['accuracy_longer'])} | {pct(r['chance'])} | "
+                   f"{pct(r.get('no_memory'))} | {pct(r.get('no_memory_trained'))} | {r['writes_per_sample']:.2f} | "
+                   f"{pct(r.get('write_rate_fact'))} | {pct(r.get('write_rate_distractor'))} | {by} |")
+    out.append("")
+    for fam, r in (m.get("memory") or {}).items():
+        sweep = ", ".join(f"{s['threshold']:g}: {s['writes_per_sample']:.2f} writes, {pct(s['accuracy'])}"
+                          for s in r.get("write_sweep", []))
+        out.append(f"Write threshold sweep ({fam}): {sweep}.")
+    return out + [""] + warnings(m)
+
+
+def rl_section(job: Job) -> list[str]:
+    m = load(job.out / "metrics.json")
+    out = head(job, m)
+    if m is None:
+        return out
+    out += [f"Test split, greedy (the same instances with and without tools; steps of K={m.get('K')} per turn):", "",
+            "| phase | reward (sampled) | reward (greedy) | success with tools | without tools | call rate | "
+            "tool precision | tool recall | unneeded calls | steps |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, p in m.get("phases", {}).items():
+        t = p["tools"]
+        out.append(f"| {name} | {p['reward']:.3f} | {p['greedy_reward']:.3f} | {pct(p['with_tools'])} | "
+                   f"{pct(p['without_tools'])} | {pct(t['call_rate'])} | {t['precision']:.3f} | {t['recall']:.3f} | "
+                   f"{pct(t['unneeded_call_rate'])} | {p.get('steps', float('nan')):.2f} |")
+    out.append("")
+    d = m.get("distill") or {}
+    if d.get("note"):
+        out.append(f"Distillation (levels {d['levels']}): {d['note']}.")
+    elif d.get("levels"):
+        out.append(f"Distillation (levels {d['levels']}, {d['examples']} verified tool answers): tool-free accuracy "
+                   f"{pct(d['before'])} -> {pct(d['after'])}, call rate {pct(d['calls_before'])} -> "
+                   f"{pct(d['calls_after'])}.")
+    bl = m.get("baselines") or {}
+    if bl:
+        sets = list(bl.get("r3m_with_tools", {}))
+        out += ["", "| model | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+        for name, res in bl.items():
+            out.append(f"| {name} | " + " | ".join(pct(res.get(s)) if isinstance(res.get(s), (int, float)) else "-"
+                                                  for s in sets) + " |")
     return out + [""]
 
 
@@ -187,18 +249,40 @@ def bench_section() -> list[str]:
 def render() -> str:
     parts = ["## Results", "",
              "Every number below is read from a file that the command beside it writes; "
-             "`python bench/report.py` rebuilds this section.", ""]
-    parts += imitate_section("imitate-default-cpu", "Imitation, default run (CPU): `python train/imitate.py`")
-    for seed in (1, 2):
-        parts += imitate_section(f"imitate-seed{seed}-cpu", f"The same stage 1 with seed {seed} (CPU)")
-    for lr in ("2e-3", "3e-3"):  # what was tried for the seed that does not learn at the default rate
-        parts += imitate_section(f"imitate-seed1-lr{lr}-cpu", f"Seed 1 at learning rate {lr} (CPU)")
-    parts += imitate_section("imitate-gpu-sudoku-h200", "Imitation on Sudoku, one GPU (H200)")
-    parts += imitate_section("imitate-stage0-cpu", "Stage 0: dense language model (CPU)")
-    parts += rl_section("rl-sudoku-cpu", "Stage 3 on Sudoku (CPU): `python train/rl_verify.py --env sudoku-v0`")
-    parts += rl_section("rl-arithmetic-cpu", "Stage 3 on arithmetic, distillation (CPU)")
+             "`python bench/reproduce.py` reruns what is missing or stale and `python bench/report.py` "
+             "rebuilds this section.", ""]
+    seeds = [j for j in PLAN if j.kind == "seeds"]
+    for job in PLAN:
+        if job.kind in ("imitate", "stage0"):
+            parts += imitate_section(job) if job.kind == "imitate" else stage0_section(job)
+        elif job.kind == "seeds" and job is seeds[0]:
+            parts += seeds_section(seeds)
+        elif job.kind == "memory":
+            parts += memory_section(job)
+        elif job.kind == "rl":
+            parts += rl_section(job)
     parts += bench_section()
     return "\n".join(parts).rstrip() + "\n"
+
+
+def stage0_section(job: Job) -> list[str]:
+    m = load(job.out / "metrics.json")
+    out = head(job, m)
+    if m is None or not m.get("stage0"):
+        return out
+    s0, g = m["stage0"], m["stage0"]["generation"]
+    out += ["| stage 0 (dense LM) | params | final loss | immediate EOS | distinct-1 | distinct-2 | "
+            "longest repeat run | non-degenerate | instruct accuracy |", "|---|---|---|---|---|---|---|---|---|",
+            f"| completions of {len(s0['samples'])} prompts | {s0['params']:,} | {s0['final_loss']:.3f} | "
+            f"{pct(g['immediate_eos_rate'])} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | "
+            f"{g['longest_repeat_run']} | {s0['non_degenerate']} | {pct(s0['instruct_accuracy'])} |", ""]
+    out += ["Samples (prompt -> completion):", "", "```"]
+    out += [f"{x['prompt']!r} -> {x['completion'][:70]!r}" for x in s0["samples"][:6]]
+    return out + ["```", ""]
+
+
+def stale_results() -> list[str]:
+    return [f"results/{j.name}: {why}" for j in PLAN if (why := staleness(j)) not in (None, "missing")]
 
 
 def main() -> None:
@@ -212,7 +296,10 @@ def main() -> None:
     _, tail = rest.split(END, 1)
     new = f"{head}{START}\n{render()}{END}{tail}"
     if args.check:
-        sys.exit(0 if new == text else "README.md results are out of date: run python bench/report.py")
+        problems = stale_results()
+        if new != text:
+            problems.append("README.md results are out of date: run python bench/report.py")
+        sys.exit("\n".join(problems) if problems else 0)
     README.write_text(new)
     print("README.md results section rewritten")
 

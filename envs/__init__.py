@@ -13,8 +13,10 @@ import gymnasium as gym
 from r3m.envs.ascii import PRINTABLE, ascii_fold
 from r3m.envs.base import (
     DECODES,
+    NOOP,
     SPLITS,
     Instance,
+    StreamStep,
     TaskFamily,
     list_families,
     make_family,
@@ -36,7 +38,8 @@ from r3m.envs.spaces import PrintableText
 from r3m.envs.text_env import TextTaskEnv
 
 __all__ = [
-    "DECODES", "ENV_IDS", "PRINTABLE", "SPLITS", "FamilyCheck", "Instance", "PrintableText", "TaskFamily",
+    "DECODES", "ENV_IDS", "NOOP", "PRINTABLE", "SPLITS", "FamilyCheck", "Instance", "PrintableText", "StreamStep",
+    "TaskFamily",
     "TextTaskEnv", "ascii_fold", "check_family", "eval_dir", "eval_set", "eval_set_path", "list_eval_sets",
     "list_families", "load_eval_set", "make_family", "register_env", "register_eval_set", "register_family",
     "register_task", "split_of", "unregister_eval_set", "unregister_task",

@@ -150,9 +150,11 @@ class Batch(NamedTuple):
 
 
 def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
-            answer_len: int | None, decision_index: torch.Tensor | None = None) -> Batch:
+            answer_len: int | None, decision_index: torch.Tensor | None = None,
+            input_sees_slots: bool = True) -> Batch:
     """Build masks and positions; in fill mode append ``answer_len`` mask tokens (answer slots)
-    after the input (every position attends to every other).
+    after the input (every position attends to every other, unless ``input_sees_slots`` is False:
+    then the input attends only to itself and the slots read it).
 
     ``decision_index`` (causal mode): where the observation ends in each row (teacher forcing puts
     the payload after it); default: the last real token (the observation alone).
@@ -184,14 +186,18 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
         payload = torch.arange(T, device=device)[None, :] > decision[:, None]
     else:
         decision = torch.full((B,), -1, dtype=torch.long, device=device)
-        payload = (torch.arange(T, device=device) >= T - n_answer).expand(B, T)
+        slot = torch.arange(T, device=device) >= T - n_answer
+        payload = slot.expand(B, T)
+        if not input_sees_slots:
+            allowed = allowed & (slot[:, None] | ~slot[None, :])
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
     return Batch(input_ids, mask, allowed, positions, causal, n_answer, decision, payload, last)
 
 
 def decision_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
     """The state [B, d] the tool choice and the halting decision read: the decision point (causal)
-    or the mean over every position (fill); it never depends on the payload."""
+    or the mean over every position (fill; the slots' inputs are mask tokens, so it never depends
+    on the payload)."""
     if batch.causal:
         return h[torch.arange(h.shape[0], device=h.device), batch.decision]
     w = batch.mask.to(h.dtype)[..., None]

@@ -94,6 +94,10 @@ class R3MConfig(ConfigBase):
     """Learn eta per channel (bounded to (eta_min, eta_max)) or keep it at eta_init."""
     h_init: str = "input"
     """h_0: "input" (h_0 = x) or "learned" (one learned vector for every position)."""
+    input_sees_slots: bool = False
+    """Fill mode: the input positions also attend to the answer slots. Off (default): the input
+    refines on its own and the slots read it; on prefix parity, the input-blind layout escaped the
+    loss plateau on seeds where full attention stayed on it (``bench/reproduce.py`` runs)."""
     memory: bool = True
     """Episodic memory on/off (off: no memory parameters, carry is None)."""
     mem_slots: int = 16
@@ -256,7 +260,7 @@ class R3M(GroupedModule):
         use_semantic = self.cfg.semantic if semantic is None else semantic
         if use_semantic and self.semantic is None:
             raise ValueError("semantic=True but this config has semantic_slots=0")
-        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index)
+        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, self.cfg.input_sees_slots)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         x = self.embed(b.ids)
         if choice is not None:

@@ -87,3 +87,17 @@ def test_nan_run_through_the_command_line_is_one_line_exit_1(tmp_path, monkeypat
         cli.run(imitate.main, imitate.Config, argv)
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert exit_.value.code == 1 and len(err) == 1 and "NaN/inf" in err[0] and "stage1" in err[0]
+
+
+def test_level_curriculum_unlocks_levels_in_order_then_draws_all():
+    from r3m.learn.data import DemoSource, task_spec
+
+    spec = task_spec("prefix", (1, 2, 3))
+    src = DemoSource([spec], (), 0, stream="demos", tool_fraction=0.0, episodes=16, curriculum_steps=30)
+    assert [src.levels_at(s, spec) for s in (0, 9, 10, 19, 20, 29, 30)] == \
+        [(1,), (1,), (1, 2), (1, 2), (1, 2, 3), (1, 2, 3), (1, 2, 3)]
+    drawn = {ep[0].difficulty for ep in src.episodes(0, spec)}
+    assert drawn == {1}
+    assert {ep[0].difficulty for s in range(40, 44) for ep in src.episodes(s, spec)} == {1, 2, 3}
+    off = DemoSource([spec], (), 0, stream="demos", tool_fraction=0.0, episodes=16)
+    assert off.levels_at(0, spec) == (1, 2, 3)

@@ -134,3 +134,16 @@ def test_fill_mode_needs_answer_len_and_mode_is_checked():
         model(tokens(1, 4), mode="sideways")
     with pytest.raises(ValueError, match="attention_mask shape"):
         model(tokens(1, 4), torch.ones(1, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("sees", [False, True])
+def test_input_sees_slots_decides_whether_the_input_depends_on_the_answer_width(sees):
+    """Input-blind (the default): the input's states, hence the decision state, are the same
+    whatever the number of answer slots; with input_sees_slots they change."""
+    model = r3m(input_sees_slots=sees, semantic=False)
+    ids = tokens(2, 7)
+    a = model(ids, mode="fill", answer_len=3, K=3).hidden[:, :7]
+    b = model(ids, mode="fill", answer_len=9, K=3).hidden[:, :7]
+    assert torch.allclose(a, b, atol=ATOL) is (not sees)
+    b_ = prepare(ids, None, "fill", 3, input_sees_slots=sees)
+    assert bool(b_.attn_mask[0, 0, :7, 7:].any()) is sees and bool(b_.attn_mask[0, 0, 7:, :7].all())

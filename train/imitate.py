@@ -91,6 +91,9 @@ class Config:
     """Largest number of refinement steps used in training."""
     grad_steps: int = 2
     """Most refinement steps per batch that keep gradients (the earlier ones run without)."""
+    curriculum: float = 0.0
+    """Level curriculum: the share of stage-1 steps over which the levels unlock, easiest first
+    (0: every level from the start). The dense baselines get the same batches."""
     tool_fraction: float = 0.25
     """Fraction of demonstrations that use the family's tool (where one applies)."""
     write_penalty: float = 1.0
@@ -182,9 +185,15 @@ class Config:
                                    ("lm-steps", self.lm_steps, 0)):
             if stage in stages and value < 1:
                 raise ValueError(f"--{name} must be >= 1 when stage {stage} runs, got {value}")
+        if not 0.0 <= self.curriculum < 1.0:
+            raise ValueError(f"--curriculum is a share of the stage-1 steps in [0, 1), got {self.curriculum}")
         if self.batch_size < 1 or self.eval_n < 1 or not self.eval_ks or min(self.eval_ks) < 1:
             raise ValueError("need --batch-size >= 1, --eval-n >= 1 and --eval-ks values >= 1")
         check_families(self.families, self.levels)
+        unknown = [lv for lv in self.eval_levels
+                   if not any(lv in envs.make_family(f).levels for f in self.families)]
+        if unknown:
+            raise ValueError(f"--eval-levels {' '.join(map(str, unknown))}: not a level of any of {', '.join(self.families)}")
         check_device(self.device)
 
     @property
@@ -214,7 +223,8 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
         levels = tuple(lv for lv in cfg.levels if lv in envs.make_family(fam).levels) or envs.make_family(fam).levels[:3]
         env = {"stream": True, **({"distractors": cfg.distractors} if envs.make_family(fam).max_distractor_rate else {})} \
             if cfg.stream else {}
-        specs.append(task_spec(fam, levels, eval_levels(fam, levels) + tuple(cfg.eval_levels), **env))
+        extra = tuple(lv for lv in cfg.eval_levels if lv in envs.make_family(fam).levels)
+        specs.append(task_spec(fam, levels, eval_levels(fam, levels) + extra, **env))
     return specs
 
 
@@ -272,6 +282,8 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
     metrics["accuracy_vs_k_harder"] = {f: {K: accuracy_on(ev, harder_levels(cfg, by_family[f])) for K, ev in c.items()}
                                        for f, c in curve.items() if harder_levels(cfg, by_family[f])}
     metrics["accuracy_vs_k_by_level"] = {f: {K: ev.by_level for K, ev in c.items()} for f, c in curve.items()}
+    metrics["exit_criterion"] = {f: signals.exit_criterion(c, metrics["accuracy_vs_k_harder"].get(f))
+                                 for f, c in metrics["accuracy_vs_k"].items()}
     at_k = {f: c[cfg.k_train] if cfg.k_train in c else c[max(c)] for f, c in curve.items()}
     metrics["writes_per_sample"] = mean(ev.writes for ev in at_k.values())
     metrics["writes_per_sample_by_family"] = {f: ev.writes for f, ev in at_k.items()}
@@ -367,7 +379,7 @@ def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
 
 
 def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
-    state = stages.stage2(run, "stage2", model, specs, imitation(cfg, steps=cfg.halt_steps), cfg.seed,
+    state = stages.stage2(run, "stage2", model, specs, imitation(cfg, steps=cfg.halt_steps, curriculum=0.0), cfg.seed,
                           lambda_p=cfg.lambda_p, beta=cfg.beta)
     _record_fit(metrics, "stage2", state)
     if not run.main:

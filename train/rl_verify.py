@@ -112,6 +112,10 @@ class Config:
     """Warm start: demonstrations (turns) per step."""
     warm_lr: float = 2e-3
     """Warm start: peak learning rate."""
+    warm_curriculum: float = 0.0
+    """Warm start: share of its steps over which the levels unlock, easiest first (0: off)."""
+    warm_halt_steps: int = 200
+    """Warm start with --halt: stage-2 (halting) imitation steps."""
     tool_fraction: float = 0.5
     """Share of the demonstrations that call the family's tool (warm start and replay); with
     --both-demos every instance comes once each way instead."""
@@ -212,6 +216,8 @@ class Config:
                              f"got {self.env!r}")
         if self.advantage not in ("grpo", "rloo"):
             raise ValueError(f"--advantage must be grpo or rloo, got {self.advantage!r}")
+        if not 0.0 <= self.warm_curriculum < 1.0 or self.warm_halt_steps < 1:
+            raise ValueError("need 0 <= --warm-curriculum < 1 and --warm-halt-steps >= 1")
         if self.group_size < 2 or self.groups < 1 or self.iterations < 0 or self.epochs < 1:
             raise ValueError("need group_size >= 2, groups >= 1, iterations >= 0 and epochs >= 1")
         if self.preset not in PRESETS:
@@ -272,11 +278,13 @@ def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
                                 warmup=max(1, cfg.warm_steps // 5), k_train=cfg.k, grad_steps=min(2, cfg.k),
                                 tool_fraction=cfg.tool_fraction, both_demos=cfg.both_demos, drift_penalty=0.0,
                                 write_penalty=cfg.write_penalty, write_budget=cfg.write_budget,
-                                write_cost=cfg.write_cost, max_bad_steps=cfg.max_bad_steps)
+                                write_cost=cfg.write_cost, max_bad_steps=cfg.max_bad_steps,
+                                curriculum=cfg.warm_curriculum)
     log.info(f"warm start: {cfg.warm_steps} imitation steps on {cfg.family}")
     stages.stage1(run, "warm_stage1", model, [spec], settings, cfg.seed)
     if cfg.halt:
-        stages.stage2(run, "warm_stage2", model, [spec], dataclasses.replace(settings, steps=cfg.warm_steps // 2),
+        stages.stage2(run, "warm_stage2", model, [spec],
+                      dataclasses.replace(settings, steps=cfg.warm_halt_steps, curriculum=0.0),
                       cfg.seed, lambda_p=0.3, beta=0.05)
     model.requires_grad_(True)
     return model, spec, cfg.warm_steps * cfg.warm_batch
@@ -621,6 +629,7 @@ def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, phases: dict, 
         "calls_by_level": {lv: t["call_rate"] for lv, t in tools_end["by_level"].items()},
         "tool_free_by_level": {lv: t["tool_free_accuracy"] for lv, t in tools_end["by_level"].items()},
         "success_by_level": {"with_tools": end["with_tools_by_level"], "without_tools": end["without_tools_by_level"]},
+        "steps": {"start": start["steps"], "end": end["steps"], "K": policy.K, "fraction": end["steps"] / policy.K},
         "phases": phases, "iterations": [s["iteration"] for s in states], "rl_env_steps": env_steps,
         "warm_start_demonstrations": demos, "env_step_budget": env_steps + demos,
         "zero_variance_groups": float(np.mean([h["rl/zero_variance_groups"] for h in history])) if history else 0.0,

@@ -17,6 +17,8 @@ Two layouts, matching the model's two decoding modes:
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
@@ -176,13 +178,18 @@ class DemoSource:
     family with a tool are the tool-using demonstrations; with ``both``, every instance drawn of
     such a family comes twice instead, answered directly and with the tool (so the choice is
     learned as a probability, and the content for each choice on the same instances).
+
+    ``curriculum_steps`` > 0: a level curriculum. The family's levels (easiest first) unlock one
+    after another over the first ``curriculum_steps`` steps (level i of n from step
+    (i-1)/n * curriculum_steps on); every step draws uniformly from the levels unlocked so far.
     """
 
     def __init__(self, specs: Sequence[TaskSpec], tool_names: Sequence[str], seed: int, *, stream: str,
                  tool_fraction: float, episodes: int | None = None, turns: int | None = None, rank: int = 0,
-                 both: bool = False):
+                 both: bool = False, curriculum_steps: int = 0):
         if (episodes is None) == (turns is None):
             raise ValueError("DemoSource needs exactly one of episodes= and turns=")
+        self.curriculum_steps = int(curriculum_steps)
         self.specs, self.tool_names = list(specs), tuple(tool_names)
         self.seed, self.stream, self.rank, self.tool_fraction, self.both = seed, stream, rank, tool_fraction, both
         self.n_episodes, self.n_turns = episodes, turns
@@ -192,10 +199,18 @@ class DemoSource:
     def spec(self) -> TaskSpec:
         return self.specs[0]
 
+    def levels_at(self, step: int, spec: TaskSpec) -> tuple[int, ...]:
+        """The levels drawn from at ``step`` (all of them once the curriculum is over)."""
+        levels = tuple(sorted(spec.levels))
+        if self.curriculum_steps <= 0 or step >= self.curriculum_steps:
+            return levels
+        return levels[:1 + (step * len(levels)) // self.curriculum_steps]
+
     def episodes(self, step: int, spec: TaskSpec) -> list[list[Example]]:
         rng = stream_rng(self.seed, self.stream, self.rank, step)
         env = self._envs[spec.family]
         has_tool = bool(env.family.tool)
+        spec = dataclasses.replace(spec, levels=self.levels_at(step, spec))
         out: list[list[Example]] = []
         while (len(out) < self.n_episodes) if self.n_episodes is not None else (sum(map(len, out)) < self.n_turns):
             if self.both and has_tool:

@@ -88,7 +88,10 @@ def write_metrics(run_dir: Path, metrics: dict, table: str) -> dict:
     public = {k: v for k, v in metrics.items() if not k.startswith("_")}
     public["provenance"] = provenance()
     public["results_table"] = table
-    (Path(run_dir) / "metrics.json").write_text(json.dumps(public, indent=2, default=str))
+    path = Path(run_dir) / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a reader sees the old file or the new one
+    tmp.write_text(json.dumps(public, indent=2, default=str))
+    os.replace(tmp, path)
     print(table)
     return public
 
@@ -200,12 +203,12 @@ def rl_table(metrics: Mapping[str, Any]) -> str:
         cells = [f"{res[s]:.3f}" if isinstance(res.get(s), (int, float)) else "-" for s in sets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| phase | reward (sampled) | reward (greedy) | success with tools | without tools | call rate | "
-                  "tool precision | tool recall | unneeded calls |", "|---" * 9 + "|"]
+                  "tool precision | tool recall | unneeded calls | steps |", "|---" * 10 + "|"]
     for name, p in metrics.get("phases", {}).items():
         t = p["tools"]
         lines.append(f"| {name} | {p['reward']:.3f} | {p['greedy_reward']:.3f} | {p['with_tools']:.3f} | "
                      f"{p['without_tools']:.3f} | {t['call_rate']:.3f} | {t['precision']:.3f} | {t['recall']:.3f} | "
-                     f"{t['unneeded_call_rate']:.3f} |")
+                     f"{t['unneeded_call_rate']:.3f} | {p.get('steps', float('nan')):.2f} |")
     d = metrics.get("distill") or {}
     if d.get("note"):
         lines.append(f"\ndistillation (levels {d['levels']}): {d['note']}")

@@ -41,6 +41,24 @@ def k_curve(accuracy_vs_k: Mapping[str, Mapping[int, float]], k_low: int = 1, k_
     return signals
 
 
+def exit_criterion(curve: Mapping, longer: Mapping | None, k_low: int = 1, k_mid: int = 8, k_high: int = 16,
+                   min_gain: float = 0.10, tol: float = 0.01, longer_min: float = 0.85) -> dict:
+    """Stage 1's exit criterion on one family's accuracy-vs-K curve: K=k_mid at least K=k_low +
+    ``min_gain``, K=k_high at least K=k_mid - ``tol``, and the longer untrained level at least
+    ``longer_min`` at K=k_high. Keys may be ints or strings (JSON); a missing K fails its check."""
+    def at(c, k):
+        if c is None:
+            return None
+        return c.get(k, c.get(str(k)))
+
+    a, b, c, d = at(curve, k_low), at(curve, k_mid), at(curve, k_high), at(longer, k_high)
+    checks = {"k_helps": a is not None and b is not None and b >= a + min_gain,
+              "no_overthinking": b is not None and c is not None and c >= b - tol,
+              "longer": d is not None and d >= longer_min}
+    return {f"K{k_low}": a, f"K{k_mid}": b, f"K{k_high}": c, f"longer_K{k_high}": d, "checks": checks,
+            "passed": all(checks.values())}
+
+
 def halting_collapse(steps: Sequence[int], first_step_max: float = 0.9) -> list[Signal]:
     """Almost every sample halts at step 1."""
     if not steps:

@@ -38,6 +38,7 @@ class Imitation:
     tbptt: int = 0  # 0: backpropagate through the whole episode
     per_episode: bool = False  # batch_size counts episodes (streams: many turns each), not turns
     both_demos: bool = False  # every instance of a family with a tool answered directly and through it
+    curriculum: float = 0.0  # share of the steps over which the levels unlock, easiest first (0: off)
     ckpt_every: int = 200
     log_every: int = 25
     max_bad_steps: int = 20
@@ -58,7 +59,7 @@ def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed
     """Each torchrun process draws its own batches (the rank is part of the stream's key)."""
     size = {"episodes": s.batch_size} if s.per_episode else {"turns": s.batch_size}
     return DemoSource(specs, model.cfg.tool_names, seed, stream=stream, tool_fraction=s.tool_fraction,
-                      rank=run.rank, both=s.both_demos, **size)
+                      rank=run.rank, both=s.both_demos, curriculum_steps=round(s.curriculum * s.steps), **size)
 
 
 def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:

@@ -1,0 +1,63 @@
+"""bench/reproduce.py and bench/report.py: a result is fresh only when its commit is an ancestor of
+HEAD, its tree was clean and its recorded configuration is what its command gives at HEAD."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import reproduce  # noqa: E402
+
+
+def _job(tmp_path, monkeypatch, args=("--seed", "3")):
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
+    return reproduce.Job("x", "train/imitate.py", tuple(args), "x", "seeds")
+
+
+def _write(job, commit: str, dirty: bool = False, **config_changes):
+    config = {**reproduce.script_config(job), **config_changes, "out": f"results/{job.name}"}
+    job.out.mkdir(parents=True, exist_ok=True)
+    (job.out / "metrics.json").write_text(json.dumps({"config": config,
+                                                      "provenance": {"commit": commit, "dirty": dirty}}))
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def test_fresh_missing_dirty_foreign_commit_and_changed_config(tmp_path, monkeypatch):
+    job = _job(tmp_path, monkeypatch)
+    assert reproduce.staleness(job) == "missing"
+    _write(job, _head())
+    assert reproduce.staleness(job) is None
+    _write(job, _head(), dirty=True)
+    assert "uncommitted" in reproduce.staleness(job)
+    _write(job, "0" * 40)
+    assert "not an ancestor" in reproduce.staleness(job)
+    _write(job, _head(), lr=123.0)  # the command no longer gives the recorded configuration
+    assert "lr=123.0" in reproduce.staleness(job)
+    _write(job, "")
+    assert reproduce.staleness(job) == "no commit recorded"
+
+
+def test_script_config_parses_the_jobs_command_and_drops_run_only_fields(tmp_path, monkeypatch):
+    job = _job(tmp_path, monkeypatch, ("--seed", "3", "--stage", "1"))
+    cfg = reproduce.script_config(job)
+    assert cfg["seed"] == 3 and cfg["stage"] == "1" and "out" not in cfg and "progress" not in cfg
+    assert {j.name for j in reproduce.PLAN} >= {"imitate-default-cpu", "memory-stream-cpu"}
+    assert len({j.name for j in reproduce.PLAN}) == len(reproduce.PLAN)
+    for j in reproduce.PLAN:  # every planned command parses at HEAD
+        reproduce.script_config(j)
+
+
+def test_report_renders_a_missing_result_as_missing(tmp_path, monkeypatch):
+    import report
+
+    job = _job(tmp_path, monkeypatch)
+    text = "\n".join(report.imitate_section(job))
+    assert "is missing" in text and "python bench/reproduce.py --only x" in text
