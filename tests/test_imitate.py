@@ -89,6 +89,9 @@ def test_cli_rejects_unknown_and_bad_flags(capsys):
     with pytest.raises(SystemExit):
         parse_config(imitate.Config, ["--stage", "7"])
     assert "--stage" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(imitate.Config, ["--mem-slots", "-1"])
+    assert "--mem-slots" in capsys.readouterr().err
     cfg = parse_config(imitate.Config, ["--families", "listops", "sudoku", "--steps", "5", "--baseline", "false"])
     assert cfg.families == ("listops", "sudoku") and cfg.steps == 5 and cfg.baseline is False
 
@@ -110,7 +113,8 @@ def test_torchrun_two_processes(tmp_path):
 
 def test_streamed_memory_run_reports_ablations_writes_and_sweep(tmp_path):
     m = run(tmp_path, "mem", families=("memory",), levels=(1,), eval_levels=(1, 4), stream=True, distractors=0.5,
-            batch_size=4, stage="1", write_thresholds=(0.5, 0.999))
+            batch_size=4, stage="1", write_thresholds=(0.5, 0.999), mem_slots=6)
+    assert imitate.r3m_config(imitate.Config(mem_slots=6)).mem_slots == 6
     mem = m["memory"]["memory"]
     for key in ("accuracy", "accuracy_by_level", "accuracy_longer", "chance", "writes_per_sample",
                 "write_rate_fact", "write_rate_distractor", "no_memory", "no_memory_trained", "write_sweep"):

@@ -101,3 +101,22 @@ def test_level_curriculum_unlocks_levels_in_order_then_draws_all():
     assert {ep[0].difficulty for s in range(40, 44) for ep in src.episodes(s, spec)} == {1, 2, 3}
     off = DemoSource([spec], (), 0, stream="demos", tool_fraction=0.0, episodes=16)
     assert off.levels_at(0, spec) == (1, 2, 3)
+
+
+def test_streamed_loss_is_per_episode_so_noop_turns_do_not_dilute_the_answer():
+    """A batch's loss is the mean over episodes of each episode's summed turn losses (and write
+    penalties): the same as averaging the episodes' losses taken one at a time."""
+    from r3m.learn.data import DemoSource, task_spec
+    from r3m.learn.losses import imitation_loss
+
+    spec = task_spec("memory", (1, 2), stream=True)
+    episodes = DemoSource([spec], (), 0, stream="demos", tool_fraction=0.0, episodes=3).episodes(0, spec)
+    assert len({len(ep) for ep in episodes}) > 1  # episodes of different lengths
+    model = R3M(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=0,
+                          K=2)).eval()
+    kw = dict(K=2, grad_steps=2, write_penalty=1.0, write_budget=1.0, write_cost=0.01)
+    with torch.no_grad():
+        whole = imitation_loss(model, spec, episodes, **kw).loss
+        alone = [imitation_loss(model, spec, [ep], **kw).loss for ep in episodes]
+    torch.testing.assert_close(whole, torch.stack(alone).mean(), rtol=1e-4, atol=1e-5)
+    assert whole > 2.0  # a sum over many turns of an untrained model, not a per-turn mean (~log V)

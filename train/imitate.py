@@ -65,6 +65,8 @@ class Config:
     split is evaluated on these and on the next, harder level."""
     preset: str = "cpu-tiny"
     """R3M size (r3m_agent.PRESETS); the dense baseline is matched to its parameter count."""
+    mem_slots: int = 0
+    """Episodic memory slots (0: the preset's); set --write-budget beside it."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto. On CUDA the forward runs under bf16 autocast."""
     seed: int = 0
@@ -76,7 +78,7 @@ class Config:
     batch_size: int = 32
     """Demonstrations per step, in turns (one family per step, round robin); with --stream, in
     episodes (a streamed episode has a turn per sentence or chunk)."""
-    lr: float = 4e-3
+    lr: float = 2e-3
     """Peak AdamW learning rate (warmup then cosine to 10%)."""
     warmup: int = 100
     """Warmup steps."""
@@ -91,7 +93,7 @@ class Config:
     """Largest number of refinement steps used in training."""
     grad_steps: int = 2
     """Most refinement steps per batch that keep gradients (the earlier ones run without)."""
-    curriculum: float = 0.0
+    curriculum: float = 0.5
     """Level curriculum: the share of stage-1 steps over which the levels unlock, easiest first
     (0: every level from the start). The dense baselines get the same batches."""
     tool_fraction: float = 0.25
@@ -185,6 +187,8 @@ class Config:
                                    ("lm-steps", self.lm_steps, 0)):
             if stage in stages and value < 1:
                 raise ValueError(f"--{name} must be >= 1 when stage {stage} runs, got {value}")
+        if self.mem_slots < 0:
+            raise ValueError(f"--mem-slots must be >= 0 (0: the preset's), got {self.mem_slots}")
         if not 0.0 <= self.curriculum < 1.0:
             raise ValueError(f"--curriculum is a share of the stage-1 steps in [0, 1), got {self.curriculum}")
         if self.batch_size < 1 or self.eval_n < 1 or not self.eval_ks or min(self.eval_ks) < 1:
@@ -251,7 +255,8 @@ def imitation(cfg: Config, **overrides) -> stages.Imitation:
 
 def r3m_config(cfg: Config):
     """The preset at ``k_train``, with a tool-head class for every registered tool (user tools too)."""
-    return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, tool_names=tuple(tools.list_tools()))
+    slots = {"mem_slots": cfg.mem_slots} if cfg.mem_slots else {}
+    return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, tool_names=tuple(tools.list_tools()), **slots)
 
 
 def spec_eval_levels(cfg: Config, spec: TaskSpec) -> tuple[int, ...]:

@@ -109,11 +109,14 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
                    K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
                    tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
                    write_cost: float = 0.0, drift_penalty: float = 0.0, tbptt: int | None = None) -> LossOut:
-    """Imitation of whole expert episodes (``imitation_turns``), averaged over turns.
+    """Imitation of whole expert episodes (``imitation_turns``): the sum over an episode's turns,
+    averaged over episodes (each episode's negative log-likelihood), so a streamed episode's one
+    scored answer is not diluted by its many no-op turns; the memory's penalties
+    (``write_penalties``) are per episode too, in the same units.
 
     Per turn: the token loss averaged over the last ``supervised_steps`` readouts (default: every
     step that keeps a graph), plus the tool loss, plus (when ``drift_penalty`` > 0) the state's
-    change in the last step. Per episode, the memory's penalties (``write_penalties``). The
+    change in the last step. The logged token and tool losses are per-turn means; the
     ``step_losses`` logged are the first turn's.
     """
     last = supervised_steps if supervised_steps is not None else grad_steps
@@ -136,10 +139,10 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
             gates.append((turn.episodes, out.write_probs))
         step_losses = step_losses or [float(x) for x in per_step.detach()]
         n += rows
-    loss = total / n
+    collated = isinstance(episodes, (FillBatch, CausalBatch))  # one turn per row: rows are episodes
+    loss = total / (n if collated else len(episodes))
     if gates and (write_penalty or write_cost):
-        n_episodes = 1 if isinstance(episodes, (FillBatch, CausalBatch)) else len(episodes)
-        loss = loss + write_penalties(gates, n_episodes, write_penalty, write_budget, write_cost)
+        loss = loss + write_penalties(gates, 1 if collated else len(episodes), write_penalty, write_budget, write_cost)
     if not gates:
         return LossOut(loss, token_sum / n, tool_sum / n, step_losses, None, None)
     n_episodes = len(episodes) if not isinstance(episodes, (FillBatch, CausalBatch)) else n
