@@ -83,6 +83,8 @@ STREAMS: dict[str, int] = {
     "distill_batches": 12,  # distillation: batches of distillation targets (key: step)
     "distill_replay": 13,   # distillation: expert episodes replayed beside it (key: step)
     "baseline_demos": 14,   # baselines: demonstrations of the dense baseline (key: step)
+    "replay_reservoir": 15,  # consolidation: which slot of the replay buffer a new episode replaces
+    "replay_batches": 16,    # consolidation: episodes replayed from the buffer (key: task, step)
 }
 
 

@@ -1,0 +1,400 @@
+"""Stage 4: consolidation by replay into the semantic memory, measured over a sequence of tasks.
+
+    python train/consolidate.py                                   # ~10-15 CPU-minutes, cpu-tiny
+    python train/consolidate.py --families memory prefix listops instruct --steps 400 --out runs/c
+
+R3M learns the families one after another (task A, then B, then C, then D; the memory family's
+episodes are streamed, one sentence per turn with distractors, so its facts live only in the
+episodic memory). Every expert episode the imitation draws (each one verified: the env's verifier
+gave it reward 1) is offered to a replay buffer that keeps a uniform sample of the stream by
+reservoir sampling (``r3m.learn.replay``). After each task a consolidation phase trains ONLY the
+semantic memory's parameters (the ``semantic`` group; everything else frozen and left out of the
+optimiser) on episodes replayed from the buffer, with the episodic write budget tightened (a
+smaller budget, a higher price per write), so that what the model keeps rewriting into the
+episodic slots every episode can move into the slow, shared memory instead.
+
+Three arms learn the same tasks from the same first-task model on the same batches:
+``consolidation``; ``no_consolidation`` (the tasks in sequence, nothing else); ``full_replay``
+(after each task, the whole model replays the buffer for as many steps, at the task learning rate
+and write budget). Measured (``r3m.learn.continual``): the accuracy matrix R[i][j] of each arm,
+average accuracy, backward transfer and per-family forgetting; and, around the consolidation that
+follows each streamed task, accuracy against episodic writes per sample as the write gate's
+threshold rises, with writes-to-target (the fewest writes at which accuracy stays within 1 point
+of the model before consolidation at its own threshold) before and after, and their ratio. The
+plan's targets (ratio <= 0.7, BWT >= -0.01 with consolidation) are reported with pass or fail.
+
+``--out DIR``: ``metrics.json``, ``accuracy_vs_writes.png``, ``accuracy_matrix.png``, the replay
+buffer after each task (``replay/``), a checkpoint per phase (``--resume`` continues a killed run
+to the same result) and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # `python train/consolidate.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r3m import envs, tools
+from r3m.learn import cli, continual, stages
+from r3m.learn.cli import check_device
+from r3m.learn.data import TaskSpec, task_spec
+from r3m.learn.evaluation import evaluate_family
+from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, Interrupted, train_phase
+from r3m.learn.losses import LossOut, imitation_loss, progressive_schedule
+from r3m.learn.plots import plot_accuracy_vs_writes
+from r3m.learn.policy import Policy
+from r3m.learn.replay import ReplayBuffer
+from r3m.learn.reporting import log, mean, setup_logging, write_metrics
+from r3m.learn.run import Run, autocast, jsonable, seed_everything, start_run, stream_rng
+from r3m_agent import PRESETS, R3M
+
+ARMS = ("consolidation", "no_consolidation", "full_replay")
+TARGET_RATIO, TARGET_BWT = 0.7, -0.01  # the plan's Stage-4 exit criteria
+
+
+@dataclass(frozen=True)
+class Config:
+    """Consolidation into the semantic memory over a sequence of tasks (Stage 4)."""
+
+    families: tuple[str, ...] = ("memory", "listops", "prefix", "arithmetic")
+    """The tasks, in the order they are learned (A, B, C, ...); at least two. Measured with cpu-tiny
+    at level 1 (one probe each, 2e-3, K=4): listops 0.34 and prefix 0.44 after 400 steps; arithmetic
+    0.0 after 800, so last it only interferes; memory 0.0 after 400 (BWT does not use the last task)."""
+    levels: tuple[int, ...] = (1,)
+    """Levels of each family trained and evaluated (a family's missing levels are skipped; none: its first)."""
+    stream: tuple[str, ...] = ("memory",)
+    """Families whose episodes are streamed, as ``train/imitate.py --stream`` (memory: one sentence
+    per turn, then the question; only the episodic memory carries the story to it)."""
+    distractors: float = 0.5
+    """Sentences without world information per story sentence in streamed memory episodes (writes
+    a consolidated model can learn to skip)."""
+    preset: str = "cpu-tiny"
+    """R3M size (r3m_agent.PRESETS); the semantic memory is read on every forward."""
+    seed: int = 0
+    """Seeds the model init, every batch, the replay buffer and its draws."""
+    steps: int = 300
+    """Imitation steps per task."""
+    batch_size: int = 32
+    """Turns per imitation step (families that do not stream)."""
+    stream_batch: int = 8
+    """Episodes per imitation step of a streamed family (each has a turn per sentence)."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate of the task phases and of full replay (warmup then cosine to 10%)."""
+    warmup: int = 50
+    """Warmup steps (at most a fifth of a phase)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+    max_bad_steps: int = 20
+    """Stop after this many optimiser steps in a row with a NaN/inf loss or gradient."""
+    k_train: int = 4
+    """Largest number of refinement steps in training (the evaluation's K)."""
+    grad_steps: int = 2
+    """Most refinement steps per batch that keep gradients."""
+    tool_fraction: float = 0.0
+    """Share of demonstrations that use the family's tool (evaluation plays without tools)."""
+    write_penalty: float = 1.0
+    """Weight of the episodic write budget in the task phases (as train/imitate.py)."""
+    write_budget: float = 8.0
+    """Writes per episode before the penalty applies, in the task phases."""
+    write_cost: float = 0.0
+    """Price of each soft write in the task phases (a probe of the memory family with 0.01 from the
+    start closed its write gate for good: 0 writes per episode after 200 steps)."""
+    drift_penalty: float = 1.0
+    """Weight of the state's change in the last supervised step (as train/imitate.py)."""
+    replay_capacity: int = 512
+    """Episodes the replay buffer holds (a uniform sample of every episode drawn so far)."""
+    replay_turns: int = 32
+    """Turns per replay step (whole episodes of one family, drawn from the buffer)."""
+    consolidate_steps: int = 60
+    """Optimiser steps of each consolidation phase (and of each full-replay phase)."""
+    consolidate_lr: float = 3e-3
+    """Peak learning rate of the consolidation phases (the semantic memory alone)."""
+    consolidate_write_budget: float = 2.0
+    """The tightened write budget of the consolidation phases (writes per episode)."""
+    consolidate_write_penalty: float = 1.0
+    """Weight of that budget in the consolidation phases."""
+    consolidate_write_cost: float = 0.1
+    """Price of each soft write in the consolidation phases (the task phases' is --write-cost)."""
+    write_thresholds: tuple[float, ...] = (0.5, 0.7, 0.9, 0.97, 0.99, 0.999, 1.0)
+    """Write-gate thresholds swept before and after consolidation (the first is the model's own; 1.0 writes nothing)."""
+    eval_n: int = 50
+    """Test instances per level and family for every measurement."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto. On CUDA the forward runs under bf16 autocast."""
+    threads: int = 1
+    """torch CPU threads (0: torch's default); one is as fast as two for cpu-tiny on a busy machine."""
+    out: str = ""
+    """Run directory (empty: runs/consolidate-<time>)."""
+    resume: bool = False
+    """Continue the run in --out from its checkpoints."""
+    ckpt_every: int = 100
+    """Checkpoint interval (steps)."""
+    log_every: int = 25
+    """TensorBoard interval (steps)."""
+    tensorboard: bool = True
+    """Write TensorBoard logs."""
+    progress: bool = True
+    """Show progress bars."""
+    plugin: tuple[str, ...] = ()
+    """User modules to import first (families the other options can then name)."""
+    stop_after: int = 0
+    """Testing aid: stop (as if killed) after this many optimiser steps in this process."""
+
+    def __post_init__(self) -> None:
+        known = envs.list_families()
+        unknown = [f for f in self.families if f not in known]
+        if unknown:
+            raise ValueError(f"--families {' '.join(unknown)}: not registered; registered: {', '.join(known)}")
+        if len(self.families) < 2 or len(set(self.families)) != len(self.families):
+            raise ValueError(f"--families needs at least two distinct families, got {self.families}")
+        bad = [f for f in self.stream if f not in self.families or not envs.make_family(f).streams]
+        if bad:
+            raise ValueError(f"--stream {' '.join(bad)}: not among --families, or a family that does not stream")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if not PRESETS[self.preset].semantic_slots:
+            raise ValueError(f"preset {self.preset} has no semantic memory (semantic_slots=0)")
+        for name in ("steps", "batch_size", "stream_batch", "replay_capacity", "replay_turns", "consolidate_steps",
+                     "eval_n", "k_train", "grad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.write_thresholds or not all(0.0 <= t <= 1.0 for t in self.write_thresholds):
+            raise ValueError(f"--write-thresholds must be values in [0, 1], got {self.write_thresholds}")
+        check_device(self.device)
+
+
+# -- set-up ----------------------------------------------------------------------------------
+def task_specs(cfg: Config) -> list[TaskSpec]:
+    """One spec per family, in order: the --levels it has (else its first), streamed where it streams."""
+    specs = []
+    for fam in cfg.families:
+        family = envs.make_family(fam)
+        levels = tuple(lv for lv in cfg.levels if lv in family.levels) or family.levels[:1]
+        env = {}
+        if fam in cfg.stream:
+            env = {"stream": True, **({"distractors": cfg.distractors} if family.max_distractor_rate else {})}
+        specs.append(task_spec(fam, levels, **env))
+    return specs
+
+
+def model_config(cfg: Config):
+    """The preset at ``k_train`` reading its semantic memory, with a tool-head class per registered tool."""
+    return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, semantic=True, tool_names=tuple(tools.list_tools()))
+
+
+def meta_model(cfg: Config) -> R3M:
+    """The model's shape without its weights (parameter counts, tool names)."""
+    with torch.device("meta"):
+        return R3M(model_config(cfg))
+
+
+def task_settings(cfg: Config, spec: TaskSpec) -> stages.Imitation:
+    """A task phase: streamed episodes are batched by episode, others by turn."""
+    streamed = bool(spec.env.get("stream"))
+    return stages.Imitation.of(cfg, per_episode=streamed, batch_size=cfg.stream_batch if streamed else cfg.batch_size)
+
+
+def fill_buffers(cfg: Config, run: Run, specs: list[TaskSpec]) -> list[ReplayBuffer]:
+    """The replay buffer after each task: every episode each task's imitation draws, in order,
+    offered to one reservoir (the batches are a pure function of seed and step, so this re-draws
+    exactly the training episodes). Saved under ``replay/``; a resumed run reads them back."""
+    buffers, buffer = [], ReplayBuffer(cfg.replay_capacity, cfg.seed)
+    shape = meta_model(cfg)  # what the demonstrations need of the model: its tool names
+    for i, spec in enumerate(specs):
+        path = run.dir / "replay" / f"after_task{i + 1}_{spec.family}.json"
+        if path.exists():
+            buffer = ReplayBuffer.load(path)
+        else:
+            settings = task_settings(cfg, spec)
+            source = stages._demos([spec], shape, settings, cfg.seed, run)  # the training's batches
+            for step in range(settings.steps):
+                buffer.extend(source.get(step)[1])
+            buffer.save(path)
+        log.info(f"replay buffer after {spec.family}: {buffer.summary()['size']} episodes, mix {buffer.mix()}")
+        buffers.append(ReplayBuffer.load(path))
+    return buffers
+
+
+# -- phases ----------------------------------------------------------------------------------
+def replay_phase(cfg: Config, run: Run, phase: str, model: R3M, buffer: ReplayBuffer, specs: list[TaskSpec],
+                 task: int, *, consolidate: bool) -> FitState:
+    """Replay of the buffer: ``consolidate`` trains the semantic memory alone (the ``semantic`` group,
+    ``STAGE_GROUPS[4]``) under the tightened write budget; otherwise the whole model at the task
+    settings (full replay). Both arms draw the same episodes at the same step (key: task, step)."""
+    by_family = {s.family: s for s in specs}
+    if consolidate:
+        lr, groups = cfg.consolidate_lr, STAGE_GROUPS[4]
+        penalty, budget, cost = cfg.consolidate_write_penalty, cfg.consolidate_write_budget, cfg.consolidate_write_cost
+    else:
+        lr, groups, penalty, budget, cost = cfg.lr, STAGE_GROUPS[1], cfg.write_penalty, cfg.write_budget, cfg.write_cost
+
+    def loss_fn(step: int) -> LossOut:
+        family, episodes = buffer.batch(stream_rng(cfg.seed, "replay_batches", task, step), cfg.replay_turns)
+        K, grad_steps, supervised = progressive_schedule(stream_rng(cfg.seed, "schedule", step), cfg.k_train,
+                                                         cfg.grad_steps)
+        with autocast(run.device):
+            return imitation_loss(model, by_family[family], episodes, K=K, grad_steps=grad_steps,
+                                  supervised_steps=supervised, write_penalty=penalty, write_budget=budget,
+                                  write_cost=cost, drift_penalty=cfg.drift_penalty)
+
+    # the gradients an earlier phase left on parameters this phase freezes would still count in the
+    # clipped norm (``fit`` clips over every parameter) and shrink this phase's steps; a resumed run,
+    # which loads that phase instead of training it, has none (found by the resume test)
+    model.zero_grad(set_to_none=True)
+    steps = cfg.consolidate_steps
+    spec = FitSpec(steps, lr, min(cfg.warmup, max(1, steps // 5)), cfg.grad_clip, cfg.ckpt_every, cfg.log_every,
+                   cfg.replay_turns, cfg.max_bad_steps)
+    return train_phase(run, phase, model, spec, loss_fn, groups=groups, weight_decay=cfg.weight_decay,
+                       extra={"specs": [s.as_dict() for s in specs], "phase": phase})
+
+
+class Evaluator:
+    """Greedy accuracy (and writes per sample) on each family's test split at K = k_train, cached per
+    (phase, family, write threshold): the arms share their first phase."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.cache = cfg, {}
+
+    def __call__(self, phase: str, model: R3M, spec: TaskSpec, threshold: float = 0.5) -> dict:
+        key = (phase, spec.family, threshold)
+        if key not in self.cache:
+            policy = Policy(model, spec.mode, spec.width, K=self.cfg.k_train, write_threshold=threshold)
+            with torch.no_grad():
+                ev = evaluate_family(policy, spec.family, n_per_level=self.cfg.eval_n, levels=spec.levels,
+                                     env_kwargs=dict(spec.env))
+            self.cache[key] = {"threshold": threshold, "writes_per_sample": ev.writes, "accuracy": ev.accuracy}
+        return self.cache[key]
+
+    def sweep(self, phase: str, model: R3M, spec: TaskSpec) -> list[dict]:
+        return [self(phase, model, spec, t) for t in self.cfg.write_thresholds]
+
+
+def run_arm(cfg: Config, run: Run, arm: str, specs: list[TaskSpec], buffers: list[ReplayBuffer],
+            evaluate: Evaluator, metrics: dict) -> list[list[float]]:
+    """The tasks in order for one arm; returns its accuracy matrix (row i: after task i and its replay)."""
+    seed_everything(cfg.seed)
+    model = R3M(model_config(cfg)).to(run.device)
+    R = []
+    for i, spec in enumerate(specs):
+        phase = f"task1_{spec.family}" if i == 0 else f"{arm}_task{i + 1}_{spec.family}"  # task 1 is shared
+        model.zero_grad(set_to_none=True)  # see replay_phase
+        state = stages.stage1(run, phase, model, [spec], task_settings(cfg, spec), cfg.seed)
+        _record_fit(metrics, phase, state)
+        streamed = arm == "consolidation" and bool(spec.env.get("stream"))
+        before = evaluate.sweep(phase, model, spec) if streamed else None
+        if arm != "no_consolidation":
+            phase = f"{arm}_after_task{i + 1}"
+            _record_fit(metrics, phase, replay_phase(cfg, run, phase, model, buffers[i], specs, i,
+                                                      consolidate=arm == "consolidation"))
+        if before is not None:
+            metrics["_sweeps"][spec.family] = {"task": i + 1, "before": before,
+                                               "after": evaluate.sweep(phase, model, spec)}
+        R.append([evaluate(phase, model, s)["accuracy"] for s in specs])
+        log.info(f"{arm} after task {i + 1} ({spec.family}): " + ", ".join(
+            f"{s.family} {a:.3f}" for s, a in zip(specs, R[-1])))
+    return R
+
+
+# -- measurements ----------------------------------------------------------------------------
+def writes_report(sweeps: dict) -> dict:
+    """Writes-to-target before and after consolidation, per streamed family; the target accuracy is
+    the model before consolidation at its own threshold (the sweep's first point)."""
+    report = {}
+    for fam, s in sweeps.items():
+        full = s["before"][0]["accuracy"]
+        before, after = (continual.writes_to_target([(p["writes_per_sample"], p["accuracy"]) for p in s[k]], full)
+                         for k in ("before", "after"))
+        report[fam] = {"before": before, "after": after, "ratio": continual.ratio(after, before),
+                       "target_accuracy": full, "after_task": s["task"], "sweep_before": s["before"],
+                       "sweep_after": s["after"]}
+    return report
+
+
+def targets(wtt: dict, bwt_consolidation: float) -> dict:
+    ratio = wtt.get("ratio")
+    return {"writes_to_target_ratio": {"target": f"<= {TARGET_RATIO}", "value": ratio,
+                                       "passed": ratio is not None and ratio <= TARGET_RATIO},
+            "bwt_consolidation": {"target": f">= {TARGET_BWT}", "value": bwt_consolidation,
+                                  "passed": bwt_consolidation >= TARGET_BWT}}
+
+
+def _record_fit(metrics: dict, phase: str, state: FitState) -> None:
+    metrics["fit"][phase] = {"steps": state.step, "seconds": state.seconds, "final_loss": mean(state.losses[-20:]),
+                             "nan_steps": state.nan_steps}
+
+
+def table(metrics: dict) -> str:
+    fams = metrics["families"]
+    lines = ["| arm | " + " | ".join(f"{f} (after last task)" for f in fams) + " | ACC | BWT |",
+             "|---" * (len(fams) + 3) + "|"]
+    for arm, R in metrics["accuracy_matrix"].items():
+        lines.append(f"| {arm} | " + " | ".join(f"{a:.3f}" for a in R[-1]) +
+                     f" | {metrics['acc'][arm]:.3f} | {metrics['bwt'][arm]:+.3f} |")
+    w = metrics["writes_to_target"]
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    lines.append(f"\nwrites-to-target ({w.get('family', '-')}): before {fmt(w.get('before'))}, after "
+                 f"{fmt(w.get('after'))}, ratio {fmt(w.get('ratio'))}")
+    for name, t in metrics["targets"].items():
+        lines.append(f"target {name} {t['target']}: {fmt(t['value'])} -> {'pass' if t['passed'] else 'fail'}")
+    lines.append(f"replay buffer: {metrics['replay']['size']} episodes, mix {metrics['replay']['mix']}")
+    return "\n".join(lines)
+
+
+def main(cfg: Config) -> dict:
+    t0 = time.time()
+    setup_logging()
+    run = start_run(cfg, "consolidate", stop_after=cfg.stop_after)
+    log.info(f"run directory {run.dir} on {run.device}")
+    specs = task_specs(cfg)
+    metrics: dict = {"config": jsonable(cfg), "device": str(run.device), "families": [s.family for s in specs],
+                     "specs": [s.as_dict() for s in specs], "fit": {}, "_sweeps": {}}
+    evaluate = Evaluator(cfg)
+    try:
+        buffers = fill_buffers(cfg, run, specs)
+        matrices = {arm: run_arm(cfg, run, arm, specs, buffers, evaluate, metrics) for arm in ARMS}
+    except Interrupted as exc:
+        log.info(str(exc))
+        return {"interrupted": True, "run_dir": str(run.dir)}
+    metrics["accuracy_matrix"] = matrices
+    metrics["bwt"] = {arm: continual.bwt(R) for arm, R in matrices.items()}
+    metrics["acc"] = {arm: continual.average_accuracy(R) for arm, R in matrices.items()}
+    metrics["forgetting"] = {arm: dict(zip(metrics["families"], continual.forgetting(R))) for arm, R in matrices.items()}
+    by_family = writes_report(metrics.pop("_sweeps"))
+    first = next(iter(by_family), None)
+    metrics["writes_to_target"] = {"family": first, **{k: by_family[first][k] for k in ("before", "after", "ratio")}} \
+        if first else {"family": None, "before": None, "after": None, "ratio": None}
+    metrics["writes_to_target_by_family"] = by_family
+    metrics["targets"] = targets(metrics["writes_to_target"], metrics["bwt"]["consolidation"])
+    metrics["replay"] = {**buffers[-1].summary(), "by_task": [b.summary() for b in buffers]}
+    groups = meta_model(cfg).param_groups()
+    metrics["params"] = {name: sum(p.numel() for p in ps) for name, ps in groups.items()}
+    metrics["seconds"] = time.time() - t0
+    _log_eval(run, metrics)
+    continual.plot_accuracy_matrix(matrices, metrics["families"], run.dir / "accuracy_matrix.png")
+    plot_accuracy_vs_writes({f"{fam} {k}": r[f"sweep_{k}"] for fam, r in by_family.items() for k in ("before", "after")},
+                            run.dir / "accuracy_vs_writes.png")
+    public = write_metrics(run.dir, metrics, table(metrics))
+    print(f"\nmetrics: {run.dir / 'metrics.json'}   tensorboard --logdir {run.dir / 'tb'}")
+    return public
+
+
+def _log_eval(run: Run, metrics: dict) -> None:
+    """Each arm's accuracies after each task (x axis: the task), and the write sweeps."""
+    logger = run.logger("continual")
+    for arm, R in metrics["accuracy_matrix"].items():
+        for i, row in enumerate(R, start=1):
+            logger.scalars(i, {f"eval/accuracy/{arm}/{f}": a for f, a in zip(metrics["families"], row)})
+    logger.close()
+
+
+if __name__ == "__main__":
+    cli.run(main, Config)
