@@ -79,7 +79,7 @@ class Config:
     """R3M size (r3m_agent.PRESETS); the semantic memory is read on every forward."""
     seed: int = 0
     """Seeds the model init, every batch, the replay buffer and its draws."""
-    steps: int = 300
+    steps: int = 500
     """Imitation steps per task."""
     batch_size: int = 32
     """Turns per imitation step (families that do not stream)."""
@@ -114,7 +114,7 @@ class Config:
     """Episodes the replay buffer holds (a uniform sample of every episode drawn so far)."""
     replay_turns: int = 32
     """Turns per replay step (whole episodes of one family, drawn from the buffer)."""
-    consolidate_steps: int = 60
+    consolidate_steps: int = 100
     """Optimiser steps of each consolidation phase (and of each full-replay phase)."""
     consolidate_lr: float = 3e-3
     """Peak learning rate of the consolidation phases (the semantic memory alone)."""
