@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from r3m.train import consolidate
 
 from r3m.learn import continual
 from r3m.learn.data import DemoSource, Example
 from r3m.learn.replay import ReplayBuffer
 from r3m.learn.run import Run
-from r3m.train import consolidate
 from r3m_agent import R3M
 
 
@@ -120,7 +120,7 @@ def test_tiny_run_writes_metrics_and_plots(tmp_path):
                              out=str(tmp_path / "c"), tensorboard=False, progress=False)
     metrics = consolidate.main(cfg)
     saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
-    for key in ("writes_to_target", "accuracy_matrix", "bwt", "acc", "forgetting", "targets", "replay",
+    for key in ("writes_to_target", "accuracy_matrix", "bwt", "acc", "forgetting", "targets", "replay", "warnings",
                 "provenance"):
         assert key in saved, key
     assert set(saved["writes_to_target"]) >= {"before", "after", "ratio"}
@@ -135,13 +135,26 @@ def test_tiny_run_writes_metrics_and_plots(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
-    tiny = dict(families=("memory", "arithmetic"), steps=3, stream_batch=2, batch_size=4, consolidate_steps=3,
-                replay_turns=4, replay_capacity=8, k_train=2, eval_n=2, write_thresholds=(0.5, 1.0), ckpt_every=2,
-                tensorboard=False, progress=False)
+    tiny = {"families": ("memory", "arithmetic"), "steps": 3, "stream_batch": 2, "batch_size": 4,
+            "consolidate_steps": 3, "replay_turns": 4, "replay_capacity": 8, "k_train": 2, "eval_n": 2,
+            "write_thresholds": (0.5, 1.0), "ckpt_every": 2, "tensorboard": False, "progress": False}
     full = consolidate.main(consolidate.Config(**tiny, out=str(tmp_path / "full")))
     cut = consolidate.Config(**tiny, out=str(tmp_path / "cut"), stop_after=5)
     assert consolidate.main(cut)["interrupted"]
     resumed = consolidate.main(consolidate.Config(**tiny, out=str(tmp_path / "cut"), resume=True))
     for key in ("accuracy_matrix", "bwt", "acc", "writes_to_target", "replay"):
         assert resumed[key] == full[key], key
-    assert {k: v["final_loss"] for k, v in resumed["fit"].items()} == {k: v["final_loss"] for k, v in full["fit"].items()}
+    losses = [{k: v["final_loss"] for k, v in m["fit"].items()} for m in (resumed, full)]
+    assert losses[0] == losses[1]
+
+
+def test_replay_after_consolidates_on_demand_only(tmp_path):
+    cfg = consolidate.Config(families=("memory", "arithmetic"), replay_after=(2,), steps=2, stream_batch=2,
+                             batch_size=4, consolidate_steps=2, replay_turns=4, replay_capacity=8, k_train=2,
+                             eval_n=2, write_thresholds=(0.5, 1.0), out=str(tmp_path), tensorboard=False,
+                             progress=False)
+    metrics = consolidate.main(cfg)
+    assert {p for p in metrics["fit"] if "after_task" in p} == {"consolidation_after_task2", "full_replay_after_task2"}
+    assert metrics["writes_to_target_by_family"]["memory"]["after_task"] == 2  # swept around the one consolidation
+    with pytest.raises(ValueError, match="replay-after"):
+        consolidate.Config(families=("memory", "arithmetic"), replay_after=(3,))

@@ -7,18 +7,19 @@ R3M learns the families one after another (task A, then B, then C, then D; the m
 episodes are streamed, one sentence per turn with distractors, so its facts live only in the
 episodic memory). Every expert episode the imitation draws (each one verified: the env's verifier
 gave it reward 1) is offered to a replay buffer that keeps a uniform sample of the stream by
-reservoir sampling (``r3m.learn.replay``). After each task a consolidation phase trains ONLY the
-semantic memory's parameters (the ``semantic`` group; everything else frozen and left out of the
-optimiser) on episodes replayed from the buffer, with the episodic write budget tightened (a
-smaller budget, a higher price per write), so that what the model keeps rewriting into the
-episodic slots every episode can move into the slow, shared memory instead.
+reservoir sampling (``r3m.learn.replay``). After each task (or on demand: after the tasks that
+``--replay-after`` names) a consolidation phase trains ONLY the semantic memory's parameters (the
+``semantic`` group; everything else frozen and left out of the optimiser) on episodes replayed
+from the buffer, with the episodic write budget tightened (a smaller budget, a higher price per
+write), so that what the model keeps rewriting into the episodic slots every episode can move
+into the slow, shared memory instead.
 
 Three arms learn the same tasks from the same first-task model on the same batches:
 ``consolidation``; ``no_consolidation`` (the tasks in sequence, nothing else); ``full_replay``
 (after each task, the whole model replays the buffer for as many steps, at the task learning rate
 and write budget). Measured (``r3m.learn.continual``): the accuracy matrix R[i][j] of each arm,
-average accuracy, backward transfer and per-family forgetting; and, around the consolidation that
-follows each streamed task, accuracy against episodic writes per sample as the write gate's
+average accuracy, backward transfer and per-family forgetting; and, around the first consolidation
+after each streamed task, accuracy against episodic writes per sample as the write gate's
 threshold rises, with writes-to-target (the fewest writes at which accuracy stays within 1 point
 of the model before consolidation at its own threshold) before and after, and their ratio. The
 plan's targets (ratio <= 0.7, BWT >= -0.01 with consolidation) are reported with pass or fail.
@@ -124,6 +125,9 @@ class Config:
     """Weight of that budget in the consolidation phases."""
     consolidate_write_cost: float = 0.1
     """Price of each soft write in the consolidation phases (the task phases' is --write-cost)."""
+    replay_after: tuple[int, ...] = ()
+    """Tasks (1, 2, ...) after which the consolidation and full-replay arms replay the buffer (empty:
+    after every task); e.g. ``--replay-after 4`` consolidates once, on demand, after the fourth."""
     write_thresholds: tuple[float, ...] = (0.5, 0.7, 0.9, 0.97, 0.99, 0.999, 1.0)
     """Write-gate thresholds swept before and after consolidation (the first is the model's own; 1.0 writes nothing)."""
     eval_n: int = 50
@@ -167,6 +171,8 @@ class Config:
                      "eval_n", "k_train", "grad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not all(1 <= t <= len(self.families) for t in self.replay_after):
+            raise ValueError(f"--replay-after takes task numbers 1..{len(self.families)}, got {self.replay_after}")
         if not self.write_thresholds or not all(0.0 <= t <= 1.0 for t in self.write_thresholds):
             raise ValueError(f"--write-thresholds must be values in [0, 1], got {self.write_thresholds}")
         check_device(self.device)
@@ -283,21 +289,24 @@ def run_arm(cfg: Config, run: Run, arm: str, specs: list[TaskSpec], buffers: lis
     """The tasks in order for one arm; returns its accuracy matrix (row i: after task i and its replay)."""
     seed_everything(cfg.seed)
     model = R3M(model_config(cfg)).to(run.device)
-    R = []
+    R, unswept = [], []
     for i, spec in enumerate(specs):
         phase = f"task1_{spec.family}" if i == 0 else f"{arm}_task{i + 1}_{spec.family}"  # task 1 is shared
         model.zero_grad(set_to_none=True)  # see replay_phase
         state = stages.stage1(run, phase, model, [spec], task_settings(cfg, spec), cfg.seed)
         _record_fit(metrics, phase, state)
-        streamed = arm == "consolidation" and bool(spec.env.get("stream"))
-        before = evaluate.sweep(phase, model, spec) if streamed else None
-        if arm != "no_consolidation":
+        if spec.env.get("stream"):
+            unswept.append(spec)
+        if arm != "no_consolidation" and (not cfg.replay_after or i + 1 in cfg.replay_after):
+            swept = unswept if arm == "consolidation" else []  # streamed tasks learned since the last consolidation
+            before = {s.family: evaluate.sweep(phase, model, s) for s in swept}
             phase = f"{arm}_after_task{i + 1}"
             _record_fit(metrics, phase, replay_phase(cfg, run, phase, model, buffers[i], specs, i,
                                                       consolidate=arm == "consolidation"))
-        if before is not None:
-            metrics["_sweeps"][spec.family] = {"task": i + 1, "before": before,
-                                               "after": evaluate.sweep(phase, model, spec)}
+            for s in swept:
+                metrics["_sweeps"][s.family] = {"task": i + 1, "before": before[s.family],
+                                                "after": evaluate.sweep(phase, model, s)}
+            unswept = []
         R.append([evaluate(phase, model, s)["accuracy"] for s in specs])
         log.info(f"{arm} after task {i + 1} ({spec.family}): " + ", ".join(
             f"{s.family} {a:.3f}" for s, a in zip(specs, R[-1])))
@@ -317,6 +326,25 @@ def writes_report(sweeps: dict) -> dict:
                        "target_accuracy": full, "after_task": s["task"], "sweep_before": s["before"],
                        "sweep_after": s["after"]}
     return report
+
+
+def warnings_for(by_family: dict, matrices: dict, families: list[str]) -> list[str]:
+    """What makes a measurement uninformative, said beside it (each also logged)."""
+    found = []
+    for fam, r in by_family.items():
+        own = r["sweep_before"][0]  # the model before consolidation at its own threshold
+        if own["accuracy"] == 0.0 or own["writes_per_sample"] == 0.0:
+            found.append(f"{fam}: accuracy {own['accuracy']:.3f} with {own['writes_per_sample']:.2f} writes per "
+                         "sample before consolidation: the task was not learned or the write gate is closed, so "
+                         "writes-to-target says nothing about consolidation")
+    for arm, R in matrices.items():
+        unlearned = [f for j, f in enumerate(families[:-1]) if R[j][j] == 0.0]
+        if unlearned:
+            found.append(f"{arm}: {', '.join(unlearned)} had accuracy 0 right after training, so BWT cannot show "
+                         "their forgetting (more --steps)")
+    for message in found:
+        log.warning(f"WARNING {message}")
+    return found
 
 
 def targets(wtt: dict, bwt_consolidation: float) -> dict:
@@ -340,7 +368,7 @@ def table(metrics: dict) -> str:
         lines.append(f"| {arm} | " + " | ".join(f"{a:.3f}" for a in R[-1]) +
                      f" | {metrics['acc'][arm]:.3f} | {metrics['bwt'][arm]:+.3f} |")
     w = metrics["writes_to_target"]
-    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"
     lines.append(f"\nwrites-to-target ({w.get('family', '-')}): before {fmt(w.get('before'))}, after "
                  f"{fmt(w.get('after'))}, ratio {fmt(w.get('ratio'))}")
     for name, t in metrics["targets"].items():
@@ -367,12 +395,14 @@ def main(cfg: Config) -> dict:
     metrics["accuracy_matrix"] = matrices
     metrics["bwt"] = {arm: continual.bwt(R) for arm, R in matrices.items()}
     metrics["acc"] = {arm: continual.average_accuracy(R) for arm, R in matrices.items()}
-    metrics["forgetting"] = {arm: dict(zip(metrics["families"], continual.forgetting(R))) for arm, R in matrices.items()}
+    metrics["forgetting"] = {arm: dict(zip(metrics["families"], continual.forgetting(R)))
+                             for arm, R in matrices.items()}
     by_family = writes_report(metrics.pop("_sweeps"))
     first = next(iter(by_family), None)
     metrics["writes_to_target"] = {"family": first, **{k: by_family[first][k] for k in ("before", "after", "ratio")}} \
         if first else {"family": None, "before": None, "after": None, "ratio": None}
     metrics["writes_to_target_by_family"] = by_family
+    metrics["warnings"] = warnings_for(by_family, matrices, metrics["families"])
     metrics["targets"] = targets(metrics["writes_to_target"], metrics["bwt"]["consolidation"])
     metrics["replay"] = {**buffers[-1].summary(), "by_task": [b.summary() for b in buffers]}
     groups = meta_model(cfg).param_groups()
@@ -380,8 +410,8 @@ def main(cfg: Config) -> dict:
     metrics["seconds"] = time.time() - t0
     _log_eval(run, metrics)
     continual.plot_accuracy_matrix(matrices, metrics["families"], run.dir / "accuracy_matrix.png")
-    plot_accuracy_vs_writes({f"{fam} {k}": r[f"sweep_{k}"] for fam, r in by_family.items() for k in ("before", "after")},
-                            run.dir / "accuracy_vs_writes.png")
+    sweeps = {f"{fam} {k}": r[f"sweep_{k}"] for fam, r in by_family.items() for k in ("before", "after")}
+    plot_accuracy_vs_writes(sweeps, run.dir / "accuracy_vs_writes.png")
     public = write_metrics(run.dir, metrics, table(metrics))
     print(f"\nmetrics: {run.dir / 'metrics.json'}   tensorboard --logdir {run.dir / 'tb'}")
     return public

@@ -14,8 +14,8 @@ per sample from which on accuracy stays within ``tol`` of the unrestricted model
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def plot_accuracy_matrix(matrices: Mapping[str, Matrix], tasks: Sequence[str], p
     arms = list(matrices)
     fig = Figure(figsize=(3.6 * max(1, len(arms)), 3.6))
     axes = fig.subplots(1, max(1, len(arms)), squeeze=False)[0]
-    for ax, arm in zip(axes, arms):
+    for n, (ax, arm) in enumerate(zip(axes, arms)):
         R = np.asarray(matrices[arm], dtype=float)
         image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
         for i in range(R.shape[0]):
@@ -87,7 +87,7 @@ def plot_accuracy_matrix(matrices: Mapping[str, Matrix], tasks: Sequence[str], p
                         color="white" if R[i, j] < 0.6 else "black")
         ax.set_title(f"{arm}\nBWT {bwt(R.tolist()):+.3f}, ACC {average_accuracy(R.tolist()):.3f}", fontsize=8)
         ax.set_xticks(range(len(tasks)), labels=list(tasks), fontsize=7, rotation=30)
-        ax.set_yticks(range(len(tasks)), labels=[f"after {t}" for t in tasks], fontsize=7)
+        ax.set_yticks(range(len(tasks)), labels=[f"after {t}" for t in tasks] if n == 0 else [], fontsize=7)
         ax.set_xlabel("accuracy on task")
     fig.colorbar(image, ax=list(axes), shrink=0.8)
     fig.savefig(path, dpi=120, bbox_inches="tight")

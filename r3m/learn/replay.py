@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -106,7 +107,7 @@ class ReplayBuffer:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "ReplayBuffer":
+    def load(cls, path: Path) -> ReplayBuffer:
         state = json.loads(Path(path).read_text())
         buffer = cls(int(state["capacity"]))
         buffer.load_state_dict(state)
