@@ -129,7 +129,8 @@ class Config:
     """Tasks (1, 2, ...) after which the consolidation and full-replay arms replay the buffer (empty:
     after every task); e.g. ``--replay-after 4`` consolidates once, on demand, after the fourth."""
     write_thresholds: tuple[float, ...] = (0.5, 0.7, 0.9, 0.97, 0.99, 0.999, 1.0)
-    """Write-gate thresholds swept before and after consolidation (the first is the model's own; 1.0 writes nothing)."""
+    """Write-gate thresholds swept before and after consolidation (the first, 0.5, is the gate's own: the
+    unrestricted model; 1.0 writes nothing)."""
     eval_n: int = 50
     """Test instances per level and family for every measurement."""
     device: str = "auto"
@@ -173,8 +174,10 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not all(1 <= t <= len(self.families) for t in self.replay_after):
             raise ValueError(f"--replay-after takes task numbers 1..{len(self.families)}, got {self.replay_after}")
-        if not self.write_thresholds or not all(0.0 <= t <= 1.0 for t in self.write_thresholds):
-            raise ValueError(f"--write-thresholds must be values in [0, 1], got {self.write_thresholds}")
+        if not self.write_thresholds or self.write_thresholds[0] != 0.5 or \
+                not all(0.0 <= t <= 1.0 for t in self.write_thresholds):
+            raise ValueError("--write-thresholds: values in [0, 1], the first 0.5 (the gate's own threshold, the "
+                             f"unrestricted model), got {self.write_thresholds}")
         check_device(self.device)
 
 
