@@ -11,7 +11,7 @@ import torch
 
 from r3m.learn import cli
 from r3m.learn.cli import build_parser, parse_config
-from r3m.learn.data import TaskSpec
+from r3m.learn.data import TaskSpec, task_spec
 from r3m.train import evaluate, imitate, rl_verify, sb3_baseline
 from r3m_agent import R3M, R3MConfig, save_checkpoint
 
@@ -107,3 +107,75 @@ def test_user_mistakes_end_in_one_line_and_exit_2(tmp_path, monkeypatch, capsys)
         assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], (name, argv, err)
         assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, no runs/
+
+
+ALL_SCRIPTS = {**SCRIPTS, "distill": None, "consolidate": None}
+# a valid non-default value for options whose generic variant (below) the scripts reject
+SPECIAL = {"preset": "cpu-small", "lm_preset": "cpu-small", "env": "listops-v0", "advantage": "grpo", "families": ("listops",),
+           "stage": "1", "levels": (2,), "eval_levels": (2, 3), "envs": ("listops-v0",), "sets": ("norvig_top95",),
+           "plugin": ("r3m.envs",), "eval_ks": (1, 2), "init": "init.pt", "checkpoint": "model.pt", "write_thresholds": (0.5, 0.7)}
+
+
+GENERIC = {"consolidate": {"families"}}  # options whose generic variant is the valid one for this script
+ONLY_VALUE = {("sb3_baseline", "family")}  # one registered family has a numeric env: set to its one value
+
+
+def _variant(script: str, name: str, default, tp):
+    """A value other than ``default`` for a field of type ``tp``."""
+    import typing
+
+    if name in SPECIAL and SPECIAL[name] != default and name not in GENERIC.get(script, ()):
+        return SPECIAL[name]
+    if name == "device":
+        return "auto" if default == "cpu" else "cpu"
+    if typing.get_args(tp) and type(None) in typing.get_args(tp):  # bool | None
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return next(a for a in typing.get_args(tp) if a != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default / 2 if default else 0.25
+    if isinstance(default, tuple):
+        item = typing.get_args(tp)[0]
+        return default[:-1] if len(default) > 1 else (*default, *default) if default else (item(1),)
+    return (default or "") + "x"
+
+
+def _flag_value(value) -> list[str]:
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    return [str(value).lower() if isinstance(value, bool) else str(value)]
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCRIPTS))
+def test_every_option_is_set_once_by_a_test_and_reaches_the_config(name, tmp_path, monkeypatch):
+    """Each option, set alone on the command line to a non-default value, parses, passes the
+    script's validation and lands in the config unchanged (options nothing sets get deleted)."""
+    import importlib
+    import typing
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = R3M(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=2, semantic_slots=0))
+    specs = [task_spec(fam, (1, 2)).as_dict() for fam in ("arithmetic", "listops", "prefix", "sudoku")]
+    for path in ("init.pt", "model.pt"):
+        save_checkpoint(tmp_path / path, model, extra={"specs": specs})
+    base = ["--checkpoint", "model.pt"] if name in ("evaluate", "distill") else []
+    cls = importlib.import_module(f"r3m.train.{name}").Config
+    hints = typing.get_type_hints(cls)
+    rejected = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = default if (name, f.name) in ONLY_VALUE else _variant(name, f.name, default, hints[f.name])
+        assert value != default or (name, f.name) in ONLY_VALUE, f.name
+        argv = ["--" + f.name.replace("_", "-"), *_flag_value(value)]
+        try:
+            cfg = parse_config(cls, [*base, *argv] if f.name != "checkpoint" else argv)
+        except SystemExit:
+            rejected.append(" ".join(argv))
+            continue
+        assert getattr(cfg, f.name) == value, f.name
+    assert not rejected, rejected
