@@ -61,3 +61,15 @@ def test_report_renders_a_missing_result_as_missing(tmp_path, monkeypatch):
     job = _job(tmp_path, monkeypatch)
     text = "\n".join(report.imitate_section(job))
     assert "is missing" in text and "python bench/reproduce.py --only x" in text
+
+
+def test_provenance_names_the_code_the_run_started_from(monkeypatch):
+    """A commit or an edit made while a run trains is not credited to the run."""
+    from r3m.learn import reporting
+
+    monkeypatch.setattr(reporting, "_CODE_STATE", None)
+    monkeypatch.setattr(reporting, "_git", lambda *a: "a" * 40 if a[0] == "rev-parse" else "")
+    assert reporting.code_state() == {"commit": "a" * 40, "dirty": False}  # at the start
+    monkeypatch.setattr(reporting, "_git", lambda *a: "b" * 40 if a[0] == "rev-parse" else " M x.py")
+    prov = reporting.provenance()  # at the end, after a commit and an edit
+    assert prov["commit"] == "a" * 40 and prov["dirty"] is False

@@ -53,21 +53,37 @@ def mean(xs: Iterable[float]) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
-def provenance() -> dict:
-    """Where a result comes from: the command, the commit (and whether the tree had uncommitted
-    changes), the machine and the library versions."""
-    import platform
+def _git(*args: str) -> str:
     import subprocess
+
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+_CODE_STATE: dict | None = None
+
+
+def code_state() -> dict:
+    """The commit and whether tracked files differed from it, read once per process: at the run's
+    start (``start_run`` calls it), so edits or commits made while a run trains are not credited
+    to it."""
+    global _CODE_STATE
+    if _CODE_STATE is None:
+        _CODE_STATE = {"commit": _git("rev-parse", "HEAD") or None,
+                       "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+    return dict(_CODE_STATE)
+
+
+def provenance() -> dict:
+    """Where a result comes from: the command, the commit the run started from (and whether the
+    tree had uncommitted changes then), the machine and the library versions."""
+    import platform
     import sys
 
     import torch
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                  cwd=Path(__file__).resolve().parent).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -77,7 +93,7 @@ def provenance() -> dict:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"command": " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None,
-            "commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            **code_state(),
             "machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
                         "torch": torch.__version__, "threads": torch.get_num_threads()}}
 

@@ -147,6 +147,9 @@ def start_run(cfg: Any, prefix: str, stop_after: int = 0) -> Run:
     (up to ``RESUMABLE``). ``stop_after`` > 0 makes the run stop as if killed after that many
     optimiser steps (a testing aid). Under torchrun every process joins the process group and rank 0 writes.
     """
+    from r3m.learn.reporting import code_state
+
+    code_state()  # the provenance is the code the run starts from
     if getattr(cfg, "threads", 0):
         torch.set_num_threads(cfg.threads)
     rank, local_rank, world = ddp_info()
