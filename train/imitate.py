@@ -1,6 +1,6 @@
 """Staged imitation training and evaluation of R3M (the research plan's Stages 0-2).
 
-    python train/imitate.py                    # stage 1 then 2 + the dense baseline, ~10 CPU-minutes
+    python train/imitate.py                    # stage 1 then 2 + the dense baselines, ~1 CPU-hour
     python train/imitate.py --stage 0          # dense character LM: non-degenerate generation
     python train/imitate.py --preset gpu-sudoku --families sudoku --device cuda
 
