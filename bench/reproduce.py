@@ -126,6 +126,16 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def prune(out: Path) -> None:
+    """Keep what a result is (``metrics.json`` and its plots); checkpoints, TensorBoard logs and
+    scalar streams stay out of the repository (the command regenerates them)."""
+    if not out.exists():
+        return
+    for path in out.iterdir():
+        if path.name != "metrics.json" and path.suffix != ".png":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--only", nargs="*", default=[], help="result names to consider (default: all)")
@@ -158,6 +168,7 @@ def main() -> None:
         t0 = time.time()
         proc = subprocess.run([sys.executable, *j.command[1:]], cwd=ROOT)
         print(f"[reproduce] {j.name}: exit {proc.returncode} after {time.time() - t0:.0f} s", flush=True)
+        prune(j.out)
     subprocess.run([sys.executable, "bench/report.py"], cwd=ROOT, check=True)
 
 

@@ -73,3 +73,12 @@ def test_provenance_names_the_code_the_run_started_from(monkeypatch):
     monkeypatch.setattr(reporting, "_git", lambda *a: "b" * 40 if a[0] == "rev-parse" else " M x.py")
     prov = reporting.provenance()  # at the end, after a commit and an edit
     assert prov["commit"] == "a" * 40 and prov["dirty"] is False
+
+
+def test_prune_keeps_the_metrics_and_plots_only(tmp_path):
+    for name in ("metrics.json", "a.png", "config.json", "scalars_rl.jsonl"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "rl.pt").write_bytes(b"x")
+    reproduce.prune(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "metrics.json"]
