@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=[], help="result names to consider (default: all)")
     parser.add_argument("--list", action="store_true", help="print each result and whether it is fresh")
     parser.add_argument("--force", action="store_true", help="rerun fresh results too")
+    parser.add_argument("--no-report", action="store_true",
+                        help="leave the README alone (several reproduce processes at once; run report.py after)")
     args = parser.parse_args()
     names = {j.name for j in PLAN}
     unknown = [n for n in args.only if n not in names]
@@ -169,7 +171,8 @@ def main() -> None:
         proc = subprocess.run([sys.executable, *j.command[1:]], cwd=ROOT)
         print(f"[reproduce] {j.name}: exit {proc.returncode} after {time.time() - t0:.0f} s", flush=True)
         prune(j.out)
-    subprocess.run([sys.executable, "bench/report.py"], cwd=ROOT, check=True)
+    if not args.no_report:
+        subprocess.run([sys.executable, "bench/report.py"], cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":
