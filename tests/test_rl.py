@@ -371,3 +371,12 @@ def test_distill_script_measures_before_and_after(tmp_path):
     with pytest.raises(SystemExit):
         parse_config(distill_script.Config, ["--env", ENV])  # no checkpoint: a one-line usage error
 
+
+
+def test_default_distillation_takes_the_easiest_calling_level_and_replays_the_rest():
+    from r3m.learn.distill import levels_to_distill
+
+    snap = {"tools": {"by_level": {"1": {"call_rate": 0.2}, "2": {"call_rate": 0.9}, "3": {"call_rate": 1.0}}}}
+    assert levels_to_distill(snap) == (2,)
+    assert levels_to_distill(snap, (1, 3)) == (1, 3)
+    assert levels_to_distill({"tools": {"by_level": {"1": {"call_rate": 0.1}}}}) == ()

@@ -183,7 +183,8 @@ class Config:
     distill: bool | None = None
     """Distillation phase: on, off, or none = where it applies (families with a tool)."""
     distill_levels: tuple[int, ...] = ()
-    """Levels to distil (empty: those where the policy calls on at least half the test instances)."""
+    """Levels to distil (empty: the easiest level where the policy calls on at least half the test
+    instances; the other levels are replayed with their tool use)."""
     distill_n: int = 512
     """Train instances the policy plays with tools to harvest distillation targets."""
     distill_steps: int = 300
