@@ -153,7 +153,7 @@ def main() -> None:
         for j in jobs:
             print(f"{j.name:32s} {staleness(j) or 'fresh'}\n    {' '.join(j.command)}")
         return
-    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+    if git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results").stdout.strip():
         sys.exit("reproduce: commit your changes first (a result names the commit that made it)")
     cuda = has_cuda()
     for j in jobs:

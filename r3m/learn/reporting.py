@@ -73,7 +73,9 @@ def code_state() -> dict:
     global _CODE_STATE
     if _CODE_STATE is None:
         _CODE_STATE = {"commit": _git("rev-parse", "HEAD") or None,
-                       "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+                       # results/ holds outputs (a rerun replaces its own folder), not code
+                       "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                                          ":(top)", ":(top,exclude)results"))}
     return dict(_CODE_STATE)
 
 
