@@ -49,7 +49,7 @@ from r3m.learn.data import TaskSpec, task_spec
 from r3m.learn.evaluation import evaluate_family
 from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, Interrupted, train_phase
 from r3m.learn.losses import LossOut, imitation_loss, progressive_schedule
-from r3m.learn.plots import plot_accuracy_vs_writes
+from r3m.learn.plots import plot_accuracy_matrix, plot_accuracy_vs_writes
 from r3m.learn.policy import Policy
 from r3m.learn.replay import ReplayBuffer
 from r3m.learn.reporting import log, mean, setup_logging, write_metrics
@@ -412,7 +412,7 @@ def main(cfg: Config) -> dict:
     metrics["params"] = {name: sum(p.numel() for p in ps) for name, ps in groups.items()}
     metrics["seconds"] = time.time() - t0
     _log_eval(run, metrics)
-    continual.plot_accuracy_matrix(matrices, metrics["families"], run.dir / "accuracy_matrix.png")
+    plot_accuracy_matrix(matrices, metrics["families"], run.dir / "accuracy_matrix.png")
     sweeps = {f"{fam} {k}": r[f"sweep_{k}"] for fam, r in by_family.items() for k in ("before", "after")}
     plot_accuracy_vs_writes(sweeps, run.dir / "accuracy_vs_writes.png")
     public = write_metrics(run.dir, metrics, table(metrics))

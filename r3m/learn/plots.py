@@ -113,3 +113,25 @@ def plot_accuracy_vs_writes(sweeps: Mapping[str, Sequence[Mapping[str, float]]],
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_accuracy_matrix(matrices: Mapping[str, Sequence[Sequence[float]]], tasks: Sequence[str], path: Path) -> None:
+    """Heat maps of R (rows: after stage i; columns: accuracy on task j), one panel per arm."""
+    from r3m.learn.continual import average_accuracy, bwt
+
+    arms = list(matrices)
+    fig = Figure(figsize=(3.6 * max(1, len(arms)), 3.6))
+    axes = fig.subplots(1, max(1, len(arms)), squeeze=False)[0]
+    for n, (ax, arm) in enumerate(zip(axes, arms)):
+        R = np.asarray(matrices[arm], dtype=float)
+        image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+        for i in range(R.shape[0]):
+            for j in range(R.shape[1]):
+                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if R[i, j] < 0.6 else "black")
+        ax.set_title(f"{arm}\nBWT {bwt(R.tolist()):+.3f}, ACC {average_accuracy(R.tolist()):.3f}", fontsize=8)
+        ax.set_xticks(range(len(tasks)), labels=list(tasks), fontsize=7, rotation=30)
+        ax.set_yticks(range(len(tasks)), labels=[f"after {t}" for t in tasks] if n == 0 else [], fontsize=7)
+        ax.set_xlabel("accuracy on task")
+    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
