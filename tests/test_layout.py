@@ -89,3 +89,25 @@ def test_quick_benchmarks_leave_the_committed_results_alone(tmp_path):
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert committed.read_bytes() == before and (ROOT / "bench/results/quick/envs.json").exists()
+
+
+def _pytest_commands() -> dict[str, list[str]]:
+    """The suite's two documented invocations: the README's and the one CI runs (.ci/run)."""
+    import shlex
+
+    ci = next(line for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("python -m pytest"))
+    readme = re.search(r"^(python -m pytest[^#\n]*?)\s*(#|$)", (ROOT / "README.md").read_text(), re.M).group(1)
+    return {"ci": shlex.split(ci)[3:], "readme": shlex.split(readme)[3:]}
+
+
+def test_pytest_as_documented_ends_with_the_passed_count(tmp_path):
+    """With the project's pytest settings, the README's and CI's commands print the "N passed" line
+    (``-q`` twice, once from ``addopts``, printed only dots: a log that does not say what ran)."""
+    (tmp_path / "test_two.py").write_text("def test_a():\n    pass\n\n\ndef test_b():\n    pass\n")
+    for name, flags in _pytest_commands().items():
+        proc = subprocess.run([sys.executable, "-m", "pytest", *flags, "-c", str(ROOT / "pyproject.toml"),
+                               "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                               str(tmp_path / "test_two.py")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert re.search(r"^=* ?2 passed in [\d.]+s", proc.stdout, re.M), (name, flags, proc.stdout)
