@@ -454,6 +454,7 @@ def _record_fit(metrics: dict, phase: str, state) -> None:
         "nan_steps": state.nan_steps,
     }
     metrics.setdefault("_grad_norms", {})[phase] = list(state.grad_norms)
+    metrics.setdefault("_losses", {})[phase] = list(state.losses)
     metrics["nan_steps"] = metrics.get("nan_steps", 0) + state.nan_steps
 
 
@@ -492,8 +493,9 @@ def warnings_for(cfg: Config, metrics: dict) -> list[dict]:
         found += signals.write_spam(metrics.get("_write_rate", 0.0))
     for fam, by_level in metrics.get("_halt_steps", {}).items():
         found += signals.halting_collapse([s for steps in by_level.values() for s in steps])
-    for phase, norms in metrics.get("_grad_norms", {}).items():  # each model against its own median
-        found += signals.instability(norms, metrics["fit"][phase]["nan_steps"], phase=phase)
+    for phase, norms in metrics.get("_grad_norms", {}).items():  # each model against its own scale
+        found += signals.instability(norms, metrics["fit"][phase]["nan_steps"], losses=metrics["_losses"][phase],
+                                     grad_clip=cfg.grad_clip, phase=phase)
     for s in found:
         log.warning(f"WARNING [{s.name}] {s.message}. Remedy: {s.remedy}")
     return [s.as_dict() for s in found]
