@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Args:
-    """Options of bench_dsl.py; every field is a --flag."""
+    """Coverage of the dsl_search tool on List Function 250 (evaluation only): concepts whose program it
+    finds on 5 examples, and how many of those also reproduce the 6 held-out ones; writes
+    bench/results/dsl.json."""
 
     data: str = ""
     """the List Function 250 file (JSON lines, 11 examples per concept; empty: list_functions/ in the

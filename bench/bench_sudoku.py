@@ -46,7 +46,9 @@ SETS = ("norvig_top95", "norvig_hardest", "magictour_top1465", "royle_sudoku17")
 
 @dataclass(frozen=True)
 class Args:
-    """Options of bench_sudoku.py; every field is a --flag."""
+    """Sudoku throughput on one core (puzzle generation, sudoku-v0 and sudoku-grid-v0 episodes, the
+    verifier) and the solver tool's latency and success on the external Sudoku collections; writes
+    bench/results/sudoku.json."""
 
     eval_dir: str = ""
     """folder with the evaluation CSVs (empty: sudoku/ in $R3M_EVAL_DIR or ../shared/eval)"""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,8 +29,50 @@ def test_help_prints_every_option_once_with_its_default(name, capsys):
     for f in dataclasses.fields(SCRIPTS[name].Config):
         flag = "--" + f.name.replace("_", "-")
         assert flag in text, flag
-    assert text.count("(default:") == len(dataclasses.fields(SCRIPTS[name].Config))
+    fields = dataclasses.fields(SCRIPTS[name].Config)
+    must = [f for f in fields if f.metadata.get("required")]
+    assert text.count("(default:") == len(fields) - len(must) and text.count("(required)") == len(must)
     assert "[true|false]" in text and "[HALT]" not in text.upper().replace("[TRUE|FALSE]", "")
+
+
+HELP = [f"train/{n}.py" for n in ("imitate", "rl_verify", "evaluate", "distill", "consolidate", "sb3_baseline")] + \
+       [f"bench/bench_{n}.py" for n in ("envs", "sudoku", "dsl", "model")]
+
+
+def _config_class(path: str) -> type:
+    import importlib.util
+
+    module = importlib.import_module(f"r3m.train.{path[6:-3]}") if path.startswith("train/") else None
+    if module is None:  # bench scripts are files, not a package
+        spec = importlib.util.spec_from_file_location(path[6:-3], Path(__file__).resolve().parents[1] / path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return getattr(module, "Config", None) or module.Args
+
+
+@pytest.mark.parametrize("path", HELP)
+def test_help_says_in_full_what_the_script_does(path):
+    """The description is the config docstring's whole first paragraph (its first line alone stopped
+    mid-sentence), says what the script does or measures, and an empty default reads "empty"."""
+    cls = _config_class(path)
+    text = " ".join(build_parser(cls).format_help().split())
+    description = cli.help_description(cls)
+    assert description in text and description.endswith("."), description
+    assert not description.startswith("Options of")
+    assert "(default: '')" not in text and "(default: )" not in text
+
+
+@pytest.mark.parametrize("name", ["evaluate", "distill"])
+def test_a_required_option_is_required_in_the_usage(name, capsys):
+    import importlib
+
+    cls = importlib.import_module(f"r3m.train.{name}").Config
+    usage = build_parser(cls).format_usage()
+    assert " --checkpoint CHECKPOINT" in usage and "[--checkpoint" not in usage
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(cls, [])
+    assert exit_.value.code == 2 and "required: --checkpoint" in capsys.readouterr().err
 
 
 def test_booleans_abbreviations_and_percent_signs(capsys):

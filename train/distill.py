@@ -39,7 +39,7 @@ from r3m_agent.checkpoint import read_checkpoint
 class Config:
     """Distillation of verified tool results into a checkpoint's policy."""
 
-    checkpoint: str = ""
+    checkpoint: str = cli.required(default="")
     """Checkpoint to distil into (its extra["specs"] must include the env's family)."""
     env: str = "arithmetic-v0"
     """Registered text env id whose tool results are distilled."""

@@ -61,8 +61,8 @@ from r3m_agent.r3m import R3M
 class Config:
     """Evaluate a checkpoint on text envs (test split) and external Sudoku CSVs."""
 
-    checkpoint: str = ""
-    """Checkpoint file (.pt) to evaluate (required)."""
+    checkpoint: str = cli.required(default="")
+    """Checkpoint file (.pt) to evaluate."""
     envs: tuple[str, ...] = ()
     """Registered text env ids (empty: the envs of the families in the checkpoint's specs)."""
     levels: tuple[int, ...] = ()

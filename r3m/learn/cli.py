@@ -91,19 +91,34 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
+def required(**kw: Any) -> Any:
+    """A field the command line must give (``checkpoint: str = required(default="")``): its usage
+    shows it without brackets and leaving it out is a one-line error; the default only lets the
+    dataclass be built in code, where ``__post_init__`` checks it."""
+    return dataclasses.field(metadata={"required": True}, **kw)
+
+
+def help_description(cls: type) -> str:
+    """The ``--help`` description: the class docstring's first paragraph, whole (its first line
+    alone stopped mid-sentence)."""
+    first = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+    return " ".join(first.split())
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     # No abbreviations: ``--iter`` must not silently mean ``--iterations``.
-    parser = _Parser(description=description or (cls.__doc__ or "").strip().split("\n")[0], allow_abbrev=False)
+    parser = _Parser(description=description or help_description(cls), allow_abbrev=False)
     for f in dataclasses.fields(cls):
         conv, kw = _parser_for(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        must = bool(f.metadata.get("required"))
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
-        text = f"{docs.get(f.name, '')} (default: {shown or repr('')})"
+        text = f"{docs.get(f.name, '')} " + ("(required)" if must else f"(default: {shown or 'empty'})")
         text = text.replace("%", "%%")  # argparse %-formats help strings: a literal % must be doubled
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, default=default,
-                            help=text, **kw)
+                            help=text, required=must, **kw)
     return parser
 
 
