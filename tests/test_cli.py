@@ -14,10 +14,11 @@ import torch
 from r3m.learn import cli
 from r3m.learn.cli import build_parser, parse_config
 from r3m.learn.data import TaskSpec, task_spec
-from r3m.train import evaluate, imitate, rl_verify, sb3_baseline
+from r3m.train import distill, evaluate, imitate, rl_verify, sb3_baseline
 from r3m_agent import R3M, R3MConfig, save_checkpoint
 
-SCRIPTS = {"imitate": imitate, "rl_verify": rl_verify, "evaluate": evaluate, "sb3_baseline": sb3_baseline}
+SCRIPTS = {"imitate": imitate, "rl_verify": rl_verify, "evaluate": evaluate, "sb3_baseline": sb3_baseline,
+           "distill": distill}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -133,7 +134,15 @@ def _mistakes(tmp):
         ("evaluate", ["--checkpoint", good, "--envs", "sudoku-grid-v0"], "not a text env"),
         ("evaluate", ["--checkpoint", good, "--sets", "nosuch"], "not registered"),
         ("evaluate", ["--checkpoint", good, "--levels", "9"], "none is a level"),
-        ("sb3_baseline", ["--levels", "9"], "levels must be"),
+        ("imitate", ["--k-train", "0"], "--k-train must be >= 1, got 0"),
+        ("imitate", ["--eval-ks", "0"], "--eval-ks needs one or more values >= 1"),
+        ("rl_verify", ["--iterations", "-3"], "--iterations must be >= 0, got -3"),
+        ("rl_verify", ["--group-size", "1"], "--group-size must be >= 2, got 1"),
+        ("evaluate", ["--checkpoint", good, "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        ("distill", ["--checkpoint", good, "--env", "arithmetic-v0"], "was trained on prefix, not on arithmetic"),
+        ("distill", ["--checkpoint", good, "--env", "prefix-v0", "--steps", "0"], "--steps must be >= 1, got 0"),
+        ("sb3_baseline", ["--timesteps", "-5"], "--timesteps must be >= 1, got -5"),
+        ("sb3_baseline", ["--levels", "9"], "--levels/--eval-levels must be"),
         ("sb3_baseline", ["--out", str(blocker)], "is a file"),
     ], out
 

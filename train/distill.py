@@ -96,8 +96,7 @@ class Config:
         levels = envs.make_family(self.family).levels
         if any(lv not in levels for lv in (*self.levels, *self.distill_levels)):
             raise ValueError(f"--levels/--distill-levels: {self.family} has levels {levels}")
-        if self.n < 1 or self.steps < 1 or self.batch < 1:
-            raise ValueError("need --n, --steps and --batch >= 1")
+        cli.check_at_least(self, n=1, steps=1, batch=1)
         check_device(self.device)
 
     @property
@@ -109,7 +108,10 @@ class Config:
         specs = [TaskSpec.from_dict(d) for d in (payload.get("extra") or {}).get("specs", [])]
         spec = next((s for s in specs if s.family == self.family), None)
         if spec is None:
-            raise ValueError(f"--checkpoint {self.checkpoint} has no decoding spec for {self.family!r}")
+            trained = ", ".join(s.family for s in specs) or "no family it records"
+            raise ValueError(f"--checkpoint {self.checkpoint} was trained on {trained}, not on {self.family} (the "
+                             f"family of --env {self.env}): pass the --env of a family it was trained on, or a "
+                             f"checkpoint trained on {self.family} (train/imitate.py --families {self.family})")
         return spec
 
 

@@ -101,8 +101,7 @@ class Config:
             raise ValueError("--checkpoint is required")
         if not self.k or min(self.k) < 1:
             raise ValueError(f"--k needs one or more values >= 1, got {self.k}")
-        if self.n < 0 or self.set_limit < 0 or self.batch_size < 1:
-            raise ValueError("--n and --set-limit must be >= 0 and --batch-size >= 1")
+        cli.check_at_least(self, n=0, set_limit=0, batch_size=1)
         unknown = [s for s in self.sets if s not in envs.list_eval_sets()]
         if unknown:
             raise ValueError(f"--sets {' '.join(unknown)}: not registered; registered: "

@@ -181,8 +181,7 @@ class Config:
             raise ValueError("stage 2 continues a stage-1 model: run --stage 1,2 (or --resume a stage-1 run)")
         if self.preset not in PRESETS or self.lm_preset not in PRESETS:
             raise ValueError(f"unknown preset; choose from {sorted(PRESETS)}")
-        if self.k_train < 1 or not 1 <= self.grad_steps:
-            raise ValueError("need k_train >= 1 and grad_steps >= 1")
+        cli.check_at_least(self, k_train=1, grad_steps=1)
         for name, value, stage in (("steps", self.steps, 1), ("halt-steps", self.halt_steps, 2),
                                    ("lm-steps", self.lm_steps, 0)):
             if stage in stages and value < 1:
@@ -191,8 +190,9 @@ class Config:
             raise ValueError(f"--mem-slots must be >= 0 (0: the preset's), got {self.mem_slots}")
         if not 0.0 <= self.curriculum < 1.0:
             raise ValueError(f"--curriculum is a share of the stage-1 steps in [0, 1), got {self.curriculum}")
-        if self.batch_size < 1 or self.eval_n < 1 or not self.eval_ks or min(self.eval_ks) < 1:
-            raise ValueError("need --batch-size >= 1, --eval-n >= 1 and --eval-ks values >= 1")
+        cli.check_at_least(self, batch_size=1, eval_n=1)
+        if not self.eval_ks or min(self.eval_ks) < 1:
+            raise ValueError(f"--eval-ks needs one or more values >= 1, got {' '.join(map(str, self.eval_ks)) or 'none'}")
         check_families(self.families, self.levels)
         unknown = [lv for lv in self.eval_levels
                    if not any(lv in envs.make_family(f).levels for f in self.families)]

@@ -217,10 +217,9 @@ class Config:
                              f"got {self.env!r}")
         if self.advantage not in ("grpo", "rloo"):
             raise ValueError(f"--advantage must be grpo or rloo, got {self.advantage!r}")
-        if not 0.0 <= self.warm_curriculum < 1.0 or self.warm_halt_steps < 1:
-            raise ValueError("need 0 <= --warm-curriculum < 1 and --warm-halt-steps >= 1")
-        if self.group_size < 2 or self.groups < 1 or self.iterations < 0 or self.epochs < 1:
-            raise ValueError("need group_size >= 2, groups >= 1, iterations >= 0 and epochs >= 1")
+        if not 0.0 <= self.warm_curriculum < 1.0:
+            raise ValueError(f"--warm-curriculum is a share of the warm-start steps in [0, 1), got {self.warm_curriculum}")
+        cli.check_at_least(self, warm_halt_steps=1, group_size=2, groups=1, iterations=0, iterations_after=0, epochs=1)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.k < 0 or (self.k == 0 and not self.init):

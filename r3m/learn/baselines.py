@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from r3m import envs  # noqa: F401  (registers sudoku-grid-v0)
-from r3m.learn.cli import check_device
+from r3m.learn.cli import check_at_least, check_device
 from r3m.learn.data import DemoSource, TaskSpec
 from r3m.learn.evaluation import EVAL_SEED, evaluate_family, evaluate_instances, external_sets
 from r3m.learn.loop import FitSpec, train_phase
@@ -157,10 +157,9 @@ class MaskablePPOSettings:
     def __post_init__(self) -> None:
         bad = [lv for lv in (*self.levels, *self.eval_levels) if lv not in LEVELS]
         if bad or not self.levels:
-            raise ValueError(f"levels must be non-empty and within {LEVELS}, "
+            raise ValueError(f"--levels/--eval-levels must be non-empty and within {LEVELS}, "
                              f"got {self.levels} / {self.eval_levels}")
-        if self.timesteps < 1 or self.n_envs < 1 or self.n_steps < 1 or self.eval_n < 0 or self.set_limit < 0:
-            raise ValueError("timesteps, n_envs and n_steps must be >= 1; eval_n and set_limit >= 0")
+        check_at_least(self, timesteps=1, n_envs=1, n_steps=1, eval_n=0, set_limit=0)
         check_device(self.device)
         if self.family not in envs.list_families() or not envs.make_family(self.family).numeric_env:
             raise ValueError(f"--family {self.family}: not a registered family with a numeric env")

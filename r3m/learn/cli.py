@@ -179,6 +179,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
         parser.error(str(exc))
 
 
+def check_at_least(cfg: Any, **minimums: float) -> None:
+    """Raise ValueError naming the first option below its minimum (``--iterations must be >= 0, got
+    -3``): a message that lists every bound leaves the user to find which value was wrong."""
+    for name, low in minimums.items():
+        value = getattr(cfg, name)
+        if value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low:g}, got {value}")
+
+
 def check_device(name: str) -> None:
     """Raise ValueError unless ``name`` (cpu, cuda, cuda:N, mps or auto) is usable on this machine."""
     import torch
