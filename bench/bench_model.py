@@ -28,11 +28,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from r3m.learn.cli import require_train_extra  # noqa: E402
+
+require_train_extra(__name__)  # without torch: one line naming the extra, not a traceback
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from r3m_agent import PRESETS, DenseTransformer, R3M, count_parameters, dense_config_like  # noqa: E402
 from r3m.learn.cli import parse_config  # noqa: E402

@@ -3,6 +3,7 @@ no task-family knowledge in the scripts or the training package."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -111,3 +112,19 @@ def test_pytest_as_documented_ends_with_the_passed_count(tmp_path):
                               capture_output=True, text=True, cwd=tmp_path, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert re.search(r"^=* ?2 passed in [\d.]+s", proc.stdout, re.M), (name, flags, proc.stdout)
+
+
+def test_a_script_without_the_train_extra_ends_in_one_line_naming_it(tmp_path):
+    """In a torch-free install (``pip install .``) a training script, even asked for --help, ends with
+    one line naming the extra to install, not a ModuleNotFoundError traceback."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # importing torch fails\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    scripts = [*sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "train").glob("[!_]*.py")),
+               "bench/bench_model.py"]
+    for script in scripts:
+        proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and proc.stdout == "" and len(lines) == 1, (script, proc.stderr)
+        assert lines[0].startswith(f"{Path(script).name}: error: torch not installed") and \
+            'pip install -e ".[train]"' in lines[0], lines[0]

@@ -22,6 +22,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/distill.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from r3m.learn.cli import require_train_extra
+
+require_train_extra(__name__)  # without torch: one line naming the extra, not a traceback
+
 from r3m import envs
 from r3m.learn import cli
 from r3m.learn.cli import check_device

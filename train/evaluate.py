@@ -32,11 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import torch
-
 if __package__ in (None, ""):  # `python train/evaluate.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r3m.learn.cli import require_train_extra
+
+require_train_extra(__name__)  # without torch: one line naming the extra, not a traceback
+
+import gymnasium as gym
+import torch
 
 from r3m import envs
 from r3m.learn import cli

@@ -47,11 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-
 if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r3m.learn.cli import require_train_extra
+
+require_train_extra(__name__)  # without torch: one line naming the extra, not a traceback
+
+import numpy as np
+import torch
 
 from r3m import envs, tools
 from r3m.learn import baselines, cli, stages

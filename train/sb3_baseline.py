@@ -26,10 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 if __package__ in (None, ""):  # `python train/sb3_baseline.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r3m.learn.cli import require_train_extra
+
+require_train_extra(__name__)  # without torch: one line naming the extra, not a traceback
+
+import torch
 
 from r3m.learn import cli
 from r3m.learn.baselines import MaskablePPOSettings, train_maskable_ppo

@@ -179,6 +179,26 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None) -> T:
         parser.error(str(exc))
 
 
+# What the scripts import on load; the rest of the ``train`` extra (tensorboard, stable-baselines3)
+# is imported where it is used.
+TRAIN_MODULES = ("torch", "tqdm", "matplotlib")
+
+
+def require_train_extra(module_name: str) -> None:
+    """A script's guard before its first ``import torch``: run as ``__main__`` in an install without
+    the ``train`` extra (``pip install .`` installs the task suite alone), end with one line that
+    names the extra instead of a ModuleNotFoundError traceback. Imported as a module, do nothing:
+    the import error is the library's answer."""
+    if module_name != "__main__":
+        return
+    missing = [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "r3m"
+        sys.stderr.write(f"{prog}: error: {', '.join(missing)} not installed; the models and their training "
+                         "need the 'train' extra: pip install -e \".[train]\"\n")
+        raise SystemExit(2)
+
+
 def check_at_least(cfg: Any, **minimums: float) -> None:
     """Raise ValueError naming the first option below its minimum (``--iterations must be >= 0, got
     -3``): a message that lists every bound leaves the user to find which value was wrong."""
