@@ -23,16 +23,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from reproduce import PLAN, Job, staleness  # noqa: E402
 
+from r3m.learn.reporting import pct  # noqa: E402  (the console's format)
+
 README = ROOT / "README.md"
 START, END = "<!-- results:start (python bench/report.py) -->", "<!-- results:end -->"
 
 
 def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def pct(x) -> str:
-    return "-" if x is None else f"{100 * float(x):.1f}%"
 
 
 def _get(d, k):

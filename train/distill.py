@@ -33,7 +33,7 @@ from r3m.learn.data import TaskSpec
 from r3m.learn.distill import Distillation, levels_to_distill, run_distillation
 from r3m.learn.evaluation import tool_snapshot
 from r3m.learn.policy import Policy
-from r3m.learn.reporting import log, setup_logging, write_metrics
+from r3m.learn.reporting import log, pct, setup_logging, write_metrics
 from r3m.learn.run import jsonable, start_run, stream_seed
 from r3m_agent import model_from_checkpoint
 from r3m_agent.checkpoint import read_checkpoint
@@ -144,9 +144,9 @@ def main(cfg: Config) -> dict:
         table = f"distillation of levels {numbers['levels']}: {numbers['note']}"
     else:
         table = (f"distillation of levels {numbers['levels']} ({numbers['examples']} verified tool answers): "
-                 f"tool-free accuracy {numbers['before']:.3f} -> {numbers['after']:.3f}, call rate "
-                 f"{numbers['calls_before']:.3f} -> {numbers['calls_after']:.3f}; success with tools "
-                 f"{before['with_tools']:.3f} -> {after['with_tools']:.3f}")
+                 f"tool-free accuracy {pct(numbers['before'])} -> {pct(numbers['after'])}, call rate "
+                 f"{pct(numbers['calls_before'])} -> {pct(numbers['calls_after'])}; success with tools "
+                 f"{pct(before['with_tools'])} -> {pct(after['with_tools'])}")
     return write_metrics(run.dir, metrics, table)
 
 

@@ -55,7 +55,7 @@ from r3m.learn.evaluation import (
 )
 from r3m.learn.plots import plot_accuracy_vs_k
 from r3m.learn.policy import Policy
-from r3m.learn.reporting import Logger, eval_table, log, mean, setup_logging, write_metrics
+from r3m.learn.reporting import Logger, eval_table, log, mean, pct, setup_logging, write_metrics
 from r3m.learn.run import jsonable, resolve_device
 from r3m_agent.checkpoint import model_from_checkpoint, read_checkpoint
 from r3m_agent.r3m import R3M
@@ -248,6 +248,13 @@ def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], exter
 
 
 # -- reporting -------------------------------------------------------------------------------
+def headline(cfg: Config, model: torch.nn.Module) -> str:
+    """What the headline accuracy is: at the largest --k, with halting capped there, or the dense model's."""
+    if not isinstance(model, R3M):
+        return "dense"
+    return f"halting, K<={max(cfg.k)}" if cfg.halt else f"K={max(cfg.k)}"
+
+
 def log_scalars(cfg: Config, run_dir: Path, results: dict[str, dict]) -> None:
     values = {}
     for name, r in results.items():
@@ -283,7 +290,7 @@ def main(cfg: Config) -> dict:
     with torch.no_grad():
         for target in sets:
             res = results[target.name] = evaluate_target(cfg, model, target)
-            log.info(f"{target.name}: accuracy {res['accuracy']:.3f} (n={res['n']})")
+            log.info(f"{target.name}: accuracy {pct(res['accuracy'])} ({headline(cfg, model)}, n={res['n']})")
     metrics: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "model_class": payload["model_class"],
         "phase": (payload.get("extra") or {}).get("phase"), "step": payload.get("step"),
@@ -295,7 +302,7 @@ def main(cfg: Config) -> dict:
     log_scalars(cfg, run_dir, results)
     if metrics.get("accuracy_vs_k"):
         plot_accuracy_vs_k(metrics["accuracy_vs_k"], {}, run_dir / "accuracy_vs_k.png")
-    metrics = write_metrics(run_dir, metrics, eval_table(results))
+    metrics = write_metrics(run_dir, metrics, eval_table(results, headline(cfg, model)))
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
     return metrics
 

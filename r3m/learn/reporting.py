@@ -170,8 +170,15 @@ class Logger:
 
 
 # -- results tables ----------------------------------------------------------------------------------
+def pct(x: float | None) -> str:
+    """A share as the README prints it (``0.973`` -> ``97.3%``; ``None`` -> ``-``): the console, the
+    metrics' tables and ``bench/report.py`` use this one format."""
+    return "-" if x is None else f"{100 * float(x):.1f}%"
+
+
 def imitation_table(metrics: Mapping[str, Any], ks: Sequence[int]) -> str:
-    """Accuracy against K beside the dense baselines, halting, and Stage 0 (``train/imitate.py``)."""
+    """Accuracy against K beside the dense baselines and the exit criterion, the streamed-memory
+    measurements, halting, and Stage 0 (``train/imitate.py``)."""
     lines = []
     base = metrics.get("baseline", {})
     if "accuracy_vs_k" in metrics:
@@ -183,28 +190,63 @@ def imitation_table(metrics: Mapping[str, Any], ks: Sequence[int]) -> str:
         for key, suffix in (("accuracy_vs_k", ""), ("accuracy_vs_k_harder", " (harder, untrained level)")):
             for fam, curve in metrics.get(key, {}).items():
                 dense = [base[k]["accuracy" + ("_harder" if suffix else "")].get(fam) for k in kinds]
-                lines.append(f"| {fam}{suffix} | " + " | ".join(f"{_get(curve, k):.3f}" for k in ks)
-                             + "".join(f" | {'-' if d is None else f'{d:.3f}'}" for d in dense) + " |")
+                lines.append(f"| {fam}{suffix} | " + " | ".join(pct(_get(curve, k)) for k in ks)
+                             + "".join(f" | {pct(d)}" for d in dense) + " |")
         if kinds:
             lines.append("\ndense baselines (best of the learning rates tried, chosen on held-out train instances): "
                          + "; ".join(f"{names[k]} {base[k]['params']:,} params, {base[k]['layers']} layers, "
                                      f"lr {base[k]['best_lr']:g}" for k in kinds))
+        lines += [""] + [exit_line(fam, e) for fam, e in metrics.get("exit_criterion", {}).items()]
+    if metrics.get("memory"):
+        lines += ["", memory_table(metrics["memory"])]
     if "halting" in metrics:
-        lines += ["", "| family | halting accuracy | fixed-K accuracy | avg steps | fixed K | FLOPs ratio | "
-                      "speedup | Spearman(steps, level) | steps by level |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| family | halting accuracy | fixed-K accuracy | avg steps | fixed K | block applications "
+                      "vs fixed K | speedup | Spearman(steps, level) | steps by level |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for fam, h in metrics["halting"].items():
             by = ", ".join(f"L{lv}: {st:.2f}" for lv, st in h["steps_by_level"].items())
-            lines.append(f"| {fam} | {h['accuracy']:.3f} | {h['fixed_k_accuracy']:.3f} | {h['avg_steps']:.2f} | "
-                         f"{h['fixed_k']} | {h.get('flops_ratio', float('nan')):.3f} | "
-                         f"{h.get('speedup', float('nan')):.2f} | {h.get('spearman_steps_level', float('nan')):.2f} | "
+            lines.append(f"| {fam} | {pct(h['accuracy'])} | {pct(h['fixed_k_accuracy'])} | {h['avg_steps']:.2f} | "
+                         f"{h['fixed_k']} | {pct(h.get('flops_ratio'))} | "
+                         f"{h.get('speedup', float('nan')):.2f}x | {h.get('spearman_steps_level', float('nan')):.2f} | "
                          f"{by} |")
     if "stage0" in metrics:
         g = metrics["stage0"]["generation"]
         lines += ["", "| stage 0 | immediate EOS | distinct-1 | distinct-2 | longest repeat run | non-degenerate |",
                   "|---|---|---|---|---|---|",
-                  f"| dense LM | {g['immediate_eos_rate']:.3f} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | "
+                  f"| dense LM | {pct(g['immediate_eos_rate'])} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | "
                   f"{g['longest_repeat_run']} | {metrics['stage0']['non_degenerate']} |"]
     return "\n".join(lines)
+
+
+def exit_line(family: str, e: Mapping[str, Any]) -> str:
+    """Stage 1's exit criterion for one family (``signals.exit_criterion``): each check, the numbers
+    it read and the verdict, or "not measured" when a K it reads was not evaluated (``--eval-ks``)."""
+    def name(key: str) -> str:  # "K16" -> "K=16", "longer_K16" -> "longer K=16"
+        return key.replace("_", " ").replace("K", "K=")
+
+    values = {k: v for k, v in e.items() if k not in ("checks", "passed")}
+    ks = [name(k) for k in values if not k.startswith("longer")]
+    missing = [name(k) for k, v in values.items() if v is None and not k.startswith("longer")]
+    if missing:
+        return f"exit criterion ({family}): not measured (it reads {', '.join(ks)}; {', '.join(missing)} not in --eval-ks)"
+    return (f"exit criterion ({family}): " + ", ".join(f"{k} {'yes' if ok else 'no'}" for k, ok in e["checks"].items())
+            + " (" + ", ".join(f"{name(k)} {pct(v)}" for k, v in values.items())
+            + f") -> {'passed' if e['passed'] else 'not passed'}")
+
+
+def memory_table(memory: Mapping[str, Mapping[str, Any]]) -> str:
+    """The streamed-memory measurements (``train/imitate.py --stream``, metrics "memory"): accuracy
+    against chance, the ablations, writes and where they go, and the write-threshold sweep."""
+    lines = ["| family (streamed) | trained levels | longer streams | chance | reads off | trained without memory | "
+             "writes / episode | write rate: facts | write rate: distractors |", "|---|---|---|---|---|---|---|---|---|"]
+    for fam, r in memory.items():
+        lines.append(f"| {fam} | {pct(r['accuracy'])} | {pct(r.get('accuracy_longer'))} | {pct(r.get('chance'))} | "
+                     f"{pct(r.get('no_memory'))} | {pct(r.get('no_memory_trained'))} | {r['writes_per_sample']:.2f} | "
+                     f"{pct(r.get('write_rate_fact'))} | {pct(r.get('write_rate_distractor'))} |")
+    sweeps = [f"write threshold sweep ({fam}): " + ", ".join(
+        f"{p['threshold']:g}: {p['writes_per_sample']:.2f} writes, {pct(p['accuracy'])}" for p in r["write_sweep"])
+        for fam, r in memory.items() if r.get("write_sweep")]
+    return "\n".join(lines + ([""] + sweeps if sweeps else []))
 
 
 def _get(curve: Mapping, k: int) -> float:
@@ -218,38 +260,40 @@ def rl_table(metrics: Mapping[str, Any]) -> str:
     sets = list(metrics["baselines"]["r3m_with_tools"])
     lines = ["| model | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
     for name, res in metrics["baselines"].items():
-        cells = [f"{res[s]:.3f}" if isinstance(res.get(s), (int, float)) else "-" for s in sets]
+        cells = [pct(res[s]) if isinstance(res.get(s), (int, float)) else "-" for s in sets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| phase | reward (sampled) | reward (greedy) | success with tools | without tools | call rate | "
                   "tool precision | tool recall | unneeded calls | steps |", "|---" * 10 + "|"]
     for name, p in metrics.get("phases", {}).items():
         t = p["tools"]
-        lines.append(f"| {name} | {p['reward']:.3f} | {p['greedy_reward']:.3f} | {p['with_tools']:.3f} | "
-                     f"{p['without_tools']:.3f} | {t['call_rate']:.3f} | {t['precision']:.3f} | {t['recall']:.3f} | "
-                     f"{t['unneeded_call_rate']:.3f} | {p.get('steps', float('nan')):.2f} |")
+        lines.append(f"| {name} | {p['reward']:.3f} | {p['greedy_reward']:.3f} | {pct(p['with_tools'])} | "
+                     f"{pct(p['without_tools'])} | {pct(t['call_rate'])} | {t['precision']:.3f} | {t['recall']:.3f} | "
+                     f"{pct(t['unneeded_call_rate'])} | {p.get('steps', float('nan')):.2f} |")
     d = metrics.get("distill") or {}
     if d.get("note"):
         lines.append(f"\ndistillation (levels {d['levels']}): {d['note']}")
     elif d.get("levels"):
         lines.append(f"\ndistillation (levels {d['levels']}, {d['examples']} verified tool answers): tool-free accuracy "
-                     f"{d['before']:.3f} -> {d['after']:.3f}, call rate {d['calls_before']:.3f} -> {d['calls_after']:.3f}")
+                     f"{pct(d['before'])} -> {pct(d['after'])}, call rate {pct(d['calls_before'])} -> "
+                     f"{pct(d['calls_after'])}")
     return "\n".join(lines)
 
 
-def eval_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Accuracy per evaluation set and K, halting and tool calls (``train/evaluate.py``)."""
+def eval_table(results: Mapping[str, Mapping[str, Any]], headline: str = "") -> str:
+    """Accuracy per evaluation set and K, halting and tool calls (``train/evaluate.py``);
+    ``headline`` says what the "accuracy" column is (e.g. ``K=8``, ``halting, K<=8``)."""
     ks = sorted({K for r in results.values() for K in r.get("accuracy_vs_k", {})})
     halt = any("halting" in r for r in results.values())
     head = ["set", "n", *(f"K={K}" for K in ks), *(["halting", "avg steps"] if halt else []),
-            "accuracy", "tool calls"]
+            f"accuracy ({headline})" if headline else "accuracy", "tool calls"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, r in results.items():
-        row = [name, str(r["n"]), *(f"{r['accuracy_vs_k'][K]:.3f}" if K in r.get("accuracy_vs_k", {}) else "-"
+        row = [name, str(r["n"]), *(pct(r["accuracy_vs_k"][K]) if K in r.get("accuracy_vs_k", {}) else "-"
                                     for K in ks)]
         if halt:
             h = r.get("halting")
-            row += [f"{h['accuracy']:.3f}", f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
-        row += [f"{r['accuracy']:.3f}", f"{r['tool_call_rate']:.3f}"]
+            row += [pct(h["accuracy"]), f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
+        row += [pct(r["accuracy"]), pct(r["tool_call_rate"])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -258,5 +302,5 @@ def grid_table(metrics: Mapping[str, Any]) -> str:
     """Success per evaluation set of a numeric-env baseline (``train/sb3_baseline.py``)."""
     lines = ["| set | n | success | mean cells filled |", "|---|---|---|---|"]
     for key, value in metrics["success"].items():
-        lines.append(f"| {key} | {metrics['n'][key]} | {value:.3f} | {metrics['filled'][key]:.1f} |")
+        lines.append(f"| {key} | {metrics['n'][key]} | {pct(value)} | {metrics['filled'][key]:.1f} |")
     return "\n".join(lines)
