@@ -114,6 +114,22 @@ def test_consolidation_changes_only_the_semantic_memory(tmp_path):
     assert semantic and any(changed)
 
 
+def test_a_target_is_judged_only_when_its_tasks_were_learned():
+    fams, chance = ["memory", "listops", "prefix"], {"memory": 0.2, "listops": 0.05, "prefix": 0.03}
+    learned = [[0.9, 0.0, 0.0], [0.85, 0.8, 0.0], [0.8, 0.7, 0.05]]
+    t = consolidate.targets({"family": "memory", "ratio": 0.5}, {"memory": {"target_accuracy": 0.9}}, -0.05,
+                            learned, fams, chance)
+    assert t["writes_to_target_ratio"] == {"target": "<= 0.7", "value": 0.5, "passed": True, "measurable": True}
+    assert t["bwt_consolidation"]["passed"] is False and t["bwt_consolidation"]["measurable"] is True
+    # listops 10 points above chance on its own stage: its "no forgetting" means nothing (prefix is last: unread)
+    shallow = [[0.9, 0.0, 0.0], [0.9, 0.15, 0.0], [0.9, 0.15, 0.0]]
+    t = consolidate.targets({"family": "memory", "ratio": None}, {"memory": {"target_accuracy": 0.45}}, 0.0,
+                            shallow, fams, chance)
+    assert t["bwt_consolidation"] == {"target": ">= -0.01", "value": 0.0, "passed": None, "measurable": False,
+                                      "why": "listops not learned (below chance + 30 points on their own stage)"}
+    assert "memory was not learned" in t["writes_to_target_ratio"]["why"]
+
+
 def test_tiny_run_writes_metrics_and_plots(tmp_path):
     cfg = consolidate.Config(steps=2, stream_batch=2, batch_size=4, consolidate_steps=2, replay_turns=4,
                              replay_capacity=16, k_train=2, eval_n=2, write_thresholds=(0.5, 0.99, 1.0),
@@ -127,7 +143,10 @@ def test_tiny_run_writes_metrics_and_plots(tmp_path):
     assert set(saved["bwt"]) == set(saved["accuracy_matrix"]) == set(saved["acc"]) == set(consolidate.ARMS)
     T = len(cfg.families)
     assert all(len(R) == T and all(len(row) == T for row in R) for R in saved["accuracy_matrix"].values())
-    assert all(isinstance(t["passed"], bool) for t in saved["targets"].values())
+    # two steps per task learn nothing: no target may read "pass" (a BWT of 0 with nothing to forget)
+    assert all(t["measurable"] is False and t["passed"] is None and t["why"] for t in saved["targets"].values())
+    assert saved["results_table"].count("-> not measurable: ") == 2 and "-> pass" not in saved["results_table"]
+    assert set(saved["chance"]) == set(cfg.families)
     assert saved["replay"]["size"] == 16 and set(saved["replay"]["mix"]) <= set(cfg.families)
     assert metrics["bwt"]["consolidation"] == continual.bwt(saved["accuracy_matrix"]["consolidation"])
     for png in ("accuracy_vs_writes.png", "accuracy_matrix.png"):

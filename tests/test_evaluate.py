@@ -9,6 +9,7 @@ from conftest import needs_eval_data
 from r3m import tools
 from r3m.learn.cli import parse_config
 from r3m.learn.data import TaskSpec
+from r3m.train import evaluate
 from r3m.train.evaluate import Config, main
 from r3m_agent import DenseConfig, DenseTransformer, R3M, R3MConfig, save_checkpoint
 
@@ -46,13 +47,24 @@ def test_k_values_and_halting_give_imitate_keys(ckpts, tmp_path):
     h = m["halting"]["sudoku"]
     assert {"accuracy", "avg_steps", "fixed_k", "fixed_k_accuracy"} <= set(h)
     assert h["fixed_k"] == 3 and 1.0 <= h["avg_steps"] <= 3.0  # halting is capped at the largest K
-    assert m["sets"] == {} and m["specs"]["sudoku"]["width"] == 82 and m["notes"] == []
+    assert m["sets"] == {} and m["specs"]["sudoku"]["width"] == 82
+    assert m["notes"] == [evaluate.halting_note({"extra": {"phase": "stage1"}})]  # halting never trained
+    assert "before stage 2 trained the halting head" in m["results_table"]
+    assert "| accuracy (halting, K<=3) |" in m["results_table"] and "%" in m["results_table"]
     assert m["writes_per_sample"] >= 0 and m["tool_call_rate"] == 0.0  # tools off by default
     assert m["phase"] == "stage1" and m["step"] == 7
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert on_disk["accuracy_vs_k"]["sudoku"].keys() == {"1", "3"}
     assert on_disk["halting"]["sudoku"]["fixed_k"] == 3
     assert (tmp_path / "out" / "accuracy_vs_k.png").exists()
+
+
+def test_halting_of_a_stage2_checkpoint_needs_no_note(ckpts, tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "halt.pt", R3M(TINY), extra={"specs": [SUDOKU_SPEC.as_dict()], "phase": "stage2"})
+    m = run(tmp_path, checkpoint=str(tmp_path / "halt.pt"), k=(2,), halt=True)
+    assert m["notes"] == [] and "halting" in m
+    assert "unknown" in evaluate.halting_note({"extra": {"rl": {}}})  # an RL checkpoint records no phase
 
 
 def test_default_levels_are_training_levels_plus_next(ckpts, tmp_path):

@@ -248,6 +248,19 @@ def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], exter
 
 
 # -- reporting -------------------------------------------------------------------------------
+def halting_note(payload: dict[str, Any]) -> str | None:
+    """Why the halting column may read an untrained head: imitation checkpoints record their phase, and
+    only stage 2 trains halting; RL and distillation checkpoints record none."""
+    phase = (payload.get("extra") or {}).get("phase")
+    if phase == "stage2":
+        return None
+    if phase:
+        return (f"--halt: this checkpoint is from phase {phase}, before stage 2 trained the halting head, so the "
+                "halting column measures an untrained head (train/imitate.py --stage 1,2 trains it)")
+    return ("--halt: this checkpoint records no training phase (RL and distillation checkpoints do not), so "
+            "whether its halting head was trained is unknown")
+
+
 def headline(cfg: Config, model: torch.nn.Module) -> str:
     """What the headline accuracy is: at the largest --k, with halting capped there, or the dense model's."""
     if not isinstance(model, R3M):
@@ -280,6 +293,8 @@ def main(cfg: Config) -> dict:
     if not isinstance(model, R3M):
         notes.append(f"{payload['model_class']} has no refinement steps: --k is ignored"
                      + ("; --halt does not apply" if cfg.halt else ""))
+    elif cfg.halt and halting_note(payload):
+        notes.append(halting_note(payload))
     sets = targets(cfg, payload, notes)
     for note in notes:
         log.info(note)
@@ -302,7 +317,8 @@ def main(cfg: Config) -> dict:
     log_scalars(cfg, run_dir, results)
     if metrics.get("accuracy_vs_k"):
         plot_accuracy_vs_k(metrics["accuracy_vs_k"], {}, run_dir / "accuracy_vs_k.png")
-    metrics = write_metrics(run_dir, metrics, eval_table(results, headline(cfg, model)))
+    table = eval_table(results, headline(cfg, model)) + "".join(f"\nnote: {n}" for n in notes)
+    metrics = write_metrics(run_dir, metrics, table)
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
     return metrics
 
