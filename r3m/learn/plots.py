@@ -98,21 +98,39 @@ def plot_training_curve(episodes: Sequence[tuple[int, float]], path: Path, title
 
 def plot_accuracy_vs_writes(sweeps: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> None:
     """Accuracy against memory writes per sample, one curve per family (the write gate's threshold
-    rising from point to point)."""
+    rising from point to point); see ``accuracy_vs_writes_figure``."""
+    accuracy_vs_writes_figure(sweeps).savefig(path, dpi=120)
+
+
+def accuracy_vs_writes_figure(sweeps: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
+    """The figure of ``plot_accuracy_vs_writes``. Sweeps often sit on one point (a closed write gate
+    writes nothing at any threshold; an unlearned task scores chance at all of them), so the
+    thresholds that land on the same point share one label (a sweep on one point is labelled in the
+    legend), each curve's labels sit at their own height, and the writes axis starts at 0 and spans at
+    least one write."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    for fam, sweep in sweeps.items():
-        ax.plot([p["writes_per_sample"] for p in sweep], [p["accuracy"] for p in sweep], "o-", label=fam)
+    markers = "osD^v<>"
+    for i, (fam, sweep) in enumerate(sweeps.items()):
+        points: dict[tuple[float, float], list[float]] = {}
         for p in sweep:
-            ax.annotate(f"{p['threshold']:g}", (p["writes_per_sample"], p["accuracy"]), fontsize=6,
-                        textcoords="offset points", xytext=(3, 3))
+            points.setdefault((round(p["writes_per_sample"], 4), round(p["accuracy"], 4)), []).append(p["threshold"])
+        xs, ys = [p["writes_per_sample"] for p in sweep], [p["accuracy"] for p in sweep]
+        alone = f" (every threshold: {xs[0]:.2f} writes, {100 * ys[0]:.1f}%)" if len(points) == 1 and sweep else ""
+        ax.plot(xs, ys, markers[i % len(markers)] + "-", color=f"C{i}", label=fam + alone, alpha=0.8,
+                ms=8 - 1.5 * min(i, 3))  # later curves drawn smaller, so a curve on top of another shows both
+        for (x, y), thresholds in points.items() if not alone else ():  # one point: the legend says it
+            ax.annotate("t=" + ", ".join(f"{t:g}" for t in thresholds), (x, y), fontsize=6, color=f"C{i}",
+                        textcoords="offset points", xytext=(6, 4 + 9 * i), va="bottom")
+    top = max((p["writes_per_sample"] for sweep in sweeps.values() for p in sweep), default=0.0)
+    ax.set_xlim(-0.02 * max(top, 1.0), max(top * 1.25, 1.0))
     ax.set_xlabel("memory writes per sample")
     ax.set_ylabel("exact accuracy (test split, trained levels)")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def plot_accuracy_matrix(matrices: Mapping[str, Sequence[Sequence[float]]], tasks: Sequence[str], path: Path) -> None:
