@@ -67,6 +67,17 @@ def test_halting_of_a_stage2_checkpoint_needs_no_note(ckpts, tmp_path):
     assert "unknown" in evaluate.halting_note({"extra": {"rl": {}}})  # an RL checkpoint records no phase
 
 
+def test_a_missing_evaluation_set_is_skipped_with_a_note(ckpts, tmp_path, monkeypatch):
+    """The README's command (--sets norvig_top95) runs without the external sets, as every script does."""
+    monkeypatch.setenv("R3M_EVAL_DIR", str(tmp_path / "no_sets_here"))
+    m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), k=(1,), sets=("norvig_top95",))
+    assert m["sets"] == {} and set(m["accuracy"]) == {"sudoku"}
+    assert any(n.startswith("--sets norvig_top95: skipped, its file is missing") for n in m["notes"])
+    with pytest.raises(ValueError, match="nothing to evaluate: every --sets file is missing"):
+        run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), n=0, sets=("norvig_top95",), out=str(tmp_path / "none"))
+    assert not (tmp_path / "none").exists()
+
+
 def test_default_levels_are_training_levels_plus_next(ckpts, tmp_path):
     m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), k=(1,), levels=())
     assert set(m["accuracy_vs_k_by_level"]["sudoku"][1]) == {1, 2}

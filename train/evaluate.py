@@ -187,10 +187,14 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
     for name in cfg.sets:
         family = envs.eval_set(name).family
         instances = envs.load_eval_set(name, limit=cfg.set_limit or None, seed=cfg.set_seed)
-        if instances is None:
-            raise UsageError(f"--sets {name}: its file is missing ({envs.eval_set_path(name)}); set R3M_EVAL_DIR "
-                             "to the folder of the evaluation sets")
+        if instances is None:  # as in every script: a missing set is skipped (load_eval_set warned)
+            notes.append(f"--sets {name}: skipped, its file is missing ({envs.eval_set_path(name)}; the sets are "
+                         "read from $R3M_EVAL_DIR or ../shared/eval beside the checkout)")
+            continue
         out.append(Target(name, env_id_of(family), spec_for(family, specs, notes), instances=instances))
+    if not out:
+        raise UsageError("nothing to evaluate: every --sets file is missing and no env was asked for (--n 0); set "
+                         "R3M_EVAL_DIR to the folder of the evaluation sets, or pass --envs")
     return out
 
 
