@@ -1,11 +1,13 @@
-"""Regenerate the README's results section from the result files (nothing typed by hand).
+"""Regenerate the README's results section and its Commands table from the result files (nothing
+typed by hand).
 
-    python bench/report.py            # rewrite README.md between the results markers
+    python bench/report.py            # rewrite README.md between the results and the commands markers
     python bench/report.py --check    # exit 1 if README.md is out of date or a result is stale
 
 Sources: ``results/<name>/metrics.json`` for the runs in ``bench/reproduce.py``'s ``PLAN`` (each
 names its command, commit and machine), and ``bench/results/*.json`` for benchmarks. A missing
-result is shown as missing. ``--check`` also fails when a result is stale (``reproduce.staleness``:
+result is shown as missing. The Commands table gives each command the time its result took
+(``COMMANDS`` names the result; a row without one reads "not measured at this commit"). ``--check`` also fails when a result is stale (``reproduce.staleness``:
 its commit is not an ancestor of HEAD, it was made from uncommitted changes, or its recorded
 configuration is not what its command gives at HEAD).
 """
@@ -27,6 +29,37 @@ from r3m.learn.reporting import pct  # noqa: E402  (the console's format)
 
 README = ROOT / "README.md"
 START, END = "<!-- results:start (python bench/report.py) -->", "<!-- results:end -->"
+COMMANDS_START, COMMANDS_END = "<!-- commands:start (python bench/report.py) -->", "<!-- commands:end -->"
+
+# The README's Commands table: (what, commands, the result in PLAN whose time a row shows, or None).
+# A row's one command gives that result's configuration (tests/test_report.py checks it), so the time
+# is the time of the command shown.
+COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
+    ("Quick run: Stage 1, R3M alone", ("python train/imitate.py --stage 1 --baseline false",), "imitate-seed0-cpu"),
+    ("The default run: Stages 1-2, six dense baselines", ("python train/imitate.py",), "imitate-default-cpu"),
+    ("Stage 0: dense character LM, generation statistics", ("python train/imitate.py --stage 0",), "imitate-stage0-cpu"),
+    ("Stages 1-2 on chosen families", ("python train/imitate.py --families listops arithmetic --levels 1 2 3",), None),
+    ("Stage 3: policy gradients from the verifier, with tools (RL, distillation, RL)",
+     ("python train/rl_verify.py --env arithmetic-v0",), "rl-arithmetic-seed0-cpu"),
+    ("Distil a policy's verified tool answers into it",
+     ("python train/distill.py --checkpoint runs/x/ckpt/rl.pt --env arithmetic-v0",), None),
+    ("Episodic memory on streamed stories, with its ablations (the measured configuration)",
+     (" ".join(["python", "train/imitate.py", *next(j for j in PLAN if j.name == "memory-stream-cpu").args]),),
+     "memory-stream-cpu"),
+    ("Stage 4: consolidation by replay into the semantic memory, forgetting across task mixes",
+     ("python train/consolidate.py",), None),
+    ("Evaluate a checkpoint (envs, external sets, K, halting, tools)",
+     ("python train/evaluate.py --checkpoint runs/x/ckpt/stage2.pt --sets norvig_top95 --tools true",), None),
+    ("MaskablePPO baseline on `sudoku-grid-v0`", ("python train/sb3_baseline.py",), None),
+    ("A user's families and tools, from their module",
+     ("python train/imitate.py --plugin my_tasks --families reverse_word",), None),
+    ("Benchmarks", ("python bench/bench_envs.py", "bench/bench_sudoku.py", "bench/bench_dsl.py",
+                    "bench/bench_model.py"), None),
+    ("Rerun every result below that is missing or stale, then rebuild the section", ("python bench/reproduce.py",),
+     None),
+    ("Rebuild the results section below and this table; check them (CI-style)",
+     ("python bench/report.py", "python bench/report.py --check"), None),
+]
 
 
 def load(path: Path) -> dict | None:
@@ -279,27 +312,53 @@ def stage0_section(job: Job) -> list[str]:
     return out + ["```", ""]
 
 
+def measured_time(name: str | None) -> str:
+    """How long a command's result took, where from; "not measured at this commit" without one."""
+    m = load(next(j for j in PLAN if j.name == name).out / "metrics.json") if name else None
+    if m is None:
+        return "not measured at this commit"
+    mach = (m.get("provenance") or {}).get("machine") or {}
+    where = mach.get("gpu") or f"{mach.get('cores', '?')} CPU cores, {mach.get('threads', '?')} thread(s)"
+    if m.get("wall_seconds"):
+        took = f"{m['wall_seconds'] / 60:.1f} min"
+    else:  # imitation results time their training phases, not the evaluations between them
+        took = f"{sum(v.get('seconds', 0) for v in (m.get('fit') or {}).values()) / 60:.1f} min of training"
+    return f"{took} on {where} (`results/{name}`, commit `{((m.get('provenance') or {}).get('commit') or '?')[:7]}`)"
+
+
+def commands_table() -> str:
+    lines = ["| what | command | time |", "|---|---|---|"]
+    for what, commands, name in COMMANDS:
+        lines.append(f"| {what} | " + ", ".join(f"`{c}`" for c in commands) + f" | {measured_time(name)} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        sys.exit(f"README.md lacks the markers {start!r} ... {end!r}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"
+
+
 def stale_results() -> list[str]:
     return [f"results/{j.name}: {why}" for j in PLAN if (why := staleness(j)) not in (None, "missing")]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--check", action="store_true", help="fail if README.md is out of date")
     args = parser.parse_args()
     text = README.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"README.md lacks the markers {START!r} ... {END!r}")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{render()}{END}{tail}"
+    new = replace_between(text, COMMANDS_START, COMMANDS_END, commands_table())
+    new = replace_between(new, START, END, render())
     if args.check:
         problems = stale_results()
         if new != text:
-            problems.append("README.md results are out of date: run python bench/report.py")
+            problems.append("README.md results or Commands table are out of date: run python bench/report.py")
         sys.exit("\n".join(problems) if problems else 0)
     README.write_text(new)
-    print("README.md results section rewritten")
+    print("README.md results section and Commands table rewritten")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,31 @@ def test_prune_keeps_the_metrics_and_plots_only(tmp_path):
     (tmp_path / "ckpt" / "rl.pt").write_bytes(b"x")
     reproduce.prune(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "metrics.json"]
+
+
+def test_each_timed_command_in_the_readme_is_the_command_of_its_result(tmp_path, monkeypatch):
+    """The Commands table's times come from results: a row's command gives its result's configuration,
+    and a row without a result (or a missing result) says it was not measured."""
+    import importlib
+    import shlex
+
+    import report
+    from r3m.learn.cli import parse_config
+    from r3m.learn.run import RESUMABLE, jsonable
+
+    timed = [(commands, name) for _, commands, name in report.COMMANDS if name]
+    assert {name for _, name in timed} >= {"imitate-seed0-cpu", "imitate-default-cpu", "memory-stream-cpu"}
+    for commands, name in timed:
+        job = next(j for j in reproduce.PLAN if j.name == name)
+        argv = shlex.split(commands[0])
+        assert len(commands) == 1 and argv[:2] == ["python", job.script], (commands, name)
+        cfg = parse_config(importlib.import_module("r3m.train." + Path(job.script).stem).Config,
+                           [*argv[2:], "--out", f"results/{job.name}"])
+        assert {k: v for k, v in jsonable(cfg).items() if k not in (*RESUMABLE, "out")} == reproduce.script_config(job)
+    _job(tmp_path, monkeypatch)  # results/ is tmp_path from here on
+    assert report.measured_time(None) == "not measured at this commit"
+    assert report.measured_time("imitate-seed0-cpu") == "not measured at this commit"  # RESULTS is empty here
+    (tmp_path / "imitate-seed0-cpu").mkdir()
+    (tmp_path / "imitate-seed0-cpu" / "metrics.json").write_text(json.dumps(
+        {"fit": {"stage1": {"seconds": 90.0}}, "provenance": {"commit": "a" * 40, "machine": {"cores": 2, "threads": 1}}}))
+    assert report.measured_time("imitate-seed0-cpu").startswith("1.5 min of training on 2 CPU cores, 1 thread(s)")
