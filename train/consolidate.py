@@ -70,9 +70,8 @@ class Config:
     """Consolidation into the semantic memory over a sequence of tasks (Stage 4)."""
 
     families: tuple[str, ...] = ("memory", "listops", "prefix", "arithmetic")
-    """The tasks, in the order they are learned (A, B, C, ...); at least two. Measured with cpu-tiny
-    at level 1 (one probe each, 2e-3, K=4): listops 0.34 and prefix 0.44 after 400 steps; arithmetic
-    0.0 after 800, so last it only interferes; memory 0.0 after 400 (BWT does not use the last task)."""
+    """The tasks, in the order they are learned (A, B, C, ...); at least two. Arithmetic comes last:
+    cpu-tiny learns it slowest, and BWT does not read the last task, so there it can only interfere."""
     levels: tuple[int, ...] = (1,)
     """Levels of each family trained and evaluated (a family's missing levels are skipped; none: its first)."""
     stream: tuple[str, ...] = ("memory",)
@@ -112,8 +111,8 @@ class Config:
     write_budget: float = 8.0
     """Writes per episode before the penalty applies, in the task phases."""
     write_cost: float = 0.0
-    """Price of each soft write in the task phases (a probe of the memory family with 0.01 from the
-    start closed its write gate for good: 0 writes per episode after 200 steps)."""
+    """Price of each soft write in the task phases (none by default: a price from the start can close
+    the memory family's write gate for good, before writing has paid off)."""
     drift_penalty: float = 1.0
     """Weight of the state's change in the last supervised step (as train/imitate.py)."""
     replay_capacity: int = 512

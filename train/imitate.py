@@ -107,9 +107,8 @@ class Config:
     --write-budget) (writing more than the memory holds only evicts earlier writes)."""
     drift_penalty: float = 1.0
     """Weight of the state's mean squared change in the last supervised step (0: off): pushes the
-    refinement toward a fixed point once the answer is found. Measured on prefix (seed 0): without
-    it accuracy fell from 65% at K=8 to 51% at K=16 and 44% at K=32; with 1.0, 100% at 8, 16 and 32,
-    and the one-pass-to-iteration transition came at ~600 steps instead of ~1700."""
+    refinement toward a fixed point once the answer is found, so accuracy holds beyond the trained K
+    instead of falling ("overthinking")."""
     write_budget: float = 8.0
     """Writes per episode before the write-budget penalty applies (the cpu-tiny memory's 8 slots)."""
     write_cost: float = 0.01
@@ -120,8 +119,8 @@ class Config:
     lambda_p: float = 0.3
     """Stage 2: PonderNet geometric prior parameter (expected steps 1/lambda_p)."""
     beta: float = 0.05
-    """Stage 2: weight of KL(p || Geometric(lambda_p)), the compute penalty (on prefix, 0.01 kept
-    fixed-K accuracy with 69% of the steps, 0.05 with 57%)."""
+    """Stage 2: weight of KL(p || Geometric(lambda_p)), the compute penalty (larger: fewer steps, at
+    the risk of stopping before the answer is found)."""
     halt_threshold: float = 0.5
     """Stage 2: cumulative halting probability at which inference stops."""
     eval_n: int = 100
@@ -170,7 +169,7 @@ class Config:
     """Show progress bars."""
     threads: int = 1
     """torch CPU threads (0: torch's default). The CPU presets are small enough that one thread is
-    about as fast as two, and two threads on a busy 2-core machine were measured 40x slower."""
+    about as fast as two, and two threads on a busy small machine fight each other and run far slower."""
     plugin: tuple[str, ...] = ()
     """User modules to import first (a module name importable from the current folder, or a .py
     path), which register task families and tools the other options can then name."""
