@@ -12,13 +12,16 @@ import abc
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from r3m import tools
 from r3m.envs.ascii import PRINTABLE  # noqa: F401  (re-exported: the contract's alphabet)
 from r3m.verifiers import Verdict, wrong
+
+if TYPE_CHECKING:
+    from r3m.envs.views import View
 
 SPLITS = {"train": 0, "test": 1}
 TEST_EVERY = 5  # one key in five is a test key
@@ -138,8 +141,31 @@ class TaskFamily(abc.ABC):
         raise NotImplementedError(f"{self.name} has no tool demonstration")
 
     def answer_from_tool(self, instance: Instance, result: tools.ToolResult) -> str:
-        """The expert's final answer given the tool's result."""
-        return result.output
+        """The expert's final answer given the tool's result (``answer_from_result`` of its output)."""
+        return self.answer_from_result(result.output)
+
+    def answer_from_result(self, output: str) -> str:
+        """The answer that a verified tool result gives: the output itself unless the family
+        derives its answer from it. A policy's "use the result" choice renders this, so using a
+        result is one decision instead of a copy written character by character."""
+        return output
+
+    def size(self, levels: Sequence[int]) -> int | None:
+        """The size of the largest instance at ``levels`` in the unit ``scaled_level`` scales (a
+        string's length), or None when the family has no such measure (the default)."""
+        return None
+
+    def scaled_level(self, levels: Sequence[int], factor: int) -> int | None:
+        """The level whose instances are ``factor`` times the size of the largest at ``levels``
+        (length generalisation: ``train/imitate.py`` reports accuracy there at 2x and 4x), or None
+        when the family has no such level (the default)."""
+        return None
+
+    def views(self) -> "Mapping[str, View]":
+        """How a model may read this family and write its answer, by name, the default first
+        (``r3m.envs.views``). The character view ``"chars"`` (``decode``) is always there; a family
+        that declares nothing is read through it."""
+        return {}
 
     def expert_actions(self, instance: Instance, use_tools: bool) -> list[str]:
         """Tool calls then the answer; just the answer when no tool applies or ``use_tools`` is off."""

@@ -126,11 +126,11 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 class Batch(NamedTuple):
     """Inputs after ``prepare``: the token ids the trunk sees, their mask, positions and layout.
 
-    The decision point (where the tool choice and the halting decision are read) never sees the
-    payload: in causal mode it is the state at ``decision`` (the ``<sep>`` that ends the
-    observation; later positions hold the payload, ``payload`` marks them); in fill mode it is the
-    mean over every position, answer slots included, whose inputs are mask tokens (the choice
-    conditions their readout, not their input).
+    The decision point (where the tool choice, the halting decision and the memory write read the
+    state) never sees the payload: in causal mode it is the ``<sep>`` that ends the observation
+    (later positions hold the payload, ``payload`` marks them); in fill mode it is the last input
+    position before the answer slots (the ``<sep>``), and the slots' inputs are mask tokens (the
+    choice conditions their readout, not their input).
     """
 
     ids: torch.Tensor  # [B, T'] (fill: input then answer_len mask tokens)
@@ -139,25 +139,42 @@ class Batch(NamedTuple):
     positions: torch.Tensor  # [B, T']
     causal: bool
     answer_len: int  # 0 in causal mode
-    decision: torch.Tensor  # [B] causal: index of the decision point; fill: unused
-    payload: torch.Tensor  # [B, T'] bool: the positions that write the payload (get the choice embedding)
+    decision: torch.Tensor  # [B] index of the decision point
+    payload: torch.Tensor  # [B, T'] bool: the positions that write the payload (causal) or the answer slots (fill)
     last: torch.Tensor  # [B] index of each row's last real token
+    outputs: torch.Tensor | None = None  # [B, W] (fill) positions read out, in answer order; None: every position
+    out_valid: torch.Tensor | None = None  # [B, W] bool: which of ``outputs`` are real (rows have fewer)
+    coords: torch.Tensor | None = None  # [B, T', C] coordinate ids (0: none)
 
     def select(self, rows: torch.Tensor) -> "Batch":
         """The rows ``rows`` of the batch (e.g. those still refining)."""
+        def pick(t):
+            return None if t is None else t[rows]
+
         return Batch(self.ids[rows], self.mask[rows], self.attn_mask[rows], self.positions[rows], self.causal,
-                     self.answer_len, self.decision[rows], self.payload[rows], self.last[rows])
+                     self.answer_len, self.decision[rows], self.payload[rows], self.last[rows], pick(self.outputs),
+                     pick(self.out_valid), pick(self.coords))
 
 
 def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
             answer_len: int | None, decision_index: torch.Tensor | None = None,
-            input_sees_slots: bool = True) -> Batch:
-    """Build masks and positions; in fill mode append ``answer_len`` mask tokens (answer slots)
-    after the input (every position attends to every other, unless ``input_sees_slots`` is False:
-    then the input attends only to itself and the slots read it).
+            input_sees_slots: bool = True, *, slots: torch.Tensor | None = None,
+            outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
+            coords: torch.Tensor | None = None, window: tuple[int, int] | None = None) -> Batch:
+    """Build masks and positions.
 
-    ``decision_index`` (causal mode): where the observation ends in each row (teacher forcing puts
-    the payload after it); default: the last real token (the observation alone).
+    Fill mode takes its answer slots either appended here (``answer_len`` mask tokens after the
+    input, read out in order) or laid out by the caller (a task view, ``r3m.learn.io``): ``slots``
+    [B, T] marks the positions whose input is a mask token and ``outputs`` [B, W] the positions
+    read out (slots or input positions), ``out_valid`` which of them are real. Every position
+    attends to every other, unless ``input_sees_slots`` is False: then the input attends only to
+    itself and the slots read it. ``window=(left, right)`` limits the input positions' attention to
+    that band (a local rule); the decision point and the slots still read the whole input (so
+    halting and the tool choice can see every position, as a summary token does).
+
+    ``decision_index``: where the observation ends in each row (causal: teacher forcing puts the
+    payload after it; fill: the last input position before the slots); default: the last real
+    token that is not a slot.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -169,13 +186,30 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
     causal = mode == "causal"
     B, device = input_ids.shape[0], input_ids.device
     n_answer = 0
-    if not causal:
+    if causal and (slots is not None or outputs is not None):
+        raise ValueError("slots and outputs are fill-mode layouts")
+    if not causal and slots is None:
         if answer_len is None or answer_len < 0:
-            raise ValueError(f"fill mode needs answer_len >= 0 (0: the observation alone), got {answer_len}")
+            raise ValueError(f"fill mode needs answer_len >= 0 (0: the observation alone) or a slot layout, "
+                             f"got {answer_len}")
         n_answer = answer_len
-        slots = torch.full((B, n_answer), MASK_ID, dtype=input_ids.dtype, device=device)
-        input_ids = torch.cat([input_ids, slots], dim=1)
-        mask = torch.cat([mask, torch.ones_like(slots, dtype=torch.bool)], dim=1)
+        pad = torch.full((B, n_answer), MASK_ID, dtype=input_ids.dtype, device=device)
+        T0 = input_ids.shape[1]
+        input_ids = torch.cat([input_ids, pad], dim=1)
+        mask = torch.cat([mask, torch.ones_like(pad, dtype=torch.bool)], dim=1)
+        if coords is not None:
+            coords = torch.cat([coords, coords.new_zeros(B, n_answer, coords.shape[-1])], dim=1)
+        slots = (torch.arange(T0 + n_answer, device=device) >= T0).expand(B, -1)
+        if outputs is None and n_answer:
+            outputs = torch.arange(T0, T0 + n_answer, device=device).expand(B, -1)
+    elif not causal:
+        if slots.shape != input_ids.shape:
+            raise ValueError(f"slots shape {tuple(slots.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        slots = slots.to(device=device, dtype=torch.bool)
+        n_answer = int(slots.sum(1).max()) if slots.numel() else 0
+    if outputs is not None:
+        outputs = outputs.to(device=device, dtype=torch.long)
+        out_valid = torch.ones_like(outputs, dtype=torch.bool) if out_valid is None else out_valid.to(device).bool()
     T = input_ids.shape[1]
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     last = (mask.long() * torch.arange(1, T + 1, device=device)).argmax(dim=1)
@@ -185,37 +219,60 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
         decision = last if decision_index is None else decision_index.to(device=device, dtype=torch.long)
         payload = torch.arange(T, device=device)[None, :] > decision[:, None]
     else:
-        decision = torch.full((B,), -1, dtype=torch.long, device=device)
-        slot = torch.arange(T, device=device) >= T - n_answer
-        payload = slot.expand(B, T)
+        if decision_index is None:
+            inputs = mask & ~slots
+            decision = (inputs.long() * torch.arange(1, T + 1, device=device)).argmax(dim=1)
+        else:
+            decision = decision_index.to(device=device, dtype=torch.long)
+        payload = slots
         if not input_sees_slots:
-            allowed = allowed & (slot[:, None] | ~slot[None, :])
+            allowed = allowed & (slots[:, None, :, None] | ~slots[:, None, None, :])
+    if window is not None:  # the input's positions see their band; the decision point and slots read everything
+        left, right = window
+        i = torch.arange(T, device=device)
+        offset = i[None, :] - i[:, None]  # key - query
+        band = (offset >= -left) & (offset <= right)
+        reader = payload.clone() if not causal else torch.zeros_like(mask)
+        reader[torch.arange(B, device=device), decision] = True
+        allowed = allowed & (band[None, None] | reader[:, None, :, None])
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
-    return Batch(input_ids, mask, allowed, positions, causal, n_answer, decision, payload, last)
+    return Batch(input_ids, mask, allowed, positions, causal, n_answer, decision, payload, last, outputs,
+                 out_valid, coords)
+
+
+def embed_inputs(embed: nn.Embedding, coord_embed: nn.Embedding | None, b: Batch) -> torch.Tensor:
+    """Token embeddings plus the sum of the coordinate embeddings (a task view's structure)."""
+    x = embed(b.ids)
+    if b.coords is not None:
+        if coord_embed is None:
+            raise ValueError("coords given but this config has no coordinate channels (cfg.coords)")
+        x = x + coord_embed(b.coords).sum(dim=-2)
+    return x
 
 
 def decision_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The state [B, d] the tool choice and the halting decision read: the decision point (causal)
-    or the mean over every position (fill; the slots' inputs are mask tokens, so it never depends
-    on the payload)."""
-    if batch.causal:
-        return h[torch.arange(h.shape[0], device=h.device), batch.decision]
-    w = batch.mask.to(h.dtype)[..., None]
-    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+    """The state [B, d] the tool choice and the halting decision read: the decision point (the
+    ``<sep>`` after the observation; it never depends on the payload)."""
+    return h[torch.arange(h.shape[0], device=h.device), batch.decision]
 
 
 def turn_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The state [B, d] that summarises the whole turn (what a memory write stores): the last real
-    token (causal) or the mean over every position, answer slots included (fill)."""
-    if batch.causal:
-        return h[torch.arange(h.shape[0], device=h.device), batch.last]
-    w = batch.mask.to(h.dtype)[..., None]
-    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+    """The state [B, d] that a memory write stores of the turn: the last real token (causal: it has
+    seen the whole turn) or the decision point (fill: the ``<sep>``, which attends to the whole
+    observation and never to the answer slots' mask tokens)."""
+    index = batch.last if batch.causal else batch.decision
+    return h[torch.arange(h.shape[0], device=h.device), index]
 
 
 def answer_part(t: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Keep the answer slots along the token dim (dim -2 of [.., T', V]) in fill mode."""
-    return t[..., -batch.answer_len :, :] if batch.answer_len else t
+    """The read-out positions along the token dim (dim -2 of [.., T', V]) in fill mode."""
+    if batch.outputs is None:
+        return t if batch.causal or not batch.answer_len else t[..., -batch.answer_len:, :]
+    index = batch.outputs
+    while index.dim() < t.dim() - 1:
+        index = index[None]
+    index = index.expand(*t.shape[:-2], index.shape[-1])
+    return t.gather(-2, index[..., None].expand(*index.shape, t.shape[-1]))
 
 
 GROUP_NAMES = ("prelude", "core", "readout", "memory", "semantic", "halt", "tool")

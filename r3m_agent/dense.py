@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from r3m_agent.blocks import (
-    Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, init_weights, prepare, rotary,
+    Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, embed_inputs, init_weights, prepare,
+    rotary,
 )
-from r3m_agent.config import ConfigBase
+from r3m_agent.config import ConfigBase, choice_count, coord_table_size
 from r3m_agent.sampling import generate_tokens
 from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
 
@@ -36,10 +37,14 @@ class DenseConfig(ConfigBase):
     """Rotary embedding base."""
     tool_names: tuple[str, ...] = ()
     """Tool head classes after "answer", in this order (the scripts pass every registered tool)."""
+    symbols: tuple[str, ...] = ()
+    """Task views' symbols beyond the tokenizer's (as ``R3MConfig.symbols``)."""
+    coords: tuple[str, ...] = ()
+    """Task views' coordinate channels (as ``R3MConfig.coords``)."""
 
     def __post_init__(self) -> None:
         self._check_types()
-        self._check_trunk(self.d_model, self.n_heads, self.vocab_size, self.tool_names)
+        self._check_trunk(self.d_model, self.n_heads, self.vocab_size, self.tool_names, self.symbols, self.coords)
         if self.n_layers < 1 or self.mlp_ratio <= 0:
             raise ValueError(f"DenseConfig: need n_layers >= 1 and mlp_ratio > 0, got {self.n_layers}, {self.mlp_ratio}")
 
@@ -53,12 +58,15 @@ class DenseTransformer(GroupedModule):
         super().__init__()
         self.cfg = cfg = cfg or DenseConfig()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.coord_embed = (nn.Embedding(coord_table_size(cfg.coords), cfg.d_model, padding_idx=0)
+                            if cfg.coords else None)
         self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.mlp_hidden) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.tool_head = nn.Linear(cfg.d_model, 1 + len(cfg.tool_names))
-        self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), cfg.d_model)  # causal: payload input
-        self.choice_film = nn.Embedding(1 + len(cfg.tool_names), 2 * cfg.d_model)  # fill: readout, as R3M
+        n_choices = choice_count(cfg.tool_names)
+        self.tool_head = nn.Linear(cfg.d_model, n_choices)
+        self.choice_embed = nn.Embedding(n_choices, cfg.d_model)  # causal: payload input
+        self.choice_film = nn.Embedding(n_choices, 2 * cfg.d_model)  # fill: readout, as R3M
         # R3M's initialisation (LeCun-normal linears, GPT-2's residual scaling): with nanoGPT's fixed
         # 0.02 the block updates start ~100x smaller than the unit-scale embeddings and learning
         # stalls (see r3m.py); the baseline gets the initialisation that works for it too.
@@ -70,19 +78,28 @@ class DenseTransformer(GroupedModule):
             for proj in (blk.attn.proj, blk.mlp.down):
                 proj.weight.data /= math.sqrt(2 * cfg.n_layers)
         nn.init.zeros_(self.choice_film.weight)
+        if self.coord_embed is not None:
+            nn.init.normal_(self.coord_embed.weight, 0.0, 1.0)
+            with torch.no_grad():
+                self.coord_embed.weight[0].zero_()
 
     def _group_modules(self) -> dict[str, list]:
-        return {"prelude": [self.embed], "core": [self.blocks], "readout": [self.norm, self.head],
+        return {"prelude": [self.embed, self.coord_embed], "core": [self.blocks], "readout": [self.norm, self.head],
                 "tool": [self.tool_head, self.choice_embed, self.choice_film]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 mode: str = "causal", answer_len: int | None = None, choice: torch.Tensor | None = None,
-                decision_index: torch.Tensor | None = None) -> ModelOutput:
-        """One pass of the block stack; the same layout, decision point and choice conditioning
-        as R3M (``r3m_agent.blocks.prepare``)."""
-        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index)
+                decision_index: torch.Tensor | None = None, slots: torch.Tensor | None = None,
+                outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
+                coords: torch.Tensor | None = None, window: tuple[int, int] | None = None,
+                feedback: bool = False) -> ModelOutput:
+        """One pass of the block stack; the same layout (a task view's too), decision point and
+        choice conditioning as R3M (``r3m_agent.blocks.prepare``). ``feedback`` is accepted and
+        ignored: with one pass there is no earlier prediction to feed back."""
+        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, slots=slots, outputs=outputs,
+                    out_valid=out_valid, coords=coords, window=window)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
-        h = self.embed(b.ids)
+        h = embed_inputs(self.embed, self.coord_embed, b)
         if choice is not None:
             choice = choice.to(h.device)
             if b.causal:

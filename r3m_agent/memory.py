@@ -1,10 +1,12 @@
 """Episodic memory (slots in an explicit carry) and semantic memory (slow learned key-values).
 
 Episodic: M slots of width d per sequence, FIFO. Once per call (one turn of an episode), after the
-refinement, a gate g = sigmoid(w.s + b) on the turn's state s decides a hard write (g > 0.5) of
-W s into the next slot. Every token of the next calls reads the slots by attention, with a
-learned null key whose value is zero (an empty memory reads exactly zero) and a learned
-embedding of each slot's age (so the newest fact about something can win).
+refinement, the turn's state s is written as W s into the next slot: every turn (the plan's
+Stage 1), or where a gate g = sigmoid(w.s + b) on s decides a hard write (g > 0.5). Every token of
+the next calls reads the slots by attention, with a learned null key whose value is zero (an
+empty memory reads exactly zero); a slot's score is its content's match plus a learned bias per
+head for its age (0 = newest), so recency is its own term, not mixed into the content key (the
+newest fact about something can win, whatever the fact says).
 
 The gate learns in both directions: a slot's validity is the hard decision in the forward pass
 and carries the soft gate's gradient in the backward pass (straight-through, Bengio et al. 2013),
@@ -109,7 +111,7 @@ class EpisodicMemory(nn.Module):
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
         self.null_key = nn.Parameter(torch.zeros(d_model))
-        self.age = nn.Parameter(torch.zeros(mem_slots, d_model))  # key offset by age (0 = newest)
+        self.age_bias = nn.Parameter(torch.zeros(n_heads, mem_slots))  # score bias by age (0 = newest), per head
         self.write_bias_init = write_bias_init
 
     def reset_parameters(self) -> None:
@@ -117,15 +119,19 @@ class EpisodicMemory(nn.Module):
         nn.init.normal_(self.gate.weight, 0.0, 0.02)
         nn.init.constant_(self.gate.bias, self.write_bias_init)
         nn.init.normal_(self.null_key, 0.0, 0.02)
-        nn.init.normal_(self.age, 0.0, 0.02)
+        nn.init.zeros_(self.age_bias)
 
-    def write(self, carry: Carry, state: torch.Tensor, threshold: float = 0.5) -> tuple[Carry, torch.Tensor, torch.Tensor]:
-        """One gated FIFO write per row of ``state`` [B, d]: a hard write where the gate exceeds
-        ``threshold`` (raising it at evaluation tightens the write budget). Returns (new carry,
-        hard writes [B], soft gate [B])."""
-        soft = torch.sigmoid(self.gate(state).float().squeeze(-1))
-        hard = (soft > threshold).float()
-        st = hard + soft - soft.detach()  # forward: the hard decision; backward: the soft gate's gradient
+    def write(self, carry: Carry, state: torch.Tensor, threshold: float = 0.5,
+              gate: bool = True) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+        """One FIFO write per row of ``state`` [B, d]: every row (``gate=False``), or a hard write
+        where the gate exceeds ``threshold`` (raising it at evaluation tightens the write budget).
+        Returns (new carry, hard writes [B], soft gate [B]; all ones without the gate)."""
+        if gate:
+            soft = torch.sigmoid(self.gate(state).float().squeeze(-1))
+            hard = (soft > threshold).float()
+            st = hard + soft - soft.detach()  # forward: the hard decision; backward: the soft gate's gradient
+        else:
+            soft = hard = st = torch.ones(state.shape[0], device=state.device)
         at = F.one_hot(carry.ptr, self.mem_slots).to(carry.valid.dtype)  # [B, M]
         value = self.content(state).to(carry.slots.dtype)[:, None, :]
         w = at * st[:, None]  # 1 at the written slot when the gate opens, 0 elsewhere (forward)
@@ -147,10 +153,11 @@ class EpisodicMemory(nn.Module):
         q = self.q(self.read_norm(x)).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
         k, v = self.kv(self.slot_norm(carry.slots.to(x.dtype))).chunk(2, dim=-1)
         age = (carry.ptr[:, None] - 1 - torch.arange(M, device=x.device)[None, :]) % M  # 0 = newest slot
-        k = k + self.age.to(k.dtype)[age]
         k = torch.cat([self.null_key.to(k.dtype).expand(B, 1, D), k], dim=1).view(B, M + 1, H, Dh).transpose(1, 2)
         v = torch.cat([torch.zeros_like(v[:, :1]), v], dim=1).view(B, M + 1, H, Dh).transpose(1, 2)
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(Dh)  # [B, H, T, M+1]
+        recency = self.age_bias.float()[:, age].permute(1, 0, 2)  # [B, H, M]: each slot's bias by its age
+        scores = scores + torch.cat([torch.zeros_like(recency[..., :1]), recency], dim=-1)[:, :, None, :]
         weight = torch.cat([torch.ones_like(carry.valid[:, :1]), carry.valid], dim=1).float()[:, None, None, :]
         top = scores.masked_fill(weight <= 0, float("-inf")).amax(dim=-1, keepdim=True).detach()  # null: finite
         p = weight * (scores - top).clamp(max=20.0).exp()  # an unwritten slot may score above the top

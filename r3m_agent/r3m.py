@@ -11,9 +11,10 @@ Re-injecting x at every step is the "input recall" of Deep Thinking (Bansal et a
 which keeps long iterations from forgetting the problem; ``grad_steps`` runs the earlier steps
 without a graph, as TRM (Jolicoeur-Martineau 2025) and Deep Thinking do.
 
-In causal mode a memory write pools the last token, which has seen the whole sequence, so
-reads in a call see only the carry that came in: this call's writes become readable from
-the next call (turn). In fill mode (bidirectional anyway) a write at step k is read at k+1.
+A call (one turn of an episode) writes the memory once, after the refinement: the state of
+its last token (causal) or of its decision point (fill: the ``<sep>`` that ends the input), so
+reads in a call see only the carry that came in and this call's write is readable from the
+next call (turn).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import torch
 from torch import nn
 
 from r3m_agent.blocks import (
-    Batch, Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, init_weights, prepare, rotary,
-    turn_state,
+    Batch, Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, embed_inputs, init_weights,
+    prepare, rotary, turn_state,
 )
-from r3m_agent.config import ConfigBase
+from r3m_agent.config import ConfigBase, choice_count, coord_table_size
 from r3m_agent.memory import Carry, EpisodicMemory, SemanticMemory, empty_carry
 from r3m_agent.sampling import generate_tokens
 from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
@@ -37,19 +38,37 @@ from r3m_agent.tokenizer import EOS_ID, VOCAB_SIZE
 
 # -- PonderNet halting (Banino, Balaguer & Blundell 2021, arXiv:2107.05407) -------------------------
 class HaltingHead(nn.Module):
+    """lambda_k from the decision state and how much the state still moved in step k.
+
+    The second input, log of the largest per-position change of the state in the step, says
+    whether any position is still being revised, whatever the input's length (FPRM halts when the
+    latent state stops changing); read from the decision state alone, a halting head trained on
+    short strings stopped 2x strings at the steps of the trained ones (prefix parity: 7% at 2x).
+    Its weight starts at -1 around a change of ``CHANGE_REF`` (states are unit-scale), so the head
+    starts from FPRM's rule, "stop some steps after the state settles", and learns from there: at
+    0 the weight had too far to go in a stage of a few hundred steps (measured: -0.05 after 150)."""
+
+    CHANGE_REF = 1e-2
+
     def __init__(self, d_model: int, bias_init: float) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, 1)
+        self.change = nn.Parameter(torch.zeros(1))
         self.bias_init = bias_init
 
     def reset_parameters(self) -> None:
         # small weights: every row starts at sigmoid(bias_init), whatever its state
         nn.init.normal_(self.proj.weight, 0.0, 0.02)
         nn.init.constant_(self.proj.bias, self.bias_init)
+        nn.init.constant_(self.change, -1.0)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """lambda_k [B] in float32 (products over many steps lose too much in bf16)."""
-        return torch.sigmoid(self.proj(pooled).float().squeeze(-1))
+    def forward(self, pooled: torch.Tensor, change: torch.Tensor | None = None) -> torch.Tensor:
+        """lambda_k [B] in float32 (products over many steps lose too much in bf16); ``change`` [B]:
+        the largest mean-square change of a real position's state in the step."""
+        logit = self.proj(pooled).float().squeeze(-1)
+        if change is not None:
+            logit = logit + self.change * (torch.log(change.float() + 1e-6) - math.log(self.CHANGE_REF))
+        return torch.sigmoid(logit)
 
 
 def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
@@ -102,6 +121,9 @@ class R3MConfig(ConfigBase):
     """Episodic memory on/off (off: no memory parameters, carry is None)."""
     mem_slots: int = 16
     """Episodic slots per sequence (FIFO when full)."""
+    write_gate: bool = False
+    """Episodic writes through the learned gate (``forward(write_gate=...)`` overrides per call).
+    Off (the plan's Stage 1): FIFO, every turn written; the gate is learned once reads work."""
     write_bias_init: float = 0.0
     """Initial write-gate bias. A closed hard gate gets no gradient (an unwritten slot is never
     read), so the gate starts at its boundary, writing about half the time."""
@@ -116,11 +138,20 @@ class R3MConfig(ConfigBase):
     rope_base: float = 10000.0
     """Rotary embedding base."""
     tool_names: tuple[str, ...] = ()
-    """Tool head classes after "answer", in this order (the scripts pass every registered tool)."""
+    """Tool head classes after "answer", in this order (the scripts pass every registered tool);
+    one more class after them answers with the last verified tool result."""
+    symbols: tuple[str, ...] = ()
+    """Symbols beyond the tokenizer's that task views read or write (``view:symbol``), ids
+    VOCAB_SIZE + i in this order (``r3m.learn.io.model_tables``)."""
+    coords: tuple[str, ...] = ()
+    """Coordinate channels of task views (``view#channel=size``), embedded and added to the input."""
+    feedback: bool = False
+    """Each refinement step sees the previous step's predictions at the read-out positions (when a
+    call asks for it: ``forward(feedback=True)``, a task view's choice)."""
 
     def __post_init__(self) -> None:
         self._check_types()
-        self._check_trunk(self.d_model, self.n_heads, self.vocab_size, self.tool_names)
+        self._check_trunk(self.d_model, self.n_heads, self.vocab_size, self.tool_names, self.symbols, self.coords)
         problems = []
         if self.prelude_layers < 0 or self.core_layers < 1:
             problems.append("prelude_layers >= 0 and core_layers >= 1")
@@ -167,6 +198,8 @@ class R3M(GroupedModule):
         self.cfg = cfg = cfg or R3MConfig()
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.coord_embed = nn.Embedding(coord_table_size(cfg.coords), d, padding_idx=0) if cfg.coords else None
+        self.feedback = nn.Linear(cfg.vocab_size, d, bias=False) if cfg.feedback else None
         self.prelude = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_hidden) for _ in range(cfg.prelude_layers))
         self.input_norm = RMSNorm(d)
         self.core = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_hidden) for _ in range(cfg.core_layers))
@@ -183,12 +216,13 @@ class R3M(GroupedModule):
         self.memory = EpisodicMemory(d, cfg.n_heads, cfg.mem_slots, cfg.write_bias_init) if cfg.memory else None
         self.semantic = SemanticMemory(d, cfg.n_heads, cfg.semantic_slots) if cfg.semantic_slots else None
         self.halting = HaltingHead(d, cfg.halt_bias_init)
-        self.tool_head = nn.Linear(d, 1 + len(cfg.tool_names))
+        n_choices = choice_count(cfg.tool_names)
+        self.tool_head = nn.Linear(d, n_choices)
         # the choice (answer or a tool) conditions the payload: causal, an embedding added to the
         # payload positions' input; fill, a scale and shift of the answer slots' readout (FiLM), so
         # the slots refine once and the choice, read at the same step, picks what they say
-        self.choice_embed = nn.Embedding(1 + len(cfg.tool_names), d)
-        self.choice_film = nn.Embedding(1 + len(cfg.tool_names), 2 * d)
+        self.choice_embed = nn.Embedding(n_choices, d)
+        self.choice_film = nn.Embedding(n_choices, 2 * d)
         # x, h and every block input are RMS-normalised (unit scale), unlike a GPT's 0.02-scale
         # residual stream, so linear layers get LeCun-normal weights (std 1/sqrt(fan_in), as TRM):
         # with nanoGPT's fixed 0.02 the block updates start ~100x smaller than the stream and the
@@ -204,12 +238,19 @@ class R3M(GroupedModule):
             if part is not None:
                 part.reset_parameters()
         nn.init.zeros_(self.choice_film.weight)  # no conditioning until trained
+        if self.coord_embed is not None:
+            nn.init.normal_(self.coord_embed.weight, 0.0, 1.0)  # unit scale, as the token embeddings
+            with torch.no_grad():
+                self.coord_embed.weight[0].zero_()  # "no coordinate" adds nothing
+        if self.feedback is not None:
+            nn.init.zeros_(self.feedback.weight)  # no feedback until trained
 
     def _group_modules(self) -> dict[str, list]:
         core = [self.core, self.core_norm, self.h_init]
         if isinstance(self.eta_logit, nn.Parameter):
             core.append(self.eta_logit)
-        return {"prelude": [self.embed, self.prelude, self.input_norm], "core": core,
+        return {"prelude": [self.embed, self.coord_embed, self.prelude, self.input_norm],
+                "core": [*core, self.feedback],
                 "readout": [self.readout_norm, self.head], "memory": [self.memory],
                 "semantic": [self.semantic], "halt": [self.halting],
                 "tool": [self.tool_head, self.choice_embed, self.choice_film]}
@@ -230,7 +271,11 @@ class R3M(GroupedModule):
                 halt_steps: torch.Tensor | None = None, halt_threshold: float | None = None,
                 generator: torch.Generator | None = None, choice: torch.Tensor | None = None,
                 decision_index: torch.Tensor | None = None, read_memory: bool = True,
-                write_threshold: float = 0.5, semantic: bool | None = None) -> ModelOutput:
+                write_threshold: float = 0.5, semantic: bool | None = None, write_gate: bool | None = None,
+                slots: torch.Tensor | None = None,
+                outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
+                coords: torch.Tensor | None = None, window: tuple[int, int] | None = None,
+                feedback: bool = False) -> ModelOutput:
         """Refine for up to K steps (default cfg.K). See ``ModelOutput`` for the fields.
 
         Halting, per row: ``halt=None`` runs every row K steps (the training forward: every step's
@@ -242,11 +287,15 @@ class R3M(GroupedModule):
         choice [B]: the decision (0 = answer, i = tool i) that conditions the payload (causal: an
         embedding of the payload positions' input; fill: the answer slots' readout, see ``readout``;
         None in fill mode: the readout of "answer").
-        decision_index [B] (causal): where the observation ends (see ``blocks.prepare``).
+        decision_index [B]: where the observation ends (see ``blocks.prepare``).
+        slots, outputs, out_valid, coords, window: a task view's layout (``blocks.prepare``;
+        ``r3m.learn.io`` builds them); coords [B, T, C] are ids into the coordinate table.
+        feedback: each step sees the previous step's predictions at ``outputs`` (cfg.feedback).
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
         read_memory: False reads nothing from the memory (the no-memory ablation; writes happen).
         write_threshold: the write gate's value above which the turn is written (0.5; higher at
         evaluation: a tighter write budget).
+        write_gate: write through the learned gate (default cfg.write_gate); off: every turn.
         semantic: read the semantic memory (default cfg.semantic).
         """
         K = self.cfg.K if K is None else K
@@ -260,9 +309,12 @@ class R3M(GroupedModule):
         use_semantic = self.cfg.semantic if semantic is None else semantic
         if use_semantic and self.semantic is None:
             raise ValueError("semantic=True but this config has semantic_slots=0")
-        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, self.cfg.input_sees_slots)
+        if feedback and self.feedback is None:
+            raise ValueError("feedback=True but this config has feedback=False")
+        b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, self.cfg.input_sees_slots,
+                    slots=slots, outputs=outputs, out_valid=out_valid, coords=coords, window=window)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
-        x = self.embed(b.ids)
+        x = embed_inputs(self.embed, self.coord_embed, b)
         if choice is not None:
             choice = choice.to(x.device)
             if b.causal:
@@ -271,11 +323,12 @@ class R3M(GroupedModule):
             x = blk(x, b.attn_mask, rope)
         x = self.input_norm(x)
         carry = self._carry_in(carry, x)
-        memory = _MemoryUse(read_memory, write_threshold)
+        gate = self.cfg.write_gate if write_gate is None else write_gate
+        opts = _CallOptions(read_memory, write_threshold, feedback and b.outputs is not None, gate)
         if halt is None and halt_steps is None:
-            return self._refine_all(x, b, rope, carry, K, grad_steps, memory, use_semantic, choice)
+            return self._refine_all(x, b, rope, carry, K, grad_steps, opts, use_semantic, choice)
         stop = _StopRule(halt, halt_steps, threshold, generator)
-        return self._refine_early_exit(x, b, rope, carry, K, stop, memory, use_semantic, choice)
+        return self._refine_early_exit(x, b, rope, carry, K, stop, opts, use_semantic, choice)
 
     def _carry_in(self, carry: Carry | None, x: torch.Tensor) -> Carry | None:
         if self.memory is None:
@@ -290,10 +343,14 @@ class R3M(GroupedModule):
         return carry
 
     def _step(self, h: torch.Tensor, x: torch.Tensor, b: Batch, rope: tuple[torch.Tensor, torch.Tensor],
-              carry: Carry | None, memory: "_MemoryUse", use_semantic: bool) -> torch.Tensor:
-        """h_{k+1} = (1 - eta) h_k + eta f(h_k + x + read(h_k + x)): reads see the carry that came in."""
+              carry: Carry | None, opts: "_CallOptions", use_semantic: bool,
+              prev_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """h_{k+1} = (1 - eta) h_k + eta f(h_k + x + read(h_k + x)): reads see the carry that came in.
+        With feedback, the previous step's predictions at the read-out positions are added to z."""
         z = h + x
-        if carry is not None and memory.read:
+        if prev_logits is not None:
+            z = z + self._feedback(prev_logits, b, z)
+        if carry is not None and opts.read:
             z = z + self.memory.read(z, carry)
         if use_semantic:
             z = z + self.semantic(z)
@@ -301,6 +358,13 @@ class R3M(GroupedModule):
             z = blk(z, b.attn_mask, rope)
         eta = self.eta().to(z.dtype)
         return (1.0 - eta) * h + eta * self.core_norm(z)
+
+    def _feedback(self, logits: torch.Tensor, b: Batch, like: torch.Tensor) -> torch.Tensor:
+        """The embedding of the predictions [B, W, V] placed at their read-out positions [B, T, d]."""
+        value = self.feedback(torch.softmax(logits.float(), dim=-1).to(like.dtype))
+        value = value * b.out_valid[..., None].to(value.dtype)
+        index = b.outputs[..., None].expand(-1, -1, like.shape[-1])
+        return torch.zeros_like(like).scatter_add(1, index, value)
 
     def readout(self, h: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
         """Token logits of states ``h`` [B, T, d]; with ``choice`` [B], scaled and shifted per choice
@@ -314,25 +378,26 @@ class R3M(GroupedModule):
     def _readout(self, h: torch.Tensor, b: Batch, choice: torch.Tensor | None) -> torch.Tensor:
         return self.readout(answer_part(h, b), None if b.causal else choice)
 
-    def _write(self, carry: Carry | None, h: torch.Tensor, b: Batch, memory: "_MemoryUse"):
+    def _write(self, carry: Carry | None, h: torch.Tensor, b: Batch, opts: "_CallOptions"):
         """The memory after this call: one gated write of the turn's state."""
         if carry is None:
             return None, torch.zeros(h.shape[0], device=h.device), None
-        return self.memory.write(carry, turn_state(h, b), memory.write_threshold)
+        return self.memory.write(carry, turn_state(h, b), opts.write_threshold, gate=opts.write_gate)
 
-    def _refine_all(self, x, b, rope, carry, K, grad_steps, memory, use_semantic, choice) -> ModelOutput:
+    def _refine_all(self, x, b, rope, carry, K, grad_steps, opts, use_semantic, choice) -> ModelOutput:
         """Every row K steps, every step's readout kept (training and fixed-K evaluation)."""
         h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
         logits, lambdas, tools = [], [], []
         for k in range(K):
             keep_graph = grad_steps is None or k >= K - grad_steps
             with torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-                prev, h = h, self._step(h, x, b, rope, carry, memory, use_semantic)
+                fed = logits[-1] if opts.feedback and logits else None
+                prev, h = h, self._step(h, x, b, rope, carry, opts, use_semantic, fed)
                 state = decision_state(h, b)
                 logits.append(self._readout(h, b, choice))
-                lambdas.append(self.halting(state))
+                lambdas.append(self.halting(state, _max_change(h, prev, b)))
                 tools.append(self.tool_head(state))
-        new_carry, writes, write_probs = self._write(carry, h, b, memory)
+        new_carry, writes, write_probs = self._write(carry, h, b, opts)
         halt_probs = halting_distribution(torch.stack(lambdas, dim=1))
         B = h.shape[0]
         return ModelOutput(
@@ -341,7 +406,7 @@ class R3M(GroupedModule):
             tool_logits=tools[-1], carry=new_carry, hidden=h, drift=_drift(h, prev, b),
             halt_logp=halt_probs[:, -1].clamp(min=1e-30).log(), blocks=self._blocks(K, B, h.device))
 
-    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", memory, use_semantic,
+    def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", opts, use_semantic,
                            choice) -> ModelOutput:
         """Per-row halting: a row that stops leaves the batch (the running rows are compacted), so
         its remaining steps cost nothing; its outputs are those of the step it stopped at."""
@@ -351,9 +416,12 @@ class R3M(GroupedModule):
         log_survive = torch.zeros(B, device=device)  # log prod_{j<k} (1 - lambda_j) of each running row
         steps = torch.full((B,), K, dtype=torch.long, device=device)
         done: list[_Stopped] = []
+        fed = None
         for k in range(K):
-            prev, h = h, self._step(h, x, b, rope, carry, memory, use_semantic)
-            lam = self.halting(decision_state(h, b))
+            prev, h = h, self._step(h, x, b, rope, carry, opts, use_semantic, fed)
+            if opts.feedback:
+                fed = self._readout(h, b, choice)
+            lam = self.halting(decision_state(h, b), _max_change(h, prev, b))
             last = k == K - 1
             halts = stop.decide(lam, log_survive, rows, k, last)
             if bool(halts.any()):
@@ -361,7 +429,7 @@ class R3M(GroupedModule):
                 logp = log_survive[i] + (lam[i].clamp(min=1e-30).log() if not last else 0.0)
                 done.append(self._stopped(rows[i], h[i], prev[i], b.select(i), logp,
                                           carry.select(i) if carry is not None else None,
-                                          choice[i] if choice is not None else None, memory))
+                                          choice[i] if choice is not None else None, opts))
                 steps[rows[i]] = k + 1
             keep = ~halts
             if not bool(keep.any()):
@@ -370,13 +438,14 @@ class R3M(GroupedModule):
             if not bool(keep.all()):
                 j = keep.nonzero().squeeze(1)
                 rows, h, x, b, log_survive = rows[j], h[j], x[j], b.select(j), log_survive[j]
+                fed = fed[j] if fed is not None else None
                 rope = (rope[0][j], rope[1][j])
                 carry = carry.select(j) if carry is not None else None
                 choice = choice[j] if choice is not None else None
         return self._assemble(done, B, steps, carry_template=self._template(carry, done))
 
-    def _stopped(self, rows, h, prev, b, logp, carry, choice, memory) -> _Stopped:
-        new_carry, writes, write_probs = self._write(carry, h, b, memory)
+    def _stopped(self, rows, h, prev, b, logp, carry, choice, opts) -> _Stopped:
+        new_carry, writes, write_probs = self._write(carry, h, b, opts)
         return _Stopped(rows, self._readout(h, b, choice), self.tool_head(decision_state(h, b)), h, _drift(h, prev, b),
                         logp, new_carry, writes, write_probs if write_probs is not None else writes)
 
@@ -427,9 +496,11 @@ class R3M(GroupedModule):
         return new, self(ids, mask, **kw).carry
 
 
-class _MemoryUse(NamedTuple):
+class _CallOptions(NamedTuple):
     read: bool  # False: the no-memory ablation
     write_threshold: float
+    feedback: bool = False  # feed each step's predictions at the read-out positions to the next
+    write_gate: bool = False  # the learned write gate decides; False: every turn is written (FIFO)
 
 
 class _StopRule:
@@ -452,6 +523,14 @@ class _StopRule:
             return 1.0 - log_survive.exp() * (1.0 - lam) >= self.threshold
         u = torch.rand(lam.shape, generator=self.generator, device=lam.device)
         return u < lam
+
+
+def _max_change(h: torch.Tensor, prev: torch.Tensor, b: Batch) -> torch.Tensor:
+    """The largest mean-square change of a real position's state in the last step [B]; in causal
+    mode over the observation only (the decision point never depends on the payload)."""
+    change = ((h - prev).float() ** 2).mean(-1)
+    seen = b.mask & ~b.payload if b.causal else b.mask
+    return change.masked_fill(~seen, 0.0).amax(dim=1)
 
 
 def _drift(h: torch.Tensor, prev: torch.Tensor, b: Batch) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from r3m import tools
 from r3m.learn import stages
 from r3m.learn.data import task_spec
+from r3m.learn.io import with_views
 from r3m.learn.losses import imitation_loss, progressive_schedule
 from r3m.learn.loop import average_gradients
 from r3m.learn.policy import Policy
@@ -29,8 +30,8 @@ IMITATION = stages.Imitation(steps=1, lr=1e-3, batch_size=6, k_train=3, grad_ste
 
 def model() -> R3M:
     torch.manual_seed(0)
-    return R3M(R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=2, mem_slots=4, semantic_slots=0,
-                         K=3, tool_names=BUILTIN_TOOLS))
+    return R3M(with_views(R3MConfig(d_model=32, n_heads=2, prelude_layers=0, core_layers=2, mem_slots=4,
+                                    semantic_slots=0, K=3, tool_names=BUILTIN_TOOLS), [SPEC]))
 
 
 def grads(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -47,7 +48,7 @@ def _worker(rank: int, world: int, store: str, job: str, payload, out: str) -> N
             loss = stages.stage1_loss(run, net, [SPEC], IMITATION, seed=0)(0).loss
         else:
             cfg, batch = payload
-            loss, _ = rl_verify.pg_loss(cfg, Policy(net, SPEC.mode, SPEC.width, K=2), batch, run)
+            loss, _ = rl_verify.pg_loss(cfg, Policy(net, SPEC, K=2), batch, run)
         loss.backward()
         average_gradients(net)
         torch.save(grads(net), f"{out}.{rank}")
@@ -88,7 +89,7 @@ def test_ddp_policy_gradient_step_equals_one_process_on_the_global_batch(tmp_pat
         net.tool_head.weight.zero_()  # some calls, some answers
         net.tool_head.bias.fill_(-5.0)
         net.tool_head.bias[0] = net.tool_head.bias[1 + list(net.cfg.tool_names).index("calculator")] = 0.0
-    policy = Policy(net, SPEC.mode, SPEC.width, K=2)
+    policy = Policy(net, SPEC, K=2)
     vec = make_vec("arithmetic-v0", 8)
     try:
         with torch.no_grad():
@@ -105,7 +106,7 @@ def test_ddp_policy_gradient_step_equals_one_process_on_the_global_batch(tmp_pat
     ranks = two_processes(tmp_path, "rl", (cfg, batch))
     assert_same(ranks[1], ranks[0])
     one = model()
-    loss, _ = rl_verify.pg_loss(cfg, Policy(one, SPEC.mode, SPEC.width, K=2), batch,
+    loss, _ = rl_verify.pg_loss(cfg, Policy(one, SPEC, K=2), batch,
                                 Run(None, torch.device("cpu")))
     loss.backward()
     assert_same(ranks[0], grads(one))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from r3m import tools
+from r3m.learn.data import TaskSpec
 from r3m.learn.policy import Policy
 from r3m.learn.rollout import make_vec, run_episodes
 from r3m_agent import R3M, R3MConfig
@@ -37,7 +38,7 @@ def test_a_tool_that_raises_is_an_error_result_not_a_crashed_rollout():
     vec = make_vec("arithmetic-v0", 3, call_budget=2)
     try:
         with torch.no_grad():
-            episodes = run_episodes(Policy(model, "fill", 12), vec, [0, 1, 2], {"split": "test", "difficulty": 1})
+            episodes = run_episodes(Policy(model, TaskSpec("arithmetic", "fill", 12, (1,))), vec, [0, 1, 2], {"split": "test", "difficulty": 1})
     finally:
         vec.close()
     for ep in episodes:

@@ -65,7 +65,7 @@ def test_scripts_and_training_code_name_no_family():
     plug-in family must reach every branch a built-in one reaches."""
     pattern = re.compile(r"""(==|!=|\bin)\s*[(\[]?\s*['"](%s)['"]""" % "|".join(FAMILY_NAMES))
     offenders = []
-    for folder in ("train", "r3m/learn"):
+    for folder in ("train", "r3m/learn", "r3m_agent"):
         for path in (ROOT / folder).glob("*.py"):
             for no, line in enumerate(path.read_text().splitlines(), 1):
                 if pattern.search(line):

@@ -109,11 +109,12 @@ def test_streamed_loss_is_per_episode_so_noop_turns_do_not_dilute_the_answer():
     from r3m.learn.data import DemoSource, task_spec
     from r3m.learn.losses import imitation_loss
 
-    spec = task_spec("memory", (1, 2), stream=True)
+    # the character view: its no-op turns have a target (the eos), so a per-turn mean would differ
+    spec = task_spec("memory", (1, 2), view="chars", stream=True)
     episodes = DemoSource([spec], (), 0, stream="demos", tool_fraction=0.0, episodes=3).episodes(0, spec)
     assert len({len(ep) for ep in episodes}) > 1  # episodes of different lengths
     model = R3M(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4, semantic_slots=0,
-                          K=2)).eval()
+                          K=2, write_gate=True)).eval()
     kw = dict(K=2, grad_steps=2, write_penalty=1.0, write_budget=1.0, write_cost=0.01)
     with torch.no_grad():
         whole = imitation_loss(model, spec, episodes, **kw).loss

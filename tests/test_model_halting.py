@@ -117,3 +117,30 @@ def test_sampled_and_given_steps_agree(mode):
     torch.testing.assert_close(given.logits, sampled.logits, atol=1e-6, rtol=0)
     expected = full.halt_probs.gather(1, (sampled.steps - 1)[:, None]).squeeze(1).log()
     torch.testing.assert_close(sampled.halt_logp, expected, atol=1e-5, rtol=0)
+
+
+def test_the_halting_head_reads_whether_the_state_still_moves():
+    """lambda rises as the largest per-position change of the state falls (FPRM's signal), the same
+    for any input length, and the weight of that signal is learned."""
+    from r3m_agent.r3m import HaltingHead
+
+    head = HaltingHead(8, -3.0)
+    head.reset_parameters()
+    state = torch.zeros(3, 8)
+    lam = head(state, torch.tensor([1e-1, 1e-2, 1e-4]))
+    assert lam[0] < lam[1] < lam[2] and lam[1].item() == pytest.approx(torch.sigmoid(torch.tensor(-3.0)).item(), abs=1e-4)
+    head(state, torch.tensor([1e-3] * 3)).sum().backward()
+    assert head.change.grad is not None and head.change.grad.abs().item() > 0
+
+
+def test_the_change_the_halting_head_reads_ignores_the_causal_payload():
+    """Acting decides the step over the observation alone; re-scoring with the payload appended must
+    read the same change (the largest over the observation's positions)."""
+    from r3m_agent.blocks import prepare
+    from r3m_agent.r3m import _max_change
+
+    ids = torch.randint(10, 50, (2, 9))
+    b = prepare(ids, None, "causal", None, decision_index=torch.tensor([4, 6]))
+    h, prev = torch.zeros(2, 9, 4), torch.zeros(2, 9, 4)
+    h[:, 7:] = 5.0  # only payload positions move
+    assert _max_change(h, prev, b).tolist() == [0.0, 0.0]

@@ -18,6 +18,40 @@ def memory(gate_bias):
     return mem
 
 
+def test_stage_one_memory_writes_every_turn_without_a_gate():
+    """The plan's Stage 1: FIFO, every turn written whatever the gate would say, no gate gradient."""
+    mem = memory(-10.0)  # a gate that would stay shut
+    carry = empty_carry(2, M, D)
+    for i in range(3):
+        carry, hard, soft = mem.write(carry, torch.randn(2, D), gate=False)
+        assert hard.tolist() == [1.0, 1.0] and soft.tolist() == [1.0, 1.0]
+    assert carry.count.tolist() == [3, 3]
+    m = R3M(R3MConfig(d_model=16, n_heads=2, mem_slots=M, semantic_slots=0, K=2, write_bias_init=-10.0))
+    assert not m.cfg.write_gate and m(ids(0)).writes.tolist() == [1.0, 1.0]
+    assert m(ids(0), write_gate=True).writes.tolist() == [0.0, 0.0]
+
+
+def test_recency_is_a_per_head_bias_by_age_not_part_of_the_key():
+    """Two slots with the same content: the read's weights follow the learned age bias alone."""
+    mem = memory(10.0)
+    carry = empty_carry(1, M, D)
+    same = torch.randn(1, D)
+    for _ in range(2):
+        carry, _, _ = mem.write(carry, same)
+    x = torch.randn(1, 1, D)
+    with torch.no_grad():
+        mem.null_key.fill_(-1e3)  # the null slot out of the way
+        base = mem.read(x, carry)
+        mem.age_bias[:, 0] = 5.0  # prefer the newest: same content, so the same read
+    torch.testing.assert_close(mem.read(x, carry), base)
+    with torch.no_grad():
+        carry.slots[0, 0] = torch.randn(D)  # now the older slot (0) says something else
+        newest = mem.read(x, carry)
+        mem.age_bias[:, 0], mem.age_bias[:, 1] = 0.0, 5.0  # prefer the older one
+        older = mem.read(x, carry)
+    assert not torch.allclose(newest, older)
+
+
 def test_fifo_order_and_capacity():
     mem = memory(10.0)
     carry = empty_carry(1, M, D)
@@ -72,7 +106,7 @@ def test_reads_see_only_valid_slots():
 
 def model(gate_bias, **kw):
     torch.manual_seed(0)
-    cfg = dict(d_model=32, n_heads=2, mem_slots=M, semantic_slots=0, K=3, write_bias_init=gate_bias)
+    cfg = dict(d_model=32, n_heads=2, mem_slots=M, semantic_slots=0, K=3, write_bias_init=gate_bias, write_gate=True)
     return R3M(R3MConfig(**{**cfg, **kw})).eval()
 
 

@@ -149,7 +149,7 @@ def _full_loss(model, ids):
 
 @pytest.mark.parametrize("stage", sorted(STAGE_GROUPS))
 def test_gradients_reach_trainable_groups_only(stage):
-    model = r3m(write_bias_init=0.3)
+    model = r3m(write_bias_init=0.3, write_gate=True)  # with FIFO writes the gate has nothing to learn
     with torch.no_grad():  # the zero-initialised semantic output would hide its other weights' gradients
         model.semantic.o.weight.normal_(0.0, 0.02)
     model.set_trainable(STAGE_GROUPS[stage])
@@ -184,7 +184,8 @@ def test_semantic_memory_is_a_no_op_until_trained_alone():
 def test_tool_logits_and_memory_off():
     model = r3m(memory=False, tool_names=("calculator", "list_eval"))
     out = model(tokens(3, 5))
-    assert out.tool_logits.shape == (3, 3) and out.carry is None and out.write_probs is None
+    # answer, the two tools, and "answer with the last verified tool result"
+    assert out.tool_logits.shape == (3, 4) and out.carry is None and out.write_probs is None
     assert out.writes.tolist() == [0, 0, 0] and model.initial_carry(3) is None
     with pytest.raises(ValueError, match="memory=False"):
         model(tokens(3, 5), carry=r3m().initial_carry(3))

@@ -229,7 +229,7 @@ def test_decode_numeric_env_and_payload_defaults():
     assert envs.make_family("arithmetic").numeric_env is None
     assert sudoku.payload_chars() == 81 and sudoku.payload_chars([3]) == 81
     prefix = envs.make_family("prefix")
-    assert prefix.payload_chars([1]) == 8 and prefix.payload_chars() == 32
+    assert prefix.payload_chars([1]) == 8 and prefix.payload_chars() == 64
     assert envs.make_family("logic").payload_chars() == 512  # max(answer 128, ARGS = the prompt, 512)
     assert envs.make_family("memory").payload_chars() == 16  # no tool: the answer bound
     with pytest.raises(ValueError, match="levels must be a non-empty subset"):

@@ -115,7 +115,7 @@ def test_acting_and_rescoring_log_probs_agree(mode, allow_tools, halt):
         model.tool_head.bias[0] = model.tool_head.bias[1 + list(model.cfg.tool_names).index("calculator")] = 0.0
         model.memory.gate.bias += 5.0  # and memory writes
         model.halting.proj.bias.fill_(-0.5)  # steps spread over 1..K
-    policy = Policy(model, mode, 6, K=4, halt=halt)
+    policy = Policy(model, TaskSpec(TOY, mode, 6, (1, 2)), K=4, halt=halt)
     vec = make_vec(ENV, 8, call_budget=2)
     with torch.no_grad():
         eps = run_episodes(policy, vec, [0, 0, 0, 1, 1, 1, 2, 2], {"split": "train"}, allow_tools=allow_tools,
@@ -144,7 +144,7 @@ def test_the_content_depends_on_the_choice(mode):
     model = tiny_model()
     with torch.no_grad():  # as after training (the readout's scale and shift start at zero)
         model.choice_film.weight.normal_(0.0, 0.5)
-    policy = Policy(model, mode, 6, K=2)
+    policy = Policy(model, TaskSpec(TOY, mode, 6, (1, 2)), K=2)
     payload = torch.tensor([[PAD_ID, PAD_ID, PAD_ID, 30, 31, EOS_ID]] if mode == "fill" else [[30, 31, EOS_ID]])
     scores = [policy.score(["n:12"], None, torch.tensor([c]), payload) for c in (0, 1)]
     content = [s.log_prob - s.choice_logp for s in scores]  # log p(payload | choice)
@@ -155,12 +155,12 @@ def test_the_content_depends_on_the_choice(mode):
 
 def test_the_halting_head_learns_from_the_policy_gradient():
     model = tiny_model(K=4)
-    policy = Policy(model, "fill", 6, K=4, halt=True)
+    policy = Policy(model, SPEC, K=4, halt=True)
     payload = torch.tensor([[PAD_ID, PAD_ID, PAD_ID, 30, 31, EOS_ID]] * 2)
     scored = policy.score(["n:12", "n:3"], None, torch.tensor([0, 0]), payload, torch.tensor([1, 3]))
     (-scored.log_prob.sum()).backward()  # a policy-gradient step's gradient on these actions
     assert model.halting.proj.weight.grad.abs().max() > 0 and scored.halt_logp.ne(0).all()
-    off = Policy(tiny_model(K=4), "fill", 6, K=4, halt=False)  # without halting the step is not an action
+    off = Policy(tiny_model(K=4), SPEC, K=4, halt=False)  # without halting the step is not an action
     assert off.score(["n:12"], None, torch.tensor([0]), payload[:1]).halt_logp.eq(0).all()
 
 
@@ -169,7 +169,7 @@ def _always_call(tool: str = "calculator") -> Policy:
     model = tiny_model()
     with torch.no_grad():
         model.tool_head.bias[1 + list(model.cfg.tool_names).index(tool)] += 50.0
-    return Policy(model, "fill", 6, K=1)
+    return Policy(model, SPEC, K=1)
 
 
 @pytest.mark.parametrize("tools_enabled", [True, False])
@@ -199,11 +199,11 @@ def test_correct_answer_with_one_call_scores_one_minus_call_cost():
 def _episode(prompt: str, calls: list[tuple[str, str]], answer: str, correct: bool) -> Episode:
     turns, obs = [], prompt
     for call, result in calls:
-        turns.append(Turn(obs, 1, torch.tensor([EOS_ID]), 0.0, 1, 0.0))
+        turns.append(Turn(obs, 1, torch.tensor([EOS_ID]), 0.0, 1, 0.0, action=call))
         obs = obs + call + tools.format_result(result)
     from r3m_agent.tokenizer import Tokenizer
 
-    turns.append(Turn(obs, 0, torch.tensor(Tokenizer().encode(answer) + [EOS_ID]), 0.0, 1, 0.0))
+    turns.append(Turn(obs, 0, torch.tensor(Tokenizer().encode(answer) + [EOS_ID]), 0.0, 1, 0.0, action=answer))
     return Episode(0, TOY, 1, reward=float(correct), correct=correct, tool_calls=len(calls), turns=turns)
 
 
@@ -253,7 +253,7 @@ def test_distillation_teaches_the_tool_answers_to_the_policy_itself(tmp_path):
 
     prompts = [f"n:{n}" for n in (12, 34, 56, 78)]
     examples = [(Example(TOY, 1, p, 0, p[2:]), None) for p in prompts]
-    policy = Policy(tiny_model(), SPEC.mode, SPEC.width, K=2)
+    policy = Policy(tiny_model(), SPEC, K=2)
 
     def answered() -> float:
         d = policy.act(prompts, allow_tools=False)

@@ -150,7 +150,7 @@ def test_prefix_chunks_are_scored_each_and_together():
         n = len(env.instance.data["bits"])
         assert steps[-1][1] == (want if want is not None else (n - len(answers[1])) / n) and not info["correct"]
     env.reset(seed=1)
-    _, reward, terminated, _, info = env.step("0" * 40)  # longer than max_answer_chars: ends, 0
+    _, reward, terminated, _, info = env.step("0" * 70)  # longer than max_answer_chars: ends, 0
     assert terminated and reward == 0.0 and "too long" in info["reason"]
 
 

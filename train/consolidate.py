@@ -51,6 +51,7 @@ from r3m.learn import cli, continual, stages
 from r3m.learn.cli import check_device
 from r3m.learn.data import TaskSpec, task_spec
 from r3m.learn.evaluation import evaluate_family, majority_rate
+from r3m.learn.io import with_views
 from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, Interrupted, train_phase
 from r3m.learn.losses import LossOut, imitation_loss, progressive_schedule
 from r3m.learn.plots import plot_accuracy_matrix, plot_accuracy_vs_writes
@@ -200,8 +201,10 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
 
 
 def model_config(cfg: Config):
-    """The preset at ``k_train`` reading its semantic memory, with a tool-head class per registered tool."""
-    return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, semantic=True, tool_names=tuple(tools.list_tools()))
+    """The preset at ``k_train`` reading its semantic memory, with a tool-head class per registered tool,
+    able to read every task's view."""
+    base = dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, semantic=True, tool_names=tuple(tools.list_tools()))
+    return with_views(base, task_specs(cfg))
 
 
 def meta_model(cfg: Config) -> R3M:
@@ -280,7 +283,7 @@ class Evaluator:
     def __call__(self, phase: str, model: R3M, spec: TaskSpec, threshold: float = 0.5) -> dict:
         key = (phase, spec.family, threshold)
         if key not in self.cache:
-            policy = Policy(model, spec.mode, spec.width, K=self.cfg.k_train, write_threshold=threshold)
+            policy = Policy(model, spec, K=self.cfg.k_train, write_threshold=threshold)
             with torch.no_grad():
                 ev = evaluate_family(policy, spec.family, n_per_level=self.cfg.eval_n, levels=spec.levels,
                                      env_kwargs=dict(spec.env))

@@ -125,7 +125,7 @@ def main(cfg: Config) -> dict:
     run = start_run(cfg, f"distill-{cfg.env}")
     spec = cfg.spec()
     model = model_from_checkpoint(cfg.checkpoint).to(run.device).eval()
-    policy = Policy(model, spec.mode, spec.width, K=cfg.k or model.cfg.K)
+    policy = Policy(model, spec, K=cfg.k or model.cfg.K)
     levels = tuple(cfg.levels) or tuple(spec.levels)
 
     def measure() -> dict:

@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 if __package__ in (None, ""):  # `python train/evaluate.py` from the repository root
@@ -53,6 +54,7 @@ from r3m.learn.evaluation import (
     evaluate_instances,
     halting_summary,
 )
+from r3m.learn.io import ViewIO
 from r3m.learn.plots import plot_accuracy_vs_k
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import Logger, eval_table, log, mean, pct, setup_logging, write_metrics
@@ -136,15 +138,26 @@ def saved_specs(payload: dict[str, Any]) -> dict[str, TaskSpec]:
     return {d["family"]: TaskSpec.from_dict(d) for d in extra.get("specs", [])}
 
 
-def spec_for(family: str, specs: dict[str, TaskSpec], notes: list[str]) -> TaskSpec:
+def spec_for(family: str, specs: dict[str, TaskSpec], notes: list[str], model_cfg: dict) -> TaskSpec:
     if family in specs:
         return specs[family]
     levels = envs.make_family(family).levels
     spec = task_spec(family, levels)
+    if not readable(spec, model_cfg):  # a model built without the family's view reads its characters
+        spec = task_spec(family, levels, view="chars")
     notes.append(f"{family}: no decoding spec in the checkpoint; using the default "
-                 f"(mode={spec.mode}, width={spec.width})")
+                 f"(view={spec.view}, mode={spec.mode}, width={spec.width})")
     specs[family] = spec  # derived (and noted) once per family
     return spec
+
+
+def readable(spec: TaskSpec, model_cfg: dict) -> bool:
+    """Whether a model of config ``model_cfg`` (a checkpoint's dict) can read ``spec``'s view."""
+    try:
+        ViewIO.of(spec, SimpleNamespace(**{"symbols": (), "coords": (), **model_cfg}))
+    except ValueError:
+        return False
+    return True
 
 
 def family_of(env_id: str) -> str:
@@ -181,7 +194,7 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
     families = [family_of(e) for e in env_ids]
     out = []
     for env_id, fam in zip(env_ids, families):
-        spec = spec_for(fam, specs, notes)
+        spec = spec_for(fam, specs, notes, payload["config"])
         name = fam if families.count(fam) == 1 else env_id
         out.append(Target(name, env_id, spec, eval_levels(cfg, fam, spec, fam in saved)))
     for name in cfg.sets:
@@ -191,7 +204,8 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
             notes.append(f"--sets {name}: skipped, its file is missing ({envs.eval_set_path(name)}; the sets are "
                          "read from $R3M_EVAL_DIR or ../shared/eval beside the checkout)")
             continue
-        out.append(Target(name, env_id_of(family), spec_for(family, specs, notes), instances=instances))
+        out.append(Target(name, env_id_of(family), spec_for(family, specs, notes, payload["config"]),
+                          instances=instances))
     if not out:
         raise UsageError("nothing to evaluate: every --sets file is missing and no env was asked for (--n 0); set "
                          "R3M_EVAL_DIR to the folder of the evaluation sets, or pass --envs")
@@ -202,7 +216,7 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
 def play(cfg: Config, model: torch.nn.Module, target: Target, K: int | None,
          halt: bool = False) -> FamilyEval:
     spec = target.spec
-    policy = Policy(model, spec.mode, spec.width, K=K, halt=halt)
+    policy = Policy(model, spec, K=K, halt=halt)
     if target.instances is not None:
         return evaluate_instances(policy, target.env_id, target.instances, allow_tools=cfg.tools,
                                   batch_size=cfg.batch_size)

@@ -70,6 +70,7 @@ from r3m.learn.evaluation import (
     tool_metrics,
     tool_snapshot,
 )
+from r3m.learn.io import with_views
 from r3m.learn.loop import Diverged, Interrupted, all_finite, average_gradients, make_optimizer, progress_bar
 from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss, write_penalties
 from r3m.learn.plots import plot_reward_curve
@@ -165,8 +166,8 @@ class Config:
     """Weight of the memory's write budget (as train/imitate.py)."""
     write_budget: float = 8.0
     """Writes per episode before the write-budget penalty applies."""
-    write_cost: float = 0.01
-    """Price of each (soft) memory write."""
+    write_cost: float = 0.0
+    """Price of each (soft) memory write (with the learned gate only)."""
     partial_credit: bool = True
     """Train on the verifier's partial-credit score (e.g. Sudoku: share of valid units) instead of 0/1;
     success is always the verifier's exact verdict."""
@@ -276,7 +277,8 @@ def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
     levels = train_levels(cfg)
     spec = task_spec(cfg.family, levels, eval_levels(cfg.family, levels))
     seed_everything(cfg.seed)
-    model = R3M(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k, tool_names=tuple(tools.list_tools())))
+    model = R3M(with_views(dataclasses.replace(PRESETS[cfg.preset], K=cfg.k, tool_names=tuple(tools.list_tools())),
+                           [spec]))
     model = model.to(run.device)
     settings = stages.Imitation(steps=cfg.warm_steps, lr=cfg.warm_lr, batch_size=cfg.warm_batch,
                                 warmup=max(1, cfg.warm_steps // 5), k_train=cfg.k, grad_steps=min(2, cfg.k),
@@ -296,7 +298,7 @@ def warm_start(cfg: Config, run: Run) -> tuple[torch.nn.Module, TaskSpec, int]:
 
 def make_policy(cfg: Config, model: torch.nn.Module, spec: TaskSpec) -> Policy:
     K = cfg.k or getattr(getattr(model, "cfg", None), "K", None)
-    return Policy(model, spec.mode, spec.width, K=K, halt=cfg.halt)
+    return Policy(model, spec, K=K, halt=cfg.halt)
 
 
 # -- rollouts, advantages, the update ---------------------------------------------------------------

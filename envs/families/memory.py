@@ -43,6 +43,12 @@ Distractors (``with_distractors``, env argument ``distractors``): sentences with
 information (``Mary is hungry.``, ``The weather was nice.``) inserted at about ``rate`` per story
 sentence at seeded positions before the question; ``data["kinds"]`` marks each story line
 ``"fact"`` or ``"distractor"``. Streaming (``stream``): one story line per step, then the question.
+
+View ``words`` (the default, ``WordsView``): the story as words (lower case, ``.`` and ``?`` as
+words, anything outside the tasks' vocabulary ``<unk>``), each with its line's distance from the
+last line, and the answer one choice among the six places, as memory networks read and answer
+bAbI; spelled letter by letter (the character view ``chars``), a model that does not know the
+place writes letter mixes and cannot reach even chance.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import numpy as np
 
 from r3m.envs.base import Instance, StreamStep, TaskFamily
 from r3m.envs.text_env import TextTaskEnv
+from r3m.envs.views import CharView, SymbolView, Token
 from r3m.verifiers import Verdict
 from r3m.verifiers.memory import verify
 
@@ -177,6 +184,46 @@ def _distractor_rng(key: str, rate: float) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
+_WORD = re.compile(r"[A-Za-z]+|[.?]")
+QUESTION_WORDS = ("where", "is", "was", "the", "before")
+LINE_AGES = 64  # a line's distance from the last line, "64 or more" beyond
+
+
+def _words(*texts: str) -> list[str]:
+    return [w.lower() for t in texts for w in _WORD.findall(t)]
+
+
+VOCABULARY = tuple(dict.fromkeys(_words(*PEOPLE, *LOCATIONS, *OBJECTS, *MOVE, *GET, *DROP, *PERSON_NOISE,
+                                        *WORLD_NOISE, "there", *QUESTION_WORDS, "?")))
+
+
+class WordsView(SymbolView):
+    """Words in (with each line's age), one place out (see the module docstring)."""
+
+    name = "words"
+    symbols = VOCABULARY + ("<unk>",)
+    out_symbols = LOCATIONS
+    coords = (LINE_AGES,)
+    slots = 1
+
+    def tokens(self, prompt: str) -> list[Token]:
+        lines = prompt.split("\n")
+        known = set(VOCABULARY)
+        return [Token(w if w in known else "<unk>", (min(len(lines) - j, LINE_AGES),))
+                for j, line in enumerate(lines) for w in _words(line)]
+
+    def target(self, observation: str, answer: str) -> tuple[str, ...] | None:
+        if not answer.strip():  # a streamed story line: any action is accepted, nothing to learn
+            return None
+        place = answer.strip().lower()
+        if place not in LOCATIONS:
+            raise ValueError(f"memory words view: the answer {answer!r} is not one of the places {LOCATIONS}")
+        return (place,)
+
+    def decode(self, observation: str, outputs) -> str:
+        return outputs[0] if outputs else ""
+
+
 class MemoryFamily(TaskFamily):
     name = "memory"
     levels = tuple(LEVELS)
@@ -202,6 +249,9 @@ class MemoryFamily(TaskFamily):
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
         return verify(instance.data["expected"], answer)
+
+    def views(self):
+        return {"words": WordsView(), "chars": CharView("fill")}
 
     def stream(self, instance: Instance) -> list[StreamStep]:
         """One story line per step (any action accepted), then the question (scored)."""

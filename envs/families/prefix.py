@@ -8,7 +8,14 @@ for a fixed-depth network), while an iterated local rule ("my bit = left neighbo
 input") needs a number of steps that grows with the length.
 
 Levels (length in bits; more bits = more sequential steps):
-    1: 6-8   2: 10-12   3: 14-16   4: 18-20   5: 24-32
+    1: 6-8   2: 10-12   3: 14-16   4: 18-20   5: 24-32   6: 32   7: 64
+Levels 6 and 7 are exactly twice and four times the longest string of levels 1-3, the lengths at
+which length generalisation is measured (``scaled_level``).
+
+View ``bits`` (the default, ``BitsView``): one position per bit, its output the running parity
+there, attention limited to the previous bit: the rule "my parity is my bit xor my left
+neighbour's parity" is then the same at every position and any length runs with the same
+weights (as Deep Thinking's recurrent convolutions); the character view stays as ``chars``.
 
 No tool applies: the expert answers directly.
 
@@ -27,18 +34,45 @@ import numpy as np
 
 from r3m.envs.base import Instance, StreamStep, TaskFamily, make_family
 from r3m.envs.text_env import TextTaskEnv
+from r3m.envs.views import CharView, SymbolView, Token
 from r3m.verifiers import Verdict
 from r3m.verifiers.prefix import prefix_parity, verify
 
 PREFIX = "prefix: "
-LENGTHS = {1: (6, 8), 2: (10, 12), 3: (14, 16), 4: (18, 20), 5: (24, 32)}
+LENGTHS = {1: (6, 8), 2: (10, 12), 3: (14, 16), 4: (18, 20), 5: (24, 32), 6: (32, 32), 7: (64, 64)}
 MAX_BITS = max(hi for _, hi in LENGTHS.values())
 DEFAULT_CHUNK = 4
 
 
+class BitsView(SymbolView):
+    """One position per bit (the ``prefix: `` tag dropped), each writing the running parity at
+    that bit; attention reaches ``left`` bits back and none ahead."""
+
+    name = "bits"
+    out_symbols = ("0", "1")
+    coords = (2,)  # the bit's position mod 2: in the window a bit then tells its left neighbour from itself
+
+    def __init__(self, left: int = 1):
+        if isinstance(left, bool) or not isinstance(left, int) or left < 1:
+            raise ValueError(f"prefix bits view: left must be a positive int, got {left!r}")
+        self.window = (left, 0)
+
+    def tokens(self, prompt: str) -> list[Token]:
+        bits = (prompt[len(PREFIX):] if prompt.startswith(PREFIX) else prompt).strip()
+        if set(bits) - {"0", "1"}:
+            raise ValueError(f"prefix bits view: expected a bit string, got {prompt[:40]!r}")
+        return [Token(b, (1 + i % 2,), True) for i, b in enumerate(bits)]
+
+    def target(self, observation: str, answer: str) -> tuple[str, ...]:
+        return tuple(answer.strip())
+
+    def decode(self, observation: str, outputs) -> str:
+        return "".join(outputs)
+
+
 class PrefixFamily(TaskFamily):
     name = "prefix"
-    levels = (1, 2, 3, 4, 5)
+    levels = (1, 2, 3, 4, 5, 6, 7)
     max_prompt_chars = len(PREFIX) + MAX_BITS
     max_answer_chars = MAX_BITS
     streams = True
@@ -71,12 +105,24 @@ class PrefixFamily(TaskFamily):
         """The longest bit string of ``levels``: the answer has one bit per input bit."""
         return max(LENGTHS[level][1] for level in self.check_levels(levels))
 
+    def views(self):
+        return {"bits": BitsView(), "chars": CharView("fill")}
+
+    def size(self, levels: Sequence[int]) -> int:
+        """The longest string at ``levels``, in bits."""
+        return max(LENGTHS[lv][1] for lv in self.check_levels(levels))
+
+    def scaled_level(self, levels: Sequence[int], factor: int) -> int | None:
+        """The level whose strings are ``factor`` times the longest at ``levels`` (None: none is)."""
+        want = factor * max(LENGTHS[lv][1] for lv in self.check_levels(levels))
+        return next((lv for lv, (lo, hi) in LENGTHS.items() if lo == hi == want), None)
+
 
 class PrefixEnv(TextTaskEnv):
     """Running parity of a bit string as a text episode (see ``envs.families.prefix``).
 
     ## Observation
-    The transcript: the prompt ``prefix: 0110100`` (6 to 32 bits), then any tool calls and results.
+    The transcript: the prompt ``prefix: 0110100`` (6 to 64 bits), then any tool calls and results.
 
     With ``stream=True``: one chunk of ``chunk`` bits per step (argument ``chunk``, default 4;
     the last may be shorter), the first tagged ``prefix: 0110``, the next ones bits only
@@ -89,7 +135,7 @@ class PrefixEnv(TextTaskEnv):
     In stream mode one answer per chunk: the running parity of its bits continuing from the
     parity of all earlier bits (``0100``, then ``111``).
 
-    Printable ASCII only, the answer at most 32 characters (``max_answer_chars``) once
+    Printable ASCII only, the answer at most 64 characters (``max_answer_chars``) once
     surrounding whitespace is stripped: other text ends the episode with reward 0
     (``TextTaskEnv``).
 

@@ -6,6 +6,11 @@ entry of its level and applies a random solution-preserving transform: transpose
 order and row orders within bands, a stack order and column orders within stacks, and a digit
 relabelling (2 * 1296^2 * 9! transforms). The instance key is the bank entry, so a test puzzle
 is a transform of a test bank entry only; bank entries are pairwise non-isomorphic.
+
+View ``cells`` (the default, ``CellsView``): one position per cell (its given digit or ``.``)
+with its row, column and box as coordinates, each writing the cell's digit, and each refinement
+step sees the previous step's predictions (TRM's answer state); 82 positions for 81 cells where
+the character view pays 170. The character view stays as ``chars``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from r3m.envs.base import Instance, TaskFamily, make_family
 from r3m.envs.eval_sets import sample_indices
 from r3m.envs.families.sudoku_gen import BANK_PATH, LEVELS, Entry, read_bank
 from r3m.envs.text_env import TextTaskEnv
+from r3m.envs.views import CharView, SymbolView, Token
 from r3m.verifiers import Verdict
 from r3m.verifiers.sudoku import DIGITS, PEERS, verify
 
@@ -52,6 +58,35 @@ def digit_table(code: int) -> dict[int, int]:
         q, code = divmod(code, f)
         image.append(pool.pop(q))
     return str.maketrans("123456789", "".join(image))
+
+
+class CellsView(SymbolView):
+    """81 cell positions with (row, column, box) coordinates, the answer written in place."""
+
+    name = "cells"
+    out_symbols = tuple("123456789")
+    coords = (9, 9, 9)
+    feedback = True
+
+    @staticmethod
+    def grid(prompt: str) -> str:
+        cells = (prompt[len(PREFIX):] if prompt.startswith(PREFIX) else prompt).strip()
+        if len(cells) != 81 or set(cells) - set("123456789."):
+            raise ValueError(f"sudoku cells view: expected 81 cells of 1-9 or '.', got {prompt[:40]!r}")
+        return cells
+
+    def tokens(self, prompt: str) -> list[Token]:
+        return [Token(ch, (i // 9 + 1, i % 9 + 1, (i // 27) * 3 + (i % 9) // 3 + 1), True)
+                for i, ch in enumerate(self.grid(prompt))]
+
+    def target(self, observation: str, answer: str) -> tuple[str, ...]:
+        return tuple(answer.strip())
+
+    def decode(self, observation: str, outputs) -> str:
+        return "".join(outputs)
+
+    def call_args(self, observation: str) -> str:
+        return self.grid(observation.partition("<call>")[0])
 
 
 class SudokuFamily(TaskFamily):
@@ -129,6 +164,9 @@ class SudokuFamily(TaskFamily):
 
     def tool_args(self, instance: Instance) -> str:
         return instance.data["puzzle"]
+
+    def views(self):
+        return {"cells": CellsView(), "chars": CharView("fill")}
 
     def distill_targets(self, instance: Instance) -> dict[int, str]:
         """The forced cells: what a model can learn to fill from a verified solution without search."""

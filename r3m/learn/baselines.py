@@ -70,7 +70,7 @@ def dense_baseline(cfg, run: Run, r3m_cfg, spec: TaskSpec, budget: int,
                            samples_per_step=cfg.warm_batch)
         train_phase(run, f"dense2x_lr{lr:g}", model, fit_spec, loss_fn, weight_decay=0.01,
                     extra={"specs": [spec.as_dict()]})
-        policy = Policy(model, spec.mode, spec.width)
+        policy = Policy(model, spec)
         with torch.no_grad():
             tried[lr] = evaluate_family(policy, cfg.family, n_per_level=cfg.eval_n, levels=levels, split="train",
                                         env_id=cfg.env).accuracy

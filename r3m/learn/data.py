@@ -5,7 +5,12 @@ text env, so every ``Example`` pairs the exact transcript the policy would see w
 it should take: a tool choice (0 = answer, i = tool i in the model's ``tool_names``) and a
 payload (the call's ARGS, or the answer text).
 
-Two layouts, matching the model's two decoding modes:
+How the model reads the transcript and writes the action is the family's view
+(``r3m.envs.views``, bound to the model by ``r3m.learn.io``). A symbol view lays out the
+observation its own way and writes the answer at its output positions; a call and an answer that
+uses the last verified tool result are decisions of the tool head with nothing to write (the
+view derives the call's ARGS; the policy renders the result). The character view has two layouts,
+matching the model's two decoding modes:
 - fill: ``<bos> transcript <sep>`` then ``width`` answer slots whose targets are
   ``<pad>...<pad> payload <eos>`` (right-aligned): the payload ends at a fixed distance from the
   transcript's end, where numbers' units digits, lists and tool results sit, so with rotary
@@ -26,32 +31,38 @@ import torch
 
 from r3m import envs, tools
 from r3m.envs.text_env import TextTaskEnv
+from r3m.envs.views import CharView, split_transcript, view_of
+from r3m.learn.io import IGNORE, ViewBatch, ViewIO
 from r3m.learn.run import stream_rng
+from r3m_agent.config import use_result_choice
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
-IGNORE = -100
 TOK = Tokenizer()
 
 
 @dataclass
 class TaskSpec:
-    """How one family is trained and decoded: ``mode`` fill or causal, ``width`` answer slots (fill)
-    or most payload tokens (causal), eos included, the training ``levels``, and the text env's
-    arguments (``env``: e.g. ``stream``, ``distractors``) for training and evaluation alike."""
+    """How one family is trained and decoded: ``mode`` (the view's kind: ``fill`` or ``causal``
+    characters, or ``symbols``), ``width`` answer slots (character fill) or most payload tokens
+    (causal), eos included (0 for a symbol view, whose outputs are its own), the training
+    ``levels``, the text env's arguments (``env``: e.g. ``stream``, ``distractors``) for training
+    and evaluation alike, and the family's ``view`` the model reads it through."""
 
     family: str
     mode: str
     width: int
     levels: tuple[int, ...]
     env: Mapping = field(default_factory=dict)
+    view: str = "chars"
 
     def as_dict(self) -> dict:
         return {"family": self.family, "mode": self.mode, "width": self.width, "levels": list(self.levels),
-                "env": dict(self.env)}
+                "env": dict(self.env), "view": self.view}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TaskSpec":
-        return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]), dict(d.get("env", {})))
+        return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]), dict(d.get("env", {})),
+                   d.get("view", "chars"))
 
 
 class Example(NamedTuple):
@@ -63,11 +74,16 @@ class Example(NamedTuple):
 
 
 class FillBatch(NamedTuple):
-    ids: torch.Tensor  # [B, T] left-padded context
-    mask: torch.Tensor  # [B, T]
-    targets: torch.Tensor  # [B, W] payload, eos, pad
+    """One turn of examples in a fill layout (character slots or a symbol view)."""
+
+    layout: ViewBatch  # ids, masks, slots, read-out positions, decision point, coordinates
+    targets: torch.Tensor  # [B, W] at the read-out positions (IGNORE: nothing to learn)
     tool: torch.Tensor  # [B]
     difficulty: torch.Tensor  # [B]
+
+    def to(self, device) -> "FillBatch":
+        return FillBatch(self.layout.to(device), self.targets.to(device), self.tool.to(device),
+                         self.difficulty.to(device))
 
 
 class CausalBatch(NamedTuple):
@@ -78,14 +94,25 @@ class CausalBatch(NamedTuple):
     tool: torch.Tensor
     difficulty: torch.Tensor
 
+    def to(self, device) -> "CausalBatch":
+        return CausalBatch(*(t.to(device) for t in self))
 
-def parse_action(action: str, tool_names: Sequence[str]) -> tuple[int, str]:
-    """(tool class, payload) of an expert action."""
+
+def parse_action(action: str, tool_names: Sequence[str], observation: str | None = None,
+                 family: envs.TaskFamily | None = None) -> tuple[int, str]:
+    """(choice, payload) of an expert action at ``observation``: a call to tool i (its ARGS), an
+    answer (its text), or, when the observation holds a verified tool result and the answer is
+    what the family derives from it (``answer_from_result``), the choice that uses the result
+    (payload empty)."""
     if tools.is_call(action):
         call = tools.parse_call(action)
         if call.error or call.name not in tool_names:
             raise ValueError(f"expert action is not a call to a known tool: {action[:80]!r}")
         return 1 + list(tool_names).index(call.name), call.args
+    if observation is not None and family is not None:
+        last = split_transcript(observation).last_result
+        if last is not None and family.answer_from_result(last) == action:
+            return use_result_choice(tuple(tool_names)), ""
     return 0, action
 
 
@@ -95,7 +122,7 @@ def episode_examples(env: TextTaskEnv, index: int, difficulty: int | None, use_t
     obs, info = env.reset(options={"index": index, "difficulty": difficulty, "split": split})
     examples = []
     for action in env.expert_actions(use_tools):
-        tool, payload = parse_action(action, tool_names)
+        tool, payload = parse_action(action, tool_names, obs, env.family)
         examples.append(Example(info["family"], info["difficulty"], obs, tool, payload))
         obs, reward, terminated, truncated, info = env.step(action)
     if not (terminated and reward == 1.0):
@@ -103,13 +130,18 @@ def episode_examples(env: TextTaskEnv, index: int, difficulty: int | None, use_t
     return examples
 
 
-def task_spec(family: str, levels: Sequence[int], eval_levels: Sequence[int] = (), **env) -> TaskSpec:
-    """How ``family`` is trained on ``levels`` and decoded, as the family declares it: its decode
-    mode, and room for the longest payload (answer or call ARGS) at the training and evaluation
-    levels plus the eos; ``env``: the text env's arguments."""
+def task_spec(family: str, levels: Sequence[int], eval_levels: Sequence[int] = (), view: str | None = None,
+              **env) -> TaskSpec:
+    """How ``family`` is trained on ``levels`` and decoded, as the family declares it: its view
+    (``view``: one of the family's views by name; None: its default) and, for the character view,
+    room for the longest payload (answer or call ARGS) at the training and evaluation levels plus
+    the eos; ``env``: the text env's arguments."""
     fam = envs.make_family(family)
-    width = fam.payload_chars(tuple(sorted(set(levels) | set(eval_levels)))) + 1
-    return TaskSpec(family, fam.decode, width, tuple(levels), env)
+    chosen = view_of(fam, view)
+    width = 0
+    if isinstance(chosen, CharView):
+        width = fam.payload_chars(tuple(sorted(set(levels) | set(eval_levels)))) + 1
+    return TaskSpec(family, chosen.kind, width, tuple(levels), env, chosen.name)
 
 
 class PayloadTooLong(ValueError):
@@ -134,17 +166,12 @@ def fill_slots(payload: str, width: int, family: str = "") -> list[int]:
     return [PAD_ID] * (width - len(pay)) + pay
 
 
-def collate_fill(examples: Sequence[Example], width: int) -> FillBatch:
-    """Left-padded contexts (the answer slots then follow every row's last token) and slot targets."""
-    ctx = [_context_ids(e.context) for e in examples]
-    T = max(map(len, ctx))
-    ids = torch.full((len(ctx), T), PAD_ID, dtype=torch.long)
-    targets = torch.full((len(ctx), width), PAD_ID, dtype=torch.long)
-    for i, (c, e) in enumerate(zip(ctx, examples)):
-        ids[i, T - len(c):] = torch.tensor(c)
-        targets[i] = torch.tensor(fill_slots(e.payload, width, e.family))
-    return FillBatch(ids, ids != PAD_ID, targets, _tensor(e.tool for e in examples),
-                     _tensor(e.difficulty for e in examples))
+def collate_fill(examples: Sequence[Example], io: ViewIO) -> FillBatch:
+    """The examples' observations in ``io``'s fill layout and the targets at its read-out positions."""
+    contexts = [e.context for e in examples]
+    layout = io.batch(contexts)
+    targets = io.targets(contexts, [e.tool for e in examples], [e.payload for e in examples], layout)
+    return FillBatch(layout, targets, _tensor(e.tool for e in examples), _tensor(e.difficulty for e in examples))
 
 
 def collate_causal(examples: Sequence[Example], width: int) -> CausalBatch:

@@ -23,8 +23,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from r3m import envs
+from r3m import envs, tools
 from r3m.learn.data import IGNORE, DemoSource, Example, TaskSpec, collate_causal, collate_fill
+from r3m.learn.io import ViewIO
 from r3m.learn.evaluation import answer_text, episode_calls, partial_targets, replay_instance
 from r3m.learn.loop import FitSpec, FitState, train_phase
 from r3m.learn.losses import LossOut, imitation_loss
@@ -75,7 +76,7 @@ def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
     """
     out, seen = [], set()
     for ep in episodes:
-        if not (ep.correct and ep.turns and ep.turns[-1].tool == 0):
+        if not (ep.correct and ep.turns and not tools.is_call(ep.turns[-1].action)):
             continue
         if not any(c.ok for c in episode_calls(ep)):
             continue
@@ -90,19 +91,22 @@ def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
     return out
 
 
-def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str] | None]]):
-    """Collated distillation examples; partial targets supervise only their answer positions."""
+def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str] | None]], io: ViewIO):
+    """Collated distillation examples; partial targets supervise only their answer positions (a
+    symbol view's outputs are in answer order, one per answer character where it declares partial
+    targets)."""
     examples = [e for e, _ in chosen]
-    if spec.mode != "fill":
+    if spec.mode == "causal":
         return collate_causal(examples, spec.width)
-    batch = collate_fill(examples, spec.width)
+    batch = collate_fill(examples, io)
     if any(targets is not None for _, targets in chosen):
         masked = batch.targets.clone()
+        width = masked.shape[1]
         for i, (e, targets) in enumerate(chosen):
             if targets is None:
                 continue
-            keep = torch.zeros(spec.width, dtype=torch.bool)
-            offset = spec.width - len(e.payload) - 1  # right-aligned payload (r3m.learn.data)
+            keep = torch.zeros(width, dtype=torch.bool)
+            offset = width - len(e.payload) - 1 if spec.mode == "fill" else 0  # fill: right-aligned payload
             keep[[offset + c for c in targets]] = True
             masked[i] = masked[i].masked_fill(~keep, IGNORE)
         batch = batch._replace(targets=masked)
@@ -125,7 +129,7 @@ def distill(run: Run, phase: str, policy: Policy, spec: TaskSpec, examples: Sequ
     def loss_fn(step: int) -> LossOut:
         rng = stream_rng(seed, "distill_batches", step)
         chosen = [examples[i] for i in rng.integers(0, len(examples), size=settings.batch)]
-        out = imitation_loss(model, spec, distill_batch(spec, chosen), K=policy.K, grad_steps=None,
+        out = imitation_loss(model, spec, distill_batch(spec, chosen, policy.io), K=policy.K, grad_steps=None,
                              tool_weight=tool_weight)
         if replay is not None:
             replayed = imitation_loss(model, spec, replay.get(step)[1], K=policy.K, grad_steps=None)

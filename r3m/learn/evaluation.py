@@ -20,9 +20,7 @@ from r3m.envs.base import Instance, TaskFamily
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import mean
 from r3m.learn.rollout import Episode, make_vec, run_episodes
-from r3m_agent.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
-TOK = Tokenizer()
 
 EVAL_SEED = 1_000_003  # evaluation instances come from seeds far from any training stream
 
@@ -133,12 +131,9 @@ def write_stats(episodes: Sequence[Episode]) -> dict:
                                            for lv in levels}}
 
 
-def majority_rate(family: str, levels: Sequence[int], n_per_level: int, env_kwargs: dict | None = None,
-                  split: str = "test", seed: int = EVAL_SEED) -> float:
-    """Chance: the accuracy of always giving the most common answer of these test instances (the
-    ones ``evaluate_family`` plays), a floor any ablation should be compared with."""
-    import gymnasium as gym
-
+def gold_answers(family: str, levels: Sequence[int], n_per_level: int, env_kwargs: dict | None = None,
+                 split: str = "test", seed: int = EVAL_SEED) -> list[str]:
+    """The oracle answers of the test instances ``evaluate_family`` plays (the same seeds)."""
     env = gym.make(env_id_of(family), disable_env_checker=True, **(env_kwargs or {}))
     answers = []
     for level in levels:
@@ -146,7 +141,22 @@ def majority_rate(family: str, levels: Sequence[int], n_per_level: int, env_kwar
             env.reset(seed=seed + i, options={"split": split, "difficulty": level})
             answers.append(env.unwrapped.instance.answer)
     env.close()
+    return answers
+
+
+def majority_rate(family: str, levels: Sequence[int], n_per_level: int, env_kwargs: dict | None = None,
+                  split: str = "test", seed: int = EVAL_SEED) -> float:
+    """Chance: the accuracy of always giving the most common answer of these test instances (the
+    ones ``evaluate_family`` plays), a floor any ablation should be compared with."""
+    answers = gold_answers(family, levels, n_per_level, env_kwargs, split, seed)
     return max(answers.count(a) for a in set(answers)) / len(answers) if answers else 0.0
+
+
+def answer_set_rate(episodes: Sequence[Episode], answers: Sequence[str]) -> float:
+    """The share of episodes whose final answer is one of ``answers`` (the gold answers of the
+    instances played): a model that cannot say an answer at all stays below chance."""
+    known = {a.strip() for a in answers}
+    return mean(bool(e.turns) and e.turns[-1].action.strip() in known for e in episodes)
 
 
 # -- which levels, and summaries ---------------------------------------------------------------------
@@ -211,6 +221,17 @@ def halting_summary(halted: FamilyEval, fixed: FamilyEval, K: int, play_fixed: C
             "steps_by_level": halted.steps_by_level, "accuracy_by_level": halted.by_level}
 
 
+def best_fixed_k(curve: dict, min_steps: float) -> tuple[int | None, float | None]:
+    """The fixed K with the best accuracy among those that spend at least ``min_steps`` per turn
+    (the smallest such K when several tie), with its accuracy; (None, None) when no K does."""
+    eligible = sorted(K for K in curve if K >= min_steps and curve[K] is not None)
+    if not eligible:
+        return None, None
+    best = max(curve[K] for K in eligible)
+    k = next(K for K in eligible if curve[K] == best)
+    return k, best
+
+
 # -- tool use ------------------------------------------------------------------------------------------
 def shaped_reward(ep: Episode, tool_cost: float, malformed_cost: float, step_cost: float = 0.0,
                   max_steps: int = 1) -> float:
@@ -232,7 +253,7 @@ def episode_calls(ep: Episode) -> list[CallRecord]:
     """The calls of an episode, read back from the env's transcript (what the env executed)."""
     calls = []
     for j, turn in enumerate(ep.turns):
-        if turn.tool == 0:
+        if not tools.is_call(turn.action):
             continue
         if j + 1 >= len(ep.turns):  # the call that broke the budget was never executed
             calls.append(CallRecord(None, False, ""))
@@ -280,9 +301,9 @@ def tool_metrics(with_tools: Sequence[Episode], without_tools: Sequence[Episode]
 
 
 def answer_text(ep: Episode) -> str:
-    """The final answer of an episode as the env received it."""
-    ids = [t for t in ep.turns[-1].payload.tolist() if t not in (EOS_ID, PAD_ID)]
-    return TOK.decode(ids)
+    """The final answer of an episode as the env received it (the action's text: a symbol view's
+    decoded outputs, or the answer a used tool result gave)."""
+    return ep.turns[-1].action
 
 
 def replay_instance(env_id: str, ep: Episode, split: str) -> Instance:

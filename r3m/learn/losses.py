@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from r3m.learn.data import IGNORE, CausalBatch, Example, FillBatch, TaskSpec, collate_causal, collate_fill
+from r3m.learn.io import ViewIO
 from r3m_agent.blocks import ModelOutput
 from r3m_agent.checkpoint import unwrap
 from r3m_agent.memory import Carry
@@ -41,25 +42,38 @@ def model_kwargs(model: torch.nn.Module, K: int | None, grad_steps: int | None) 
     return dict(K=K, grad_steps=grad_steps) if isinstance(unwrap(model), R3M) else {}
 
 
-def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy [S, B] of each step's readout, averaged over each sample's target tokens."""
+def per_sample_token_loss(step_logits: torch.Tensor, targets: torch.Tensor,
+                          allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy [S, B] of each step's readout, averaged over each sample's target tokens;
+    ``allowed`` [V]: the outputs the view can write (the others get no probability, as when acting)."""
     S, B = step_logits.shape[:2]
-    ce = F.cross_entropy(step_logits.float().flatten(0, 2), targets.repeat(S, 1, 1).flatten(),
+    logits = step_logits.float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+    ce = F.cross_entropy(logits.flatten(0, 2), targets.repeat(S, 1, 1).flatten(),
                          ignore_index=IGNORE, reduction="none").view(S, B, -1)
     live = (targets != IGNORE).float()
     return (ce * live).sum(-1) / live.sum(-1).clamp(min=1.0)
 
 
+def view_io(model: torch.nn.Module, spec: TaskSpec) -> ViewIO:
+    """The spec's view bound to the (unwrapped) model's config."""
+    return ViewIO.of(spec, unwrap(model).cfg)
+
+
 def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
                       K: int | None = None, grad_steps: int | None = None,
-                      carry: Carry | None = None) -> ModelOutput:
+                      carry: Carry | None = None, io: ViewIO | None = None) -> ModelOutput:
     """The model on one teacher-forced turn: the expert's choice conditions the payload, and the
     tool logits come from the decision point, which never sees the payload (``blocks.prepare``)."""
     kw = model_kwargs(model, K, grad_steps)
     if carry is not None:
         kw["carry"] = carry
-    if spec.mode == "fill":
-        return model(batch.ids, batch.mask, mode="fill", answer_len=batch.targets.shape[1], choice=batch.tool, **kw)
+    if isinstance(batch, FillBatch):
+        io = io or view_io(model, spec)
+        lay = batch.layout
+        return model(lay.ids, lay.mask, mode="fill", choice=batch.tool, **lay.forward_kwargs(), **io.model_kwargs(),
+                     **kw)
     return model(batch.ids, batch.mask, mode="causal", choice=batch.tool, decision_index=batch.decision, **kw)
 
 
@@ -68,6 +82,7 @@ class TurnOut(NamedTuple):
     targets: torch.Tensor
     tool: torch.Tensor
     episodes: torch.Tensor  # [B] which episode each row belongs to
+    allowed: torch.Tensor | None = None  # [V] what the view's outputs may be (fill layouts)
 
 
 def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
@@ -82,22 +97,24 @@ def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
     ``tbptt`` turns (None: the whole episode; the carry is detached between windows). An already
     collated batch is one turn on an empty memory."""
     device = next(model.parameters()).device
+    io = view_io(model, spec)
+    allowed = io.allowed.to(device) if spec.mode != "causal" else None
     if isinstance(episodes, (FillBatch, CausalBatch)):
-        batch = type(episodes)(*(t.to(device) for t in episodes))
-        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps)
-        yield TurnOut(out, batch.targets, batch.tool, torch.arange(len(batch.tool), device=device))
+        batch = episodes.to(device)
+        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, io=io)
+        yield TurnOut(out, batch.targets, batch.tool, torch.arange(len(batch.tool), device=device), allowed)
         return
     base = unwrap(model)
     carry = base.initial_carry(len(episodes), device) if isinstance(base, R3M) else None
     for j in range(max(map(len, episodes))):
         rows = [i for i, e in enumerate(episodes) if len(e) > j]
         ex = [episodes[i][j] for i in rows]
-        batch = collate_fill(ex, spec.width) if spec.mode == "fill" else collate_causal(ex, spec.width)
-        batch = type(batch)(*(t.to(device) for t in batch))
+        batch = collate_fill(ex, io) if spec.mode != "causal" else collate_causal(ex, spec.width)
+        batch = batch.to(device)
         index = torch.tensor(rows, device=device)
         row_carry = carry.select(index) if carry is not None else None
-        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, carry=row_carry)
-        yield TurnOut(out, batch.targets, batch.tool, index)
+        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, carry=row_carry, io=io)
+        yield TurnOut(out, batch.targets, batch.tool, index, allowed)
         if carry is not None and out.carry is not None:
             carry = carry.put(index, out.carry)
             if tbptt is not None and (j + 1) % tbptt == 0:
@@ -125,7 +142,7 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
     gates: list[tuple[torch.Tensor, torch.Tensor]] = []
     for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps, tbptt=tbptt):
         out, rows = turn.out, len(turn.tool)
-        per_step = per_sample_token_loss(out.step_logits, turn.targets).mean(1)  # [S]
+        per_step = per_sample_token_loss(out.step_logits, turn.targets, turn.allowed).mean(1)  # [S]
         token = (per_step if last is None else per_step[-last:]).mean()
         tool = F.cross_entropy(out.tool_logits.float(), turn.tool)
         loss = token + tool_weight * tool
@@ -207,7 +224,7 @@ def ponder_imitation_loss(model: torch.nn.Module, spec: TaskSpec, episodes: Sequ
     step_losses: list[float] = []
     for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=None):
         rows, out = len(turn.tool), turn.out
-        per_sample = per_sample_token_loss(out.step_logits, turn.targets)  # [S, B]
+        per_sample = per_sample_token_loss(out.step_logits, turn.targets, turn.allowed)  # [S, B]
         ponder = ponder_loss(per_sample, out.halt_probs, lambda_p, beta)
         tool_loss = F.cross_entropy(out.tool_logits.float(), turn.tool)
         loss = loss + rows * (ponder.loss + tool_loss)

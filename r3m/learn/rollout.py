@@ -36,6 +36,7 @@ class Turn:
     writes: float  # memory writes the turn made (0 or 1)
     blocks: float = 0.0  # block applications the turn cost
     kind: str = "turn"  # what the observation was (streamed envs: "fact", "distractor", "question", "chunk")
+    action: str = ""  # the action's text as sent to the env
 
 
 @dataclass
@@ -105,7 +106,7 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
             actions[i] = dec.actions[j]
             episodes[i].turns.append(Turn(obs[i], int(dec.tool[j]), dec.payload[j].cpu(), float(dec.log_prob[j]),
                                           int(dec.steps[j]), float(dec.writes[j]), float(dec.blocks[j]),
-                                          str(kinds[i])))
+                                          str(kinds[i]), dec.actions[j]))
         if carry is not None and dec.carry is not None:
             carry = carry.put(index, dec.carry)
         obs, reward, terminated, truncated, info = vec.step(tuple(actions))

@@ -33,7 +33,7 @@ class Imitation:
     tool_fraction: float = 0.25
     write_penalty: float = 1.0
     write_budget: float = 8.0
-    write_cost: float = 0.01
+    write_cost: float = 0.0
     drift_penalty: float = 1.0
     tbptt: int = 0  # 0: backpropagate through the whole episode
     per_episode: bool = False  # batch_size counts episodes (streams: many turns each), not turns
