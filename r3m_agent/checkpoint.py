@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,20 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             for n in names if norm(saved.get(n, "<missing>")) != norm(current.get(n, "<missing>"))]
 
 
+def _load_reason(path: Path, exc: Exception) -> str:
+    """One readable clause for why torch.load failed: its first sentence, cut at a word."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":  # torch.save writes a zip archive
+            return "not a torch checkpoint: the file is not the zip archive torch.save writes"
+    text = str(exc).strip()
+    if "Unsupported global" in text:
+        return "it holds objects other than tensors and plain data"
+    first = re.split(r"(?<=[.!?])\s", text.splitlines()[0] if text else "", maxsplit=1)[0].rstrip(".")
+    if len(first) < 12 or not re.search(r"[A-Za-z]{3}", first):  # "(101)" and the like say nothing
+        return f"damaged ({type(exc).__name__})"
+    return first if len(first) <= 160 else first[:160].rsplit(" ", 1)[0] + " ..."
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The payload of a checkpoint file; ``CheckpointError`` says plainly what is wrong with a file
     that is missing, empty, unreadable or not written by ``save_checkpoint``."""
@@ -127,12 +143,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes); save_checkpoint writes atomically, "
                               "so this file was not written by it")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # random bytes make torch warn about pickle protocols first
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types for a damaged file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in reason or "Weights only load failed" in str(exc):
-            reason = "it holds objects other than tensors and plain data"
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({_load_reason(path, exc)})") from None
     if not isinstance(payload, dict) or payload.get("model_class") not in MODELS or "model" not in payload:
         raise CheckpointError(f"{str(path)!r} is not a checkpoint written by save_checkpoint "
                               f"(expected a model of {sorted(MODELS)})")

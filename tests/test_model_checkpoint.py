@@ -93,3 +93,33 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+class OrderedThing:  # an object a weights-only load refuses
+    pass
+
+
+def test_a_damaged_file_gets_one_readable_reason(tmp_path):
+    """Random bytes, a text file, a truncated archive, pickled objects: each message names the file
+    and says why in a whole clause (never cut mid-word), with no torch warning before it."""
+    import os
+    import warnings
+
+    from r3m_agent.checkpoint import CheckpointError, read_checkpoint
+
+    torch.save({"a": OrderedThing()}, tmp_path / "objects.pt")
+    torch.save({"a": torch.zeros(3)}, tmp_path / "whole.pt")
+    whole = (tmp_path / "whole.pt").read_bytes()
+    files = {"random.pt": os.urandom(2048), "text.pt": b"not a checkpoint at all", "cut.pt": whole[: len(whole) // 2]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    expected = {"random.pt": "not the zip archive torch.save writes", "text.pt": "not the zip archive",
+                "cut.pt": "zip archive", "objects.pt": "objects other than tensors"}
+    for name, phrase in expected.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CheckpointError) as err:
+                read_checkpoint(tmp_path / name)
+        message = str(err.value)
+        assert phrase in message and name in message and message.endswith(")")
+        assert len(message) < 300
