@@ -36,8 +36,11 @@ COMMANDS_START, COMMANDS_END = "<!-- commands:start (python bench/report.py) -->
 # is the time of the command shown.
 COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("Quick run: Stage 1, R3M alone", ("python train/imitate.py --stage 1 --baseline false",), "imitate-seed0-cpu"),
-    ("The default run: Stages 1-2, six dense baselines", ("python train/imitate.py",), "imitate-default-cpu"),
+    ("The default run: Stages 1-2, two dense baselines", ("python train/imitate.py",), "imitate-default-cpu"),
     ("Stage 0: dense character LM, generation statistics", ("python train/imitate.py --stage 0",), "imitate-stage0-cpu"),
+    ("Arithmetic without tools by imitation, through the place-value view",
+     (" ".join(["python", "train/imitate.py", *next(j for j in PLAN if j.name == "imitate-arithmetic-cpu").args]),),
+     "imitate-arithmetic-cpu"),
     ("Stages 1-2 on chosen families", ("python train/imitate.py --families listops arithmetic --levels 1 2 3",), None),
     ("Stage 3: policy gradients from the verifier, with tools (RL, distillation, RL)",
      ("python train/rl_verify.py --env arithmetic-v0",), "rl-arithmetic-seed0-cpu"),
@@ -54,7 +57,7 @@ COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("A user's families and tools, from their module",
      ("python train/imitate.py --plugin my_tasks --families reverse_word",), None),
     ("Benchmarks", ("python bench/bench_envs.py", "bench/bench_sudoku.py", "bench/bench_dsl.py",
-                    "bench/bench_model.py"), None),
+                    "bench/bench_model.py", "bench/train_throughput.py"), None),
     ("Rerun every result below that is missing or stale, then rebuild the section", ("python bench/reproduce.py",),
      None),
     ("Rebuild the results section below and this table; check them (CI-style)",
@@ -88,6 +91,17 @@ def head(job: Job, m: dict | None) -> list[str]:
     return out + [origin(m), ""]
 
 
+def _view_line(m: dict) -> list[str]:
+    views = m.get("views") or {}
+    if not views:
+        return []
+    parts = []
+    for fam, v in views.items():
+        extra = [f"window {tuple(v['window'])}" if v.get("window") else "", "feedback" if v.get("feedback") else ""]
+        parts.append(f"{fam} through its `{v['name']}` view" + "".join(f", {e}" for e in extra if e))
+    return ["Read " + "; ".join(parts) + " (the dense baselines read the same views).", ""]
+
+
 def imitate_section(job: Job) -> list[str]:
     m = load(job.out / "metrics.json")
     out = head(job, m)
@@ -95,13 +109,16 @@ def imitate_section(job: Job) -> list[str]:
         return out
     curve = m.get("accuracy_vs_k", {})
     base = m.get("baseline") or {}
+    out += _view_line(m)
     if curve:
         ks = sorted({int(k) for c in curve.values() for k in c})
+        n_lrs = len(next(iter(base.values()))["lrs"]) if base else 0
         cols = [f"K={k}" for k in ks] + [f"dense ({k.replace('_', '-')}, {v['layers']} layers, lr {v['best_lr']:g})"
                                          for k, v in base.items()]
-        out += ["Exact accuracy on the test split (verifier) by refinement steps K; the dense baselines are "
-                "trained on the same batches and steps, each at its best of "
-                f"{len(next(iter(base.values()))['lrs']) if base else 0} learning rates (chosen on train instances).",
+        tuned = (f"each at its best of {n_lrs} learning rates (chosen on held-out train instances)" if n_lrs > 1
+                 else f"at the learning rate {next(iter(base.values()))['best_lr']:g}" if base else "")
+        out += ["Exact accuracy on the test split (verifier) by refinement steps K"
+                + (f"; the dense baselines are trained on the same batches and steps, {tuned}" if base else "") + ".",
                 "", "| family | levels | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
         levels = m["config"]["levels"] or ["trained"]
         for fam, c in curve.items():
@@ -110,25 +127,41 @@ def imitate_section(job: Job) -> list[str]:
                        + "".join(f" | {d}" for d in dense) + " |")
         for fam, c in m.get("accuracy_vs_k_harder", {}).items():
             dense = [pct(_get(v["accuracy_harder"], fam)) for v in base.values()]
-            out.append(f"| {fam} | longer (untrained) | " + " | ".join(pct(_get(c, k)) for k in ks)
+            out.append(f"| {fam} | next level (untrained) | " + " | ".join(pct(_get(c, k)) for k in ks)
                        + "".join(f" | {d}" for d in dense) + " |")
+        for fam, lg in (m.get("length_generalization") or {}).items():
+            for f in (2, 4):
+                if f"curve_{f}x" not in lg:
+                    continue
+                lv = lg[f"level_{f}x"]
+                dense = [pct(_get(_get(v.get("accuracy_by_level") or {}, fam), lv)) for v in base.values()]
+                out.append(f"| {fam} | {f}x the longest trained (level {lv}) | "
+                           + " | ".join(pct(_get(lg[f"curve_{f}x"], k)) for k in ks) + "".join(f" | {d}" for d in dense)
+                           + " |")
         out.append("")
         for fam, e in (m.get("exit_criterion") or {}).items():
+            values = ", ".join(f"{k.replace('_', ' ').replace('K', 'K=')} {pct(v)}" for k, v in e.items()
+                               if k not in ("checks", "passed"))
             out.append(f"Exit criterion ({fam}): " + ", ".join(f"{k} {'yes' if v else 'no'}"
                                                                  for k, v in e["checks"].items())
-                       + f" -> **{'passed' if e['passed'] else 'not passed'}**.")
+                       + f" ({values}) -> **{'passed' if e['passed'] else 'not passed'}**.")
         out.append("")
     if m.get("halting"):
-        out += ["Adaptive halting (stage 2) against the same model at fixed K, the same test instances "
-                "(trained levels; steps by level include the longer one):", "",
+        out += ["Adaptive halting (stage 2), per row, against the same model at fixed K on the same test instances: "
+                "on the trained levels, and on a mix of the trained levels and strings twice as long, where a fixed "
+                "K large enough for the longest wastes steps on the others (the best fixed K is the most accurate "
+                "of those spending at least as many steps as halting):", "",
                 "| family | halting accuracy | fixed-K accuracy | avg steps (of K) | block applications vs fixed K | "
-                "wall-time speedup | Spearman(steps, level) | steps by level |", "|---|---|---|---|---|---|---|---|"]
+                "wall-time speedup | steps by level | mix: halting | mix: avg steps | mix: best fixed K | "
+                "Spearman(steps, level), mix |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for fam, h in m["halting"].items():
             by = ", ".join(f"L{lv}: {s:.2f}" for lv, s in h["steps_by_level"].items())
+            best = (f"K={h['best_fixed_k']}: {pct(h['best_fixed_acc'])}" if h.get("best_fixed_k") is not None else "-")
             out.append(f"| {fam} | {pct(h['accuracy'])} | {pct(h['fixed_k_accuracy'])} | {h['avg_steps']:.2f} "
                        f"({pct(h['steps_fraction'])} of {h['fixed_k']}) | {pct(h.get('flops_ratio'))} | "
-                       f"{h.get('speedup', float('nan')):.2f}x | {h.get('spearman_steps_level', float('nan')):.2f} | "
-                       f"{by} |")
+                       f"{h.get('speedup', float('nan')):.2f}x | {by} | {pct(h.get('mix_accuracy'))} | "
+                       f"{h.get('mix_avg_steps', float('nan')):.2f} | {best} | "
+                       f"{h.get('mix_spearman_steps_level', float('nan')):.2f} |")
         out.append("")
     return out + warnings(m)
 
@@ -141,10 +174,10 @@ def warnings(m: dict) -> list[str]:
 
 def seeds_section(jobs: list[Job]) -> list[str]:
     out = ["### Stage 1 across seeds and learning rates", "",
-           "The exit criterion on prefix: K=8 at least K=1 + 10 points, K=16 at least K=8 - 1 point, the "
-           "longer untrained level at least 85% at K=16. One row per run (`python bench/reproduce.py --only "
-           "NAME` reruns one):", "",
-           "| run | command | commit | K=1 | K=8 | K=16 | longer, K=16 | passed | minutes |",
+           "The exit criterion on prefix: K=8 at least K=1 + 10 points, K=16 at least K=8 - 1 point, strings "
+           "twice the longest trained at least 90% at K=32 (K grows with the length). One row per run "
+           "(`python bench/reproduce.py --only NAME` reruns one):", "",
+           "| run | command | commit | K=1 | K=8 | K=16 | 2x the length | passed | minutes |",
            "|---|---|---|---|---|---|---|---|---|"]
     passed = 0
     for job in jobs:
@@ -156,9 +189,10 @@ def seeds_section(jobs: list[Job]) -> list[str]:
         for fam, e in (m.get("exit_criterion") or {}).items():
             passed += e["passed"]
             secs = sum(v.get("seconds", 0) for v in m.get("fit", {}).values())
+            longer = next(((k, v) for k, v in e.items() if k.startswith(("2x_", "longer_"))), ("-", None))
             out.append(f"| {job.name} | `{args}` | `{m['provenance']['commit'][:7]}` | {pct(e['K1'])} | {pct(e['K8'])} | "
-                       f"{pct(e['K16'])} | {pct(e['longer_K16'])} | {'yes' if e['passed'] else '**no**'} | "
-                       f"{secs / 60:.1f} |")
+                       f"{pct(e['K16'])} | {pct(longer[1])} ({longer[0].split('_')[-1].replace('K', 'K=')}) | "
+                       f"{'yes' if e['passed'] else '**no**'} | {secs / 60:.1f} |")
     mach = next((load(j.out / "metrics.json") for j in jobs if (j.out / "metrics.json").exists()), None)
     out += ["", f"{passed} of {len(jobs)} runs pass." + (f" Machine: {origin(mach).split(', torch')[0][len('Commit `xxxxxxx`, '):]}."
                                                        if mach else ""), ""]
@@ -259,6 +293,18 @@ def bench_section() -> list[str]:
         for mode, r in dsl["modes"].items():
             out.append(f"| {mode} | {r['solved_search']}/{r['concepts']} | {r['generalized_held_out']}/{r['concepts']} | "
                        f"{r['budget_exceeded']} |")
+        out.append("")
+    tt = load(ROOT / "bench/results/train_throughput.json")
+    if tt:
+        a, first = tt["args"], tt["args"]["views"][0]
+        out += [f"Training throughput of {a['family']} by view, stage-1 step at K={a['k']} ({a['grad_steps']} steps "
+                f"with gradients), {a['preset']}, batch {a['batch']}, {tt['device']}, {a['threads']} thread(s) "
+                f"(`python bench/train_throughput.py`; commit `{tt['provenance']['commit'][:7]}`):", "",
+                f"| view | positions | params | samples/s | {first} is faster by |", "|---|---|---|---|---|"]
+        for v, r in tt["views"].items():
+            ratio = tt["ratio"].get(v)
+            out.append(f"| {v} | {r['positions']} | {r['params']:,} | {r['samples_per_s']:.1f} | "
+                       f"{f'{ratio:.2f}x' if ratio else '-'} |")
         out.append("")
     for dev in ("cpu", "cuda", "cuda_compile"):
         mb = load(ROOT / f"bench/results/model_{dev}.json")

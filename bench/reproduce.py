@@ -55,6 +55,10 @@ def _seed_jobs() -> list[Job]:
     return jobs
 
 
+# arithmetic without tools by imitation (levels 1-2): a model between the default run's and TRM's size
+ARITHMETIC = ("--families", "arithmetic", "--levels", "1", "2", "--preset", "cpu-small", "--steps", "3000",
+              "--tool-fraction", "0", "--stage", "1", "--baseline", "false")
+
 # parity needs K=8 and a longer warm start than the tool families (the same recipe as imitate's default)
 PREFIX_RL = ("--env", "prefix-v0", "--levels", "1", "2", "3", "--k", "8", "--warm-steps", "2000",
              "--warm-curriculum", "0.5", "--baselines", "false")
@@ -63,6 +67,12 @@ PLAN: list[Job] = [
     Job("imitate-default-cpu", "train/imitate.py", (), "Imitation, the default run: `python train/imitate.py`",
         "imitate"),
     *_seed_jobs(),
+    Job("imitate-baseline-lrs-cpu", "train/imitate.py", ("--stage", "1", "--baseline-lrs", "1e-3", "2e-3", "4e-3"),
+        "The dense baselines at three learning rates (the sweep behind the default run's one rate)", "imitate"),
+    Job("imitate-arithmetic-cpu", "train/imitate.py", ARITHMETIC,
+        "Arithmetic without tools, by imitation, through the place-value view", "imitate"),
+    Job("imitate-arithmetic-chars-cpu", "train/imitate.py", (*ARITHMETIC, "--char-view"),
+        "Arithmetic without tools through the character view, the same budget (the view's ablation)", "imitate"),
     Job("memory-stream-cpu", "train/imitate.py",
         ("--families", "memory", "prefix", "--stream", "--distractors", "0.5", "--levels", "1", "2", "3",
          "--eval-levels", "1", "2", "3", "4", "5", "6", "--baseline", "false", "--stage", "1", "--k-train", "4",

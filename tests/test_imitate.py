@@ -23,7 +23,7 @@ def run(tmp_path, name, **kw):
 def _strip(metrics: dict) -> dict:
     """Metrics that must be identical between equivalent runs (timings and paths differ)."""
     m = json.loads(json.dumps(metrics, default=str))
-    for key in ("config", "provenance", "results_table"):  # the table shows wall-time speedups
+    for key in ("config", "provenance", "results_table", "wall_seconds"):  # the table shows wall-time speedups
         m.pop(key, None)
     for phase in m.get("fit", {}).values():
         phase.pop("seconds", None)
@@ -114,11 +114,14 @@ def test_torchrun_two_processes(tmp_path):
 def test_streamed_memory_run_reports_ablations_writes_and_sweep(tmp_path):
     m = run(tmp_path, "mem", families=("memory",), levels=(1,), eval_levels=(1, 4), stream=True, distractors=0.5,
             batch_size=4, stage="1", write_thresholds=(0.5, 0.999), mem_slots=6)
-    assert imitate.r3m_config(imitate.Config(mem_slots=6)).mem_slots == 6
+    assert imitate.r3m_config(imitate.Config(mem_slots=6), []).mem_slots == 6
     mem = m["memory"]["memory"]
     for key in ("accuracy", "accuracy_by_level", "accuracy_longer", "chance", "writes_per_sample",
-                "write_rate_fact", "write_rate_distractor", "no_memory", "no_memory_trained", "write_sweep"):
+                "write_rate_fact", "write_rate_distractor", "no_memory", "no_memory_trained", "write_sweep",
+                "valid_answers", "no_memory_valid_answers"):
         assert key in mem, key
+    # the words view answers from the closed set of places: with reads off too, every answer is a place
+    assert mem["valid_answers"] == 1.0 and mem["no_memory_valid_answers"] == 1.0
     assert set(mem["accuracy_by_level"]) == {1, 4} and 0.0 < mem["chance"] < 1.0
     assert [s["threshold"] for s in mem["write_sweep"]] == [0.5, 0.999]
     # a higher threshold can only write less

@@ -1,17 +1,24 @@
 """Staged imitation training and evaluation of R3M (the research plan's Stages 0-2).
 
-    python train/imitate.py                    # stage 1 then 2 + the dense baselines, ~1 CPU-hour
+    python train/imitate.py                    # prefix parity: stage 1, the dense baselines, stage 2
+    python train/imitate.py --stage 1 --baseline false              # R3M alone
+    python train/imitate.py --families arithmetic --levels 1 2 --preset cpu-small --steps 5000
     python train/imitate.py --stage 0          # dense character LM: non-degenerate generation
     python train/imitate.py --preset gpu-sudoku --families sudoku --device cuda
 
-Stage 1 trains R3M at a fixed K on expert demonstrations (with and without tool calls) with
+Each family is read through the view it declares (``r3m.envs.views``; ``--char-view`` for the
+character view). Stage 1 trains R3M at a fixed K on expert demonstrations (with and without tool calls) with
 the progressive loss of Deep Thinking (Bansal et al. 2022): each batch runs a random number of
 refinement steps K' <= k_train and supervises the readouts of the last ``grad_steps`` of them,
 so every exit is trained and later steps learn to improve (or keep) earlier answers. It then
-measures accuracy against K on each family's test split, through the envs' verifiers.
+measures accuracy against K on each family's test split, through the envs' verifiers, on
+the trained levels, the next harder one, and where the family has them the levels 2x and 4x the
+size of the largest trained (length generalisation, judged at a K that grows with the size).
 Stage 2 switches on the PonderNet halting head (Banino et al. 2021) and its compute penalty
-and compares accuracy with halting against fixed K. Every run also trains a dense Transformer
-with the same parameter count on the same batches and reports it on the same test sets.
+and compares accuracy with halting against fixed K, also on a mix of trained and 2x sizes
+where a fixed K sized for the largest wastes steps. Every run also trains dense Transformers,
+matched in parameters and in compute, on the same batches and the same view, and reports them
+on the same test sets.
 Everything lands in ``--out``: checkpoints (``--resume`` continues a killed run to the same
 result), TensorBoard logs, ``metrics.json``, plots, and the warnings the plan asks for.
 """
@@ -39,12 +46,17 @@ from r3m import envs, tools
 from r3m.learn import cli, lm, signals, stages
 from r3m.learn.cli import check_device
 from r3m.learn.data import IGNORE, TaskSpec, task_spec
+from r3m.learn.io import ViewIO, with_views
 from r3m.learn.evaluation import (
     accuracy_on,
+    answer_set_rate,
+    best_fixed_k,
     eval_levels,
     evaluate_family,
+    gold_answers,
     halting_summary,
     majority_rate,
+    spearman,
     write_stats,
 )
 from r3m.learn.loop import Interrupted, train_phase
@@ -67,16 +79,16 @@ class Config:
     levels: tuple[int, ...] = ()
     """Training levels, each a level of every family (empty: each family's first three); the test
     split is evaluated on these and on the next, harder level."""
-    preset: str = "cpu-tiny"
-    """R3M size (r3m_agent.PRESETS); the dense baseline is matched to its parameter count."""
+    preset: str = "cpu-micro"
+    """R3M size (r3m_agent.PRESETS); the dense baselines are matched to it (parameters, compute)."""
     mem_slots: int = 0
     """Episodic memory slots (0: the preset's); set --write-budget beside it."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto. On CUDA the forward runs under bf16 autocast."""
     seed: int = 0
     """Seeds the model init and every batch (batches are a pure function of seed and step)."""
-    steps: int = 3000
-    """Stage-1 optimiser steps (the dense baseline gets the same number on the same batches)."""
+    steps: int = 1500
+    """Stage-1 optimiser steps (the dense baselines get the same number on the same batches)."""
     halt_steps: int = 300
     """Stage-2 optimiser steps (continuing from stage 1)."""
     batch_size: int = 32
@@ -94,7 +106,7 @@ class Config:
     """Stop the run after this many optimiser steps in a row with a NaN/inf loss or gradient (each
     such step is skipped; the last checkpoint stays as it was)."""
     k_train: int = 8
-    """Largest number of refinement steps used in training."""
+    """Largest number of refinement steps used in stage-1 training."""
     grad_steps: int = 2
     """Most refinement steps per batch that keep gradients (the earlier ones run without)."""
     curriculum: float = 0.5
@@ -111,8 +123,9 @@ class Config:
     instead of falling ("overthinking")."""
     write_budget: float = 8.0
     """Writes per episode before the write-budget penalty applies (the cpu-tiny memory's 8 slots)."""
-    write_cost: float = 0.01
-    """Price of each (soft) memory write, so a write must lower the task loss to stay open."""
+    write_cost: float = 0.0
+    """Price of each (soft) memory write, so a write must lower the task loss to stay open (with the
+    learned gate only; off by default: on the memory family it shut the gate before reads learned)."""
     tbptt: int = 0
     """Backpropagation through the memory across an episode's turns, in windows of this many turns
     (0: the whole episode; the carry is detached between windows)."""
@@ -123,6 +136,12 @@ class Config:
     the risk of stopping before the answer is found)."""
     halt_threshold: float = 0.5
     """Stage 2: cumulative halting probability at which inference stops."""
+    halt_k: int = 0
+    """Stage 2: refinement steps the halting distribution spans in training (0: 2 x --k-train, room
+    for the longest trained instances); at evaluation halting may run up to the largest --eval-ks."""
+    char_view: bool = False
+    """Read every family through its character view (the task-view ablation: characters in, answer
+    slots out), instead of the view the family declares first."""
     eval_n: int = 100
     """Test instances per level and family."""
     eval_levels: tuple[int, ...] = ()
@@ -139,8 +158,9 @@ class Config:
     memory on the same batches."""
     write_thresholds: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
     """With --stream: write-gate thresholds swept at evaluation (accuracy against writes per sample)."""
-    eval_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    """K values for the accuracy-vs-K curve."""
+    eval_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    """K values for the accuracy-vs-K curve. Instances 2x and 4x the longest trained are judged at
+    2x and 4x K=16 (a K that grows with the length)."""
     baseline: bool = True
     """Train and evaluate the parameter-matched dense baseline."""
     baseline_lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
@@ -193,7 +213,7 @@ class Config:
             raise ValueError(f"--mem-slots must be >= 0 (0: the preset's), got {self.mem_slots}")
         if not 0.0 <= self.curriculum < 1.0:
             raise ValueError(f"--curriculum is a share of the stage-1 steps in [0, 1), got {self.curriculum}")
-        cli.check_at_least(self, batch_size=1, eval_n=1)
+        cli.check_at_least(self, batch_size=1, eval_n=1, halt_k=0)
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ValueError(f"--eval-ks needs one or more values >= 1, got {' '.join(map(str, self.eval_ks)) or 'none'}")
         check_families(self.families, self.levels)
@@ -231,8 +251,16 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
         env = {"stream": True, **({"distractors": cfg.distractors} if envs.make_family(fam).max_distractor_rate else {})} \
             if cfg.stream else {}
         extra = tuple(lv for lv in cfg.eval_levels if lv in envs.make_family(fam).levels)
-        specs.append(task_spec(fam, levels, eval_levels(fam, levels) + extra, **env))
+        view = "chars" if cfg.char_view else None
+        specs.append(task_spec(fam, levels, eval_levels(fam, levels) + scaled_levels(fam, levels) + extra, view,
+                               **env))
     return specs
+
+
+def scaled_levels(family: str, levels: tuple[int, ...]) -> tuple[int, ...]:
+    """The family's levels 2x and 4x the size of the largest trained (length generalisation)."""
+    fam = envs.make_family(family)
+    return tuple(lv for lv in (fam.scaled_level(levels, 2), fam.scaled_level(levels, 4)) if lv is not None)
 
 
 # -- phases ----------------------------------------------------------------------------------
@@ -244,7 +272,7 @@ def evaluate_models(cfg: Config, specs: list[TaskSpec], model: torch.nn.Module, 
     for spec in specs:
         results[spec.family] = {}
         for K in Ks:
-            policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
+            policy = Policy(model, spec, K=K, halt=halt, threshold=cfg.halt_threshold)
             results[spec.family][K] = evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
                                                       levels=spec_eval_levels(cfg, spec),
                                                       allow_tools=allow_tools, split=split, env_kwargs=spec.env)
@@ -256,27 +284,50 @@ def imitation(cfg: Config, **overrides) -> stages.Imitation:
     return stages.Imitation.of(cfg, per_episode=cfg.stream, **overrides)
 
 
-def r3m_config(cfg: Config):
-    """The preset at ``k_train``, with a tool-head class for every registered tool (user tools too)."""
+def r3m_config(cfg: Config, specs: list[TaskSpec]):
+    """The preset at ``k_train``, with a tool-head class for every registered tool (user tools too),
+    able to read every spec's view."""
     slots = {"mem_slots": cfg.mem_slots} if cfg.mem_slots else {}
-    return dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, tool_names=tuple(tools.list_tools()), **slots)
+    base = dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, tool_names=tuple(tools.list_tools()), **slots)
+    return with_views(base, specs)
 
 
 def spec_eval_levels(cfg: Config, spec: TaskSpec) -> tuple[int, ...]:
-    """--eval-levels the family has, else the training levels plus the next harder one."""
+    """--eval-levels the family has, else the training levels, the next harder one and the levels
+    2x and 4x the largest trained (where the family has them)."""
     levels = envs.make_family(spec.family).levels
     chosen = tuple(lv for lv in cfg.eval_levels if lv in levels)
-    return chosen or eval_levels(spec.family, spec.levels)
+    default = eval_levels(spec.family, spec.levels) + scaled_levels(spec.family, spec.levels)
+    return chosen or tuple(dict.fromkeys(default))
 
 
 def harder_levels(cfg: Config, spec: TaskSpec) -> list[int]:
-    """The evaluated levels no training batch came from (longer or harder instances)."""
-    return [lv for lv in spec_eval_levels(cfg, spec) if lv not in spec.levels]
+    """The next harder level than any trained (extrapolation), where it is evaluated."""
+    nxt = [lv for lv in eval_levels(spec.family, spec.levels) if lv not in spec.levels]
+    return [lv for lv in nxt if lv in spec_eval_levels(cfg, spec)]
+
+
+K_JUDGED = 16  # the K at which Stage 1's exit criterion judges trained instances (2x instances: 2 x K_JUDGED)
+
+
+def length_generalization(cfg: Config, spec: TaskSpec, curve: dict) -> dict | None:
+    """Accuracy on the levels 2x and 4x the size of the largest trained, at K = 2x and 4x
+    ``K_JUDGED`` (a K that grows with the length; the largest evaluated K where that is missing)."""
+    fam = envs.make_family(spec.family)
+    out = {"train_levels": list(spec.levels), "train_max_len": fam.size(spec.levels)}
+    for factor in (2, 4):
+        level = fam.scaled_level(spec.levels, factor)
+        if level is None or level not in spec_eval_levels(cfg, spec):
+            return None if factor == 2 else out
+        k = factor * K_JUDGED if factor * K_JUDGED in curve else max(curve)
+        out.update({f"level_{factor}x": level, f"k_{factor}x": k, f"acc_{factor}x": curve[k].by_level.get(level),
+                    f"curve_{factor}x": {K: ev.by_level.get(level) for K, ev in curve.items()}})
+    return out
 
 
 def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R3M:
     seed_everything(cfg.seed)
-    model = R3M(r3m_config(cfg)).to(run.device)
+    model = R3M(r3m_config(cfg, specs)).to(run.device)
     state = stages.stage1(run, "stage1", model, specs, imitation(cfg), cfg.seed)
     _record_fit(metrics, "stage1", state)
     if not run.main:  # under torchrun, rank 0 evaluates and writes
@@ -290,8 +341,15 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
     metrics["accuracy_vs_k_harder"] = {f: {K: accuracy_on(ev, harder_levels(cfg, by_family[f])) for K, ev in c.items()}
                                        for f, c in curve.items() if harder_levels(cfg, by_family[f])}
     metrics["accuracy_vs_k_by_level"] = {f: {K: ev.by_level for K, ev in c.items()} for f, c in curve.items()}
-    metrics["exit_criterion"] = {f: signals.exit_criterion(c, metrics["accuracy_vs_k_harder"].get(f))
-                                 for f, c in metrics["accuracy_vs_k"].items()}
+    metrics["views"] = {s.family: ViewIO.of(s, model.cfg).describe() for s in specs}
+    metrics["length_generalization"] = {s.family: lg for s in specs
+                                        if (lg := length_generalization(cfg, s, curve[s.family])) is not None}
+    metrics["exit_criterion"] = {}
+    for f, c in metrics["accuracy_vs_k"].items():
+        lg = metrics["length_generalization"].get(f)
+        longer = lg["curve_2x"] if lg else metrics["accuracy_vs_k_harder"].get(f)
+        metrics["exit_criterion"][f] = signals.exit_criterion(
+            c, longer, k_high=K_JUDGED, longer_k=lg["k_2x"] if lg else K_JUDGED, longer_name="2x" if lg else "longer")
     at_k = {f: c[cfg.k_train] if cfg.k_train in c else c[max(c)] for f, c in curve.items()}
     metrics["writes_per_sample"] = mean(ev.writes for ev in at_k.values())
     metrics["writes_per_sample_by_family"] = {f: ev.writes for f, ev in at_k.items()}
@@ -301,6 +359,7 @@ def run_stage1(cfg: Config, run: Run, specs: list[TaskSpec], metrics: dict) -> R
                             "malformed_rate": c[cfg.k_train].malformed_rate}
                         for f, c in with_tools.items()}
     metrics["_write_rate"] = state_write_rate(run, "stage1")
+    metrics["_write_gate"] = model.cfg.write_gate
     _log_eval(run, "stage1", metrics, cfg.steps)
     return model
 
@@ -328,12 +387,15 @@ def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics
             tried[lr] = {"validation": mean(accuracy_on(val[s.family][None], s.levels) for s in specs),
                          "test": {s.family: accuracy_on(test[s.family][None], s.levels) for s in specs},
                          "test_harder": {s.family: accuracy_on(test[s.family][None], harder_levels(cfg, s))
-                                         for s in specs}}
+                                         for s in specs},
+                         "by_level": {s.family: test[s.family][None].by_level for s in specs}}
         if run.main:
             best = max(tried, key=lambda lr: (tried[lr]["validation"], -lr))
             report[kind] = {"params": sum(p.numel() for p in model.parameters()), "layers": dense_cfg.n_layers,
+                            "views": {s.family: s.view for s in specs},
                             "block_applications": dense_cfg.n_layers, "best_lr": best,
                             "accuracy": tried[best]["test"], "accuracy_harder": tried[best]["test_harder"],
+                            "accuracy_by_level": tried[best]["by_level"],
                             "lrs": {f"{lr:g}": t for lr, t in tried.items()}, "config": dense_cfg.to_dict()}
     if run.main:
         metrics["baseline"] = report
@@ -350,7 +412,7 @@ def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
     blind = None
     if cfg.memory_ablations:
         seed_everything(cfg.seed)
-        blind = R3M(dataclasses.replace(r3m_config(cfg), memory=False)).to(run.device)
+        blind = R3M(dataclasses.replace(r3m_config(cfg, specs), memory=False)).to(run.device)
         state = stages.stage1(run, "stage1_no_memory", blind, specs, imitation(cfg), cfg.seed)
         _record_fit(metrics, "stage1_no_memory", state)
     if not run.main or not streamed:
@@ -361,7 +423,7 @@ def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
             levels = spec_eval_levels(cfg, spec)
 
             def play(net=model, **kw):
-                policy = Policy(net, spec.mode, spec.width, K=cfg.k_train, **kw)
+                policy = Policy(net, spec, K=cfg.k_train, **kw)
                 return evaluate_family(policy, spec.family, n_per_level=cfg.eval_n, levels=levels,
                                        env_kwargs=spec.env)
 
@@ -372,8 +434,12 @@ def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
                    "chance": majority_rate(spec.family, spec.levels, cfg.eval_n, spec.env), **stats,
                    "write_rate_fact": stats["write_rate_by_kind"].get("fact"),
                    "write_rate_distractor": stats["write_rate_by_kind"].get("distractor")}
+            answers = gold_answers(spec.family, levels, cfg.eval_n, spec.env)
+            res["valid_answers"] = answer_set_rate(ev.episodes, answers)
             if blind is not None:
-                res["no_memory"] = accuracy_on(play(read_memory=False), spec.levels)
+                off = play(read_memory=False)
+                res["no_memory"] = accuracy_on(off, spec.levels)
+                res["no_memory_valid_answers"] = answer_set_rate(off.episodes, answers)
                 res["no_memory_trained"] = accuracy_on(play(blind), spec.levels)
             sweep = []
             for threshold in cfg.write_thresholds:
@@ -386,27 +452,50 @@ def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
     plot_accuracy_vs_writes(sweeps, run.dir / "accuracy_vs_writes.png")
 
 
+def halt_k(cfg: Config) -> int:
+    return cfg.halt_k or 2 * cfg.k_train
+
+
+def halting_on_mix(cfg: Config, spec: TaskSpec, halted, play_fixed) -> dict:
+    """Halting where a fixed K wastes steps: a test mix of the trained levels and the level 2x the
+    largest trained (the trained levels alone where the family has none), against the best fixed K
+    that spends at least as many steps per turn as halting (``evaluation.best_fixed_k``)."""
+    fam = envs.make_family(spec.family)
+    mix = tuple(spec.levels) + tuple(lv for lv in (fam.scaled_level(spec.levels, 2),) if lv is not None)
+    episodes = [e for e in halted.episodes if e.difficulty in mix]
+    acc, steps = mean(e.correct for e in episodes), mean(e.steps for e in episodes)
+    curve = {K: accuracy_on(play_fixed(K, mix), mix) for K in cfg.eval_ks}
+    best_k, best_acc = best_fixed_k(curve, steps)
+    return {"mix_levels": list(mix), "mix_accuracy": acc, "mix_avg_steps": steps, "mix_fixed_curve": curve,
+            "best_fixed_k": best_k, "best_fixed_acc": best_acc,
+            "mix_spearman_steps_level": spearman([e.steps for e in episodes], [e.difficulty for e in episodes]),
+            "earns_its_place": best_acc is not None and acc >= best_acc - 0.01}
+
+
 def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
-    state = stages.stage2(run, "stage2", model, specs, imitation(cfg, steps=cfg.halt_steps, curriculum=0.0), cfg.seed,
+    state = stages.stage2(run, "stage2", model, specs,
+                          imitation(cfg, steps=cfg.halt_steps, curriculum=0.0, k_train=halt_k(cfg)), cfg.seed,
                           lambda_p=cfg.lambda_p, beta=cfg.beta)
     _record_fit(metrics, "stage2", state)
     if not run.main:
         return
     halting, steps_by_level = {}, {}
+    k_max = max(max(cfg.eval_ks), halt_k(cfg))  # halting may run as long as any fixed K evaluated
     with torch.no_grad():
         for spec in specs:
-            def play(K: int, halt: bool = False, spec: TaskSpec = spec):
-                policy = Policy(model, spec.mode, spec.width, K=K, halt=halt, threshold=cfg.halt_threshold)
+            def play(K: int, halt: bool = False, spec: TaskSpec = spec, levels=None):
+                policy = Policy(model, spec, K=K, halt=halt, threshold=cfg.halt_threshold)
                 return evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
-                                       levels=spec_eval_levels(cfg, spec), env_kwargs=spec.env)
+                                       levels=levels or spec_eval_levels(cfg, spec), env_kwargs=spec.env)
 
             t0 = time.perf_counter()  # the same instances, batch size and process: wall time with and without
-            halted = play(cfg.k_train, halt=True)
+            halted = play(k_max, halt=True)
             t1 = time.perf_counter()
-            fixed = play(cfg.k_train)
+            fixed = play(k_max)
             t2 = time.perf_counter()
-            summary = halting_summary(halted, fixed, cfg.k_train, play, levels=spec.levels)
+            summary = halting_summary(halted, fixed, k_max, play, levels=spec.levels)
             summary.update(wall_halt_s=t1 - t0, wall_fixed_s=t2 - t1, speedup=(t2 - t1) / max(t1 - t0, 1e-9))
+            summary.update(halting_on_mix(cfg, spec, halted, lambda K, lv, p=play: p(K, levels=lv)))
             halting[spec.family] = summary
             steps_by_level[spec.family] = {lv: [e.steps for e in halted.episodes if e.difficulty == lv]
                                            for lv in halted.by_level}
@@ -438,7 +527,8 @@ def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
     completions = lm.sample_completions(model, lm.PROMPTS * 5, max_new_tokens=80, temperature=0.8, top_k=20,
                                         seed=cfg.seed)
     stats = lm.generation_stats(completions)
-    instruct = evaluate_family(Policy(model, "causal", 64), "instruct", n_per_level=cfg.eval_n, levels=(1, 2))
+    instruct = evaluate_family(Policy(model, task_spec("instruct", (1, 2))), "instruct", n_per_level=cfg.eval_n,
+                               levels=(1, 2))
     metrics["stage0"] = {
         "params": sum(p.numel() for p in model.parameters()),
         "final_loss": mean(state.losses[-50:]), "loss_curve": state.losses[:: max(1, len(state.losses) // 50)],
@@ -493,7 +583,8 @@ def warnings_for(cfg: Config, metrics: dict) -> list[dict]:
     found = []
     if "accuracy_vs_k" in metrics:
         found += signals.k_curve(metrics["accuracy_vs_k"], 1, cfg.k_train)
-        found += signals.write_spam(metrics.get("_write_rate", 0.0))
+        if metrics.get("_write_gate"):  # FIFO (Stage 1) writes every turn by design
+            found += signals.write_spam(metrics.get("_write_rate", 0.0))
     for fam, by_level in metrics.get("_halt_steps", {}).items():
         found += signals.halting_collapse([s for steps in by_level.values() for s in steps])
     for phase, norms in metrics.get("_grad_norms", {}).items():  # each model against its own scale
@@ -505,6 +596,7 @@ def warnings_for(cfg: Config, metrics: dict) -> list[dict]:
 
 
 def main(cfg: Config) -> dict:
+    t0 = time.perf_counter()
     setup_logging()
     run = start_run(cfg, "imitate", stop_after=cfg.stop_after)
     log.info(f"run directory {run.dir} on {run.device}")
@@ -531,6 +623,7 @@ def main(cfg: Config) -> dict:
     metrics["warnings"] = warnings_for(cfg, metrics)
     norms = [g for phase in metrics.pop("_grad_norms", {}).values() for g in phase if math.isfinite(g)]
     metrics["grad_norm"] = {"mean": mean(norms), "max": max(norms, default=0.0)}
+    metrics["wall_seconds"] = time.perf_counter() - t0  # this process, start to finish (a resumed run: its part)
     return finish(cfg, run, metrics)
 
 

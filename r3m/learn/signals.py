@@ -44,20 +44,24 @@ def k_curve(accuracy_vs_k: Mapping[str, Mapping[int, float]], k_low: int = 1, k_
 
 
 def exit_criterion(curve: Mapping, longer: Mapping | None, k_low: int = 1, k_mid: int = 8, k_high: int = 16,
-                   min_gain: float = 0.10, tol: float = 0.01, longer_min: float = 0.85) -> dict:
+                   min_gain: float = 0.10, tol: float = 0.01, longer_min: float = 0.90, longer_k: int | None = None,
+                   longer_name: str = "longer") -> dict:
     """Stage 1's exit criterion on one family's accuracy-vs-K curve: K=k_mid at least K=k_low +
-    ``min_gain``, K=k_high at least K=k_mid - ``tol``, and the longer untrained level at least
-    ``longer_min`` at K=k_high. Keys may be ints or strings (JSON); a missing K fails its check."""
+    ``min_gain``, K=k_high at least K=k_mid - ``tol``, and the longer untrained instances
+    (``longer``: their accuracy-vs-K curve; the plan's test is strings twice the longest trained)
+    at least ``longer_min`` at K=``longer_k`` (default k_high; a K that grows with the length).
+    Keys may be ints or strings (JSON); a missing K fails its check."""
     def at(c, k):
         if c is None:
             return None
         return c.get(k, c.get(str(k)))
 
-    a, b, c, d = at(curve, k_low), at(curve, k_mid), at(curve, k_high), at(longer, k_high)
+    longer_k = k_high if longer_k is None else longer_k
+    a, b, c, d = at(curve, k_low), at(curve, k_mid), at(curve, k_high), at(longer, longer_k)
     checks = {"k_helps": a is not None and b is not None and b >= a + min_gain,
               "no_overthinking": b is not None and c is not None and c >= b - tol,
-              "longer": d is not None and d >= longer_min}
-    return {f"K{k_low}": a, f"K{k_mid}": b, f"K{k_high}": c, f"longer_K{k_high}": d, "checks": checks,
+              longer_name: d is not None and d >= longer_min}
+    return {f"K{k_low}": a, f"K{k_mid}": b, f"K{k_high}": c, f"{longer_name}_K{longer_k}": d, "checks": checks,
             "passed": all(checks.values())}
 
 
