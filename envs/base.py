@@ -161,6 +161,12 @@ class TaskFamily(abc.ABC):
         when the family has no such level (the default)."""
         return None
 
+    def file_formats(self) -> "Mapping[str, tuple[Callable[[str], list[Instance]], Callable[[Instance], Any]]]":
+        """Files of a published format this family reads, for evaluation only: format name ->
+        (``load(path) -> instances``, ``group(instance)``, the key results are reported by).
+        ``train/evaluate.py --babi FILE`` plays the files of the family that reads "babi"."""
+        return {}
+
     def views(self) -> "Mapping[str, View]":
         """How a model may read this family and write its answer, by name, the default first
         (``r3m.envs.views``). The character view ``"chars"`` (``decode``) is always there; a family

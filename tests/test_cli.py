@@ -175,7 +175,8 @@ ALL_SCRIPTS = {**SCRIPTS, "distill": None, "consolidate": None}
 # a valid non-default value for options whose generic variant (below) the scripts reject
 SPECIAL = {"preset": "cpu-small", "lm_preset": "cpu-small", "env": "listops-v0", "advantage": "grpo", "families": ("listops",),
            "stage": "1", "levels": (2,), "eval_levels": (2, 3), "envs": ("listops-v0",), "sets": ("norvig_top95",),
-           "plugin": ("r3m.envs",), "eval_ks": (1, 2), "init": "init.pt", "checkpoint": "model.pt", "write_thresholds": (0.5, 0.7)}
+           "plugin": ("r3m.envs",), "eval_ks": (1, 2), "init": "init.pt", "checkpoint": "model.pt", "write_thresholds": (0.5, 0.7),
+           "babi": ("stories.txt",)}
 
 
 GENERIC = {"consolidate": {"families"}}  # options whose generic variant is the valid one for this script
@@ -225,6 +226,7 @@ def test_every_option_is_set_once_by_a_test_and_reaches_the_config(name, tmp_pat
     specs = [task_spec(fam, (1, 2)).as_dict() for fam in ("arithmetic", "listops", "prefix", "sudoku")]
     for path in ("init.pt", "model.pt"):
         save_checkpoint(tmp_path / path, model, extra={"specs": specs})
+    (tmp_path / "stories.txt").write_text("1 Mary moved to the bathroom.\n2 Where is Mary? \tbathroom\t1\n")
     base = ["--checkpoint", "model.pt"] if name in ("evaluate", "distill") else []
     cls = importlib.import_module(f"r3m.train.{name}").Config
     hints = typing.get_type_hints(cls)

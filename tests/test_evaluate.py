@@ -145,3 +145,33 @@ def test_config_validation_and_cli():
     assert cfg.k == (1, 4) and cfg.sets == ("norvig_top95",) and cfg.tools is True
     with pytest.raises(SystemExit):
         parse_config(Config, ["--checkpoint", "x.pt", "--kk", "1"])
+
+
+def test_babi_files_are_streamed_like_training_and_scored_by_task(tmp_path):
+    """Stories the family exports in bAbI's format, played through --babi, give the accuracy the env
+    gives on the same instances (streamed, one sentence per turn, as the checkpoint trained)."""
+    from r3m import envs
+    from r3m.envs.families.memory import export_babi
+    from r3m.learn.data import task_spec
+    from r3m.learn.evaluation import evaluate_instances
+    from r3m.learn.io import with_views
+    from r3m.learn.policy import Policy
+    from r3m_agent import R3M, R3MConfig
+
+    fam = envs.make_family("memory")
+    insts = [fam.instance("test", i, level) for level in (1, 2, 3) for i in range(4)]
+    path = tmp_path / "stories.txt"
+    path.write_text("\n".join(export_babi(insts)) + "\n")
+    spec = task_spec("memory", (1, 2, 3), stream=True)
+    torch.manual_seed(0)
+    model = R3M(with_views(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=8,
+                                     semantic_slots=0, K=2), [spec]))
+    save_checkpoint(tmp_path / "m.pt", model, extra={"specs": [spec.as_dict()], "phase": "stage1"})
+    m = run(tmp_path, checkpoint=str(tmp_path / "m.pt"), n=0, k=(2,), babi=(str(path),))
+    assert set(m["babi"]) == {"1", "2", "3"} and all(g["n"] == 4 for g in m["babi"].values())
+    with torch.no_grad():
+        direct = evaluate_instances(Policy(model.eval(), spec, K=2), "memory-v0", insts, env_kwargs={"stream": True})
+    by_task = {str(t): sum(e.correct for e, i in zip(direct.episodes, insts) if i.data["task"] == t) / 4
+               for t in (1, 2, 3)}
+    assert {t: g["accuracy"] for t, g in m["babi"].items()} == by_task
+    assert all(len(e.turns) == i.prompt.count("\n") + 1 for e, i in zip(direct.episodes, insts))  # streamed

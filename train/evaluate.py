@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # `python train/evaluate.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -88,6 +88,10 @@ class Config:
     """Instances per set: a fixed sample drawn with --set-seed (0: the set's registered size)."""
     set_seed: int = 0
     """Seed of the --set-limit sample."""
+    babi: tuple[str, ...] = ()
+    """bAbI-format story files: every question played as an episode of the family that reads bAbI
+    files (``TaskFamily.file_formats``), one sentence per turn where the checkpoint trained on
+    streamed episodes; accuracy by bAbI task in metrics "babi"."""
     batch_size: int = 100
     """Episodes played at once."""
     device: str = "auto"
@@ -112,18 +116,23 @@ class Config:
         if unknown:
             raise ValueError(f"--sets {' '.join(unknown)}: not registered; registered: "
                              f"{', '.join(envs.list_eval_sets())}")
+        missing = [f for f in self.babi if not Path(f).is_file()]
+        if missing:
+            raise ValueError(f"--babi {' '.join(missing)}: no such file")
         check_device(self.device)
 
 
 @dataclass
 class Target:
-    """One evaluation set: a text env's test split or an external CSV."""
+    """One evaluation set: a text env's test split, an external set, or files of a published format."""
 
     name: str
     env_id: str
     spec: TaskSpec
     levels: tuple[int, ...] = ()
     instances: list | None = None
+    env_kwargs: dict = field(default_factory=dict)  # e.g. a file's stories streamed as in training
+    group: Callable | None = None  # instance -> the key results are reported by (files of a format)
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -188,9 +197,9 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
     saved = saved_specs(payload)
     specs = dict(saved)
     env_ids = (cfg.envs or tuple(env_id_of(f) for f in saved)) if cfg.n else ()
-    if not env_ids and not cfg.sets:
+    if not env_ids and not cfg.sets and not cfg.babi:
         raise UsageError("nothing to evaluate: the checkpoint names no families (or --n is 0); "
-                         "pass --envs and/or --sets")
+                         "pass --envs, --sets and/or --babi")
     families = [family_of(e) for e in env_ids]
     out = []
     for env_id, fam in zip(env_ids, families):
@@ -206,10 +215,29 @@ def targets(cfg: Config, payload: dict[str, Any], notes: list[str]) -> list[Targ
             continue
         out.append(Target(name, env_id_of(family), spec_for(family, specs, notes, payload["config"]),
                           instances=instances))
+    if cfg.babi:
+        out.append(file_target(cfg, "babi", cfg.babi, specs, notes, payload["config"]))
     if not out:
         raise UsageError("nothing to evaluate: every --sets file is missing and no env was asked for (--n 0); set "
                          "R3M_EVAL_DIR to the folder of the evaluation sets, or pass --envs")
     return out
+
+
+def file_target(cfg: Config, fmt: str, paths: tuple[str, ...], specs: dict[str, TaskSpec], notes: list[str],
+                model_cfg: dict) -> Target:
+    """The instances of files in a published format (``TaskFamily.file_formats``), played as the
+    checkpoint trained on the family (one step per sentence when it streamed)."""
+    readers = [f for f in envs.list_families() if fmt in envs.make_family(f).file_formats()]
+    if not readers:
+        raise UsageError(f"--{fmt}: no registered family reads {fmt} files")
+    family = readers[0]
+    load, group = envs.make_family(family).file_formats()[fmt]
+    instances = [inst for p in paths for inst in load(p)]
+    if not instances:
+        raise UsageError(f"--{fmt} {' '.join(paths)}: no questions in the files")
+    spec = spec_for(family, specs, notes, model_cfg)
+    env = {"stream": True} if spec.env.get("stream") else {}
+    return Target(fmt, env_id_of(family), spec, instances=instances, env_kwargs=env, group=group)
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -219,7 +247,7 @@ def play(cfg: Config, model: torch.nn.Module, target: Target, K: int | None,
     policy = Policy(model, spec, K=K, halt=halt)
     if target.instances is not None:
         return evaluate_instances(policy, target.env_id, target.instances, allow_tools=cfg.tools,
-                                  batch_size=cfg.batch_size)
+                                  batch_size=cfg.batch_size, env_kwargs=target.env_kwargs)
     return evaluate_family(policy, spec.family, n_per_level=cfg.n, levels=target.levels,
                            allow_tools=cfg.tools, batch_size=cfg.batch_size, env_id=target.env_id)
 
@@ -242,6 +270,11 @@ def evaluate_target(cfg: Config, model: torch.nn.Module, target: Target) -> dict
     res.update(accuracy=headline.accuracy, by_level=headline.by_level, avg_steps=headline.steps,
                writes_per_sample=headline.writes, tool_call_rate=headline.tool_call_rate,
                malformed_rate=headline.malformed_rate)
+    if target.group is not None:  # episodes come back in the instances' order
+        groups: dict[str, list[bool]] = {}
+        for inst, ep in zip(target.instances, headline.episodes):
+            groups.setdefault(str(target.group(inst)), []).append(ep.correct)
+        res["groups"] = {g: {"accuracy": mean(c), "n": len(c)} for g, c in sorted(groups.items())}
     return res
 
 
@@ -256,7 +289,8 @@ def collect(cfg: Config, model: torch.nn.Module, results: dict[str, dict], exter
             m["halting"] = {n: r["halting"] for n, r in fams.items()}
     else:
         m["baseline_accuracy"] = dict(m["accuracy"])
-    m["sets"] = {n: r for n, r in results.items() if external[n]}
+    m["sets"] = {n: r for n, r in results.items() if external[n] and "groups" not in r}
+    m.update({n: r["groups"] for n, r in results.items() if "groups" in r})  # e.g. babi.<task>
     m["writes_per_sample"] = mean(r["writes_per_sample"] for r in results.values())
     m["writes_per_sample_by_family"] = {n: r["writes_per_sample"] for n, r in fams.items()}
     m["tools"] = {n: {"enabled": cfg.tools, "call_rate": r["tool_call_rate"],

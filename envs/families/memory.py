@@ -253,6 +253,11 @@ class MemoryFamily(TaskFamily):
     def views(self):
         return {"words": WordsView(), "chars": CharView("fill")}
 
+    def file_formats(self):
+        """bAbI's text files (``train/evaluate.py --babi FILE``), read by ``load_babi``; each
+        instance's group is its bAbI task."""
+        return {"babi": (load_babi, lambda inst: inst.data["task"])}
+
     def stream(self, instance: Instance) -> list[StreamStep]:
         """One story line per step (any action accepted), then the question (scored)."""
         *story, question = instance.prompt.split("\n")
@@ -334,6 +339,19 @@ def load_babi(path_or_lines: str | os.PathLike | Iterable[str]) -> list[Instance
             "supporting": tuple(int(s) for s in " ".join(support).split()),
         }))
     return out
+
+
+def export_babi(instances: Iterable[Instance]) -> list[str]:
+    """``instances`` as a file in bAbI's format, one story per instance (its lines numbered from 1,
+    then the question with the answer and the supporting line numbers where known): what
+    ``load_babi`` reads back as the same prompts and answers."""
+    lines = []
+    for inst in instances:
+        *story, question = inst.prompt.split("\n")
+        lines += [f"{n} {text}" for n, text in enumerate(story, 1)]
+        support = " ".join(map(str, inst.data.get("supporting", ())))
+        lines.append(f"{len(story) + 1} {question} \t{inst.answer}\t{support}".rstrip())
+    return lines
 
 
 class MemoryEnv(TextTaskEnv):

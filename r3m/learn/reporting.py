@@ -295,6 +295,9 @@ def eval_table(results: Mapping[str, Mapping[str, Any]], headline: str = "") -> 
             row += [pct(h["accuracy"]), f"{h['avg_steps']:.2f}"] if h else ["-", "-"]
         row += [pct(r["accuracy"]), pct(r["tool_call_rate"])]
         lines.append("| " + " | ".join(row) + " |")
+        for group, g in r.get("groups", {}).items():  # a file format's instances by group (bAbI task)
+            blank = ["-"] * (len(ks) + (2 if halt else 0))
+            lines.append("| " + " | ".join([f"{name} {group}", str(g["n"]), *blank, pct(g["accuracy"]), "-"]) + " |")
     return "\n".join(lines)
 
 
