@@ -72,3 +72,20 @@ def test_nan_steps_are_reported_and_short_phases_judged_on_them_alone():
     found = instability([0.1, float("nan"), 50.0, 60.0, 70.0], 1, losses=[1.0, float("nan"), 9.0, 9.0, 9.0])
     assert [s.name for s in found] == ["nan"] and "1 steps had NaN" in found[0].message
     assert instability([0.01] * 60 + [100.0] * 30, 0) == []  # under two windows of steps: too short to judge
+
+
+def test_a_curriculum_unlock_is_not_an_instability():
+    """A harder level unlocking sends the loss and the norms back up by design: judged per stretch
+    between unlocks, the same sequence is silent; a climb inside a stretch still fires."""
+    rng = np.random.default_rng(0)
+    easy = list(np.geomspace(1.5, 0.01, 300) * rng.uniform(0.8, 1.2, 300))
+    hard = list(np.geomspace(1.2, 0.02, 300) * rng.uniform(0.8, 1.2, 300))
+    losses = easy + hard
+    norms = [0.5 * x for x in losses]
+    assert {s.name for s in instability(norms, 0, losses=losses)} >= {"loss_blowup"}
+    assert instability(norms, 0, losses=losses, restarts=(300,)) == []
+    climb = hard[:150] + list(np.linspace(0.05, 1.1, 150))
+    found = instability([0.5] * 450, 0, losses=easy[:300] + climb[:150], restarts=(300,))
+    assert found == []  # too short a stretch after the unlock to judge
+    found = instability([0.5] * 600, 0, losses=easy + climb, restarts=(300,))
+    assert [s.name for s in found] == ["loss_blowup"] and int(found[0].message.split("steps ")[1].split("-")[0]) > 300

@@ -581,6 +581,13 @@ def _log_eval(run: Run, phase: str, metrics: dict, step: int) -> None:
     logger.close()
 
 
+def curriculum_unlocks(cfg: Config) -> tuple[int, ...]:
+    """The stage-1 steps at which the level curriculum unlocks a level (``DemoSource.levels_at``)."""
+    span = round(cfg.curriculum * cfg.steps)
+    n = max((len(s.levels) for s in task_specs(cfg)), default=1)
+    return tuple(math.ceil(i * span / n) for i in range(1, n)) if span else ()
+
+
 def warnings_for(cfg: Config, metrics: dict) -> list[dict]:
     found = []
     if "accuracy_vs_k" in metrics:
@@ -590,8 +597,9 @@ def warnings_for(cfg: Config, metrics: dict) -> list[dict]:
     for fam, by_level in metrics.get("_halt_steps", {}).items():
         found += signals.halting_collapse([s for steps in by_level.values() for s in steps])
     for phase, norms in metrics.get("_grad_norms", {}).items():  # each model against its own scale
+        restarts = () if phase.startswith(("stage0", "stage2")) else curriculum_unlocks(cfg)
         found += signals.instability(norms, metrics["fit"][phase]["nan_steps"], losses=metrics["_losses"][phase],
-                                     grad_clip=cfg.grad_clip, phase=phase)
+                                     grad_clip=cfg.grad_clip, phase=phase, restarts=restarts)
     for s in found:
         log.warning(f"WARNING [{s.name}] {s.message}. Remedy: {s.remedy}")
     return [s.as_dict() for s in found]

@@ -96,7 +96,8 @@ def spike_stats(grad_norms: Sequence[float], spike_factor: float = 10.0) -> dict
 
 
 def instability(grad_norms: Sequence[float], nan_steps: int, *, losses: Sequence[float] | None = None,
-                grad_clip: float = 1.0, window: int = 50, factor: float = 10.0, phase: str = "") -> list[Signal]:
+                grad_clip: float = 1.0, window: int = 50, factor: float = 10.0, phase: str = "",
+                restarts: Sequence[int] = ()) -> list[Signal]:
     """NaN/inf steps; gradient norms that stay high; a loss that climbs back toward its start.
 
     Isolated spikes are not instability: a healthy run's gradient norm falls by orders of magnitude
@@ -107,14 +108,18 @@ def instability(grad_norms: Sequence[float], nan_steps: int, *, losses: Sequence
     median seen at least one window earlier (the phase's settled scale), and with ``grad_clip`` (a
     median above it means most of those updates were cut by clipping). ``losses`` are judged the same
     way against the first window: a loss that gives back more than half of what it gained (and at
-    least doubles) has diverged. Phases shorter than two windows are judged on NaN steps alone."""
+    least doubles) has diverged. Phases shorter than two windows are judged on NaN steps alone.
+    ``restarts``: steps where the task changed (a curriculum unlocked a harder level): the loss and
+    the norms of new cases rise there by design, so each stretch between restarts is judged on its
+    own (measured: arithmetic's level 2 unlocking took the loss from 0.01 back to 0.9)."""
     signals = []
     where = f"{phase}: " if phase else ""
     if nan_steps:
         signals.append(Signal("nan", f"{where}{nan_steps} steps had NaN/inf loss or gradients (skipped)",
                               "lower the learning rate, use a smaller eta, tighten norms and gradient clipping"))
-    norms = [g for g in grad_norms if math.isfinite(g)]
-    rise = _sustained_rise(norms, window, factor, floor=max(grad_clip, 0.0))
+    cuts = sorted({0, *(int(r) for r in restarts if 0 < r < len(grad_norms)), len(grad_norms)})
+    norms = [g if math.isfinite(g) else float("nan") for g in grad_norms]
+    rise = _first(lambda part: _sustained_rise(part, window, factor, floor=max(grad_clip, 0.0)), norms, cuts)
     if rise is not None:
         at, median, settled = rise
         clipped = f", {np.mean(np.asarray(norms[at:at + window]) > grad_clip):.0%} of them clipped at {grad_clip:g}" \
@@ -125,7 +130,7 @@ def instability(grad_norms: Sequence[float], nan_steps: int, *, losses: Sequence
             f"{median / settled:.0f}x the phase's settled scale ({settled:.3g}){clipped}",
             "use a smaller eta (slower mixing), tighter norms / gradient clipping, or a lower learning rate"))
     if losses is not None:
-        blowup = _loss_blowup([x for x in losses if math.isfinite(x)], window)
+        blowup = _first(lambda part: _loss_blowup(part, window), list(losses), cuts)
         if blowup is not None:
             at, median, best, start = blowup
             signals.append(Signal(
@@ -135,6 +140,17 @@ def instability(grad_norms: Sequence[float], nan_steps: int, *, losses: Sequence
                 "lower the learning rate or lengthen the warmup, tighten gradient clipping; resume from a checkpoint "
                 "saved before the climb"))
     return signals
+
+
+def _first(check, values: Sequence[float], cuts: Sequence[int]):
+    """``check`` on each stretch of ``values`` between ``cuts`` (non-finite values left out); the
+    first finding, its step counted from the phase's start."""
+    for lo, hi in zip(cuts, cuts[1:]):
+        part = [v for v in values[lo:hi] if math.isfinite(v)]
+        found = check(part)
+        if found is not None:
+            return (found[0] + lo, *found[1:])
+    return None
 
 
 def _window_medians(values: Sequence[float], window: int) -> np.ndarray:

@@ -113,7 +113,8 @@ def stage2(run: Run, phase: str, model: torch.nn.Module, specs: Sequence[TaskSpe
     def loss_fn(step: int) -> LossOut:
         spec, episodes = source.get(step)
         with autocast(run.device):
-            return ponder_imitation_loss(model, spec, episodes, K=s.k_train, lambda_p=lambda_p, beta=beta)
+            return ponder_imitation_loss(model, spec, episodes, K=s.k_train, lambda_p=lambda_p, beta=beta,
+                                         drift_penalty=s.drift_penalty)
 
     return train_phase(run, phase, model, s.fit_spec(run), loss_fn, groups=STAGE_GROUPS[2],
                        weight_decay=s.weight_decay, extra=_extra(specs, phase))
