@@ -153,8 +153,9 @@ def majority_rate(family: str, levels: Sequence[int], n_per_level: int, env_kwar
 
 
 def answer_set_rate(episodes: Sequence[Episode], answers: Sequence[str]) -> float:
-    """The share of episodes whose final answer is one of ``answers`` (the gold answers of the
-    instances played): a model that cannot say an answer at all stays below chance."""
+    """The share of episodes whose final answer is one of ``answers`` (the answers the family
+    gives, e.g. ``gold_answers`` of many training instances): a model that cannot say an answer
+    at all stays below chance."""
     known = {a.strip() for a in answers}
     return mean(bool(e.turns) and e.turns[-1].action.strip() in known for e in episodes)
 
