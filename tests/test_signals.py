@@ -89,3 +89,18 @@ def test_a_curriculum_unlock_is_not_an_instability():
     assert found == []  # too short a stretch after the unlock to judge
     found = instability([0.5] * 600, 0, losses=easy + climb, restarts=(300,))
     assert [s.name for s in found] == ["loss_blowup"] and int(found[0].message.split("steps ")[1].split("-")[0]) > 300
+
+
+def test_a_stretch_that_starts_near_its_floor_has_little_to_give_back():
+    """After an unlock the model may already do most of the new level (the default prefix run: the
+    stretch starts at 0.086): its loss wandering from 0.024 to 0.06 is judged against the phase's
+    start (0.69), not the stretch's, and is silent; the same wander from a stretch that really
+    started there still fires."""
+    rng = np.random.default_rng(1)
+    easy = list(np.geomspace(0.69, 0.05, 300) * rng.uniform(0.9, 1.1, 300))
+    settled = list(np.geomspace(0.086, 0.024, 150) * rng.uniform(0.9, 1.1, 150))
+    wander = list(np.full(150, 0.065) * rng.uniform(0.9, 1.1, 150))
+    losses = easy + settled + wander
+    assert instability([0.5] * 600, 0, losses=losses, restarts=(300,)) == []
+    found = instability([0.5] * 300, 0, losses=settled + wander)  # a phase that starts at 0.086
+    assert [s.name for s in found] == ["loss_blowup"]
