@@ -220,6 +220,11 @@ def memory_section(job: Job) -> list[str]:
         sweep = ", ".join(f"{s['threshold']:g}: {s['writes_per_sample']:.2f} writes, {pct(s['accuracy'])}"
                           for s in r.get("write_sweep", []))
         out.append(f"Write threshold sweep ({fam}): {sweep}.")
+        support, mass = r.get("write_rate_support"), r.get("read_support_mass")
+        if support is not None or mass:
+            read = (f"; the question's reads put {pct(mass['mass'])} of their weight on those facts' slots "
+                    f"(an even spread would put {pct(mass['uniform'])})") if mass else ""
+            out.append(f"Supporting facts ({fam}): {pct(support)} written{read}.")
     return out + [""] + warnings(m)
 
 

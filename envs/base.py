@@ -52,12 +52,14 @@ class StreamStep(NamedTuple):
 
     ``kind`` names what it is (the memory family: ``"fact"``, ``"distractor"``, ``"question"``; prefix:
     ``"chunk"``); ``expected`` is what the expert answers at a scored step, None at a step that
-    accepts any action (the expert's no-op there is ``NOOP``, the empty string).
+    accepts any action (the expert's no-op there is ``NOOP``, the empty string); ``support`` marks
+    a step the scored answer rests on, where the family knows (diagnostics of what memory keeps).
     """
 
     observation: str
     kind: str
     expected: str | None
+    support: bool = False  # a fact the scored answer rests on (the memory family's supporting facts)
 
 
 NOOP = ""  # the expert's action at a stream step that is not scored

@@ -78,7 +78,8 @@ class TextTaskEnv(gym.Env[str, str]):
     stream advances with reward 0; at the last step, which is always scored, the episode
     terminates with the family's ``verify_stream`` of all recorded answers (1, 0, or the
     partial credit). ``info`` also carries ``stream_step`` and ``stream_kind`` (index and kind of
-    the step just shown), ``stream_steps`` (their number) and ``stream_correct`` (for each scored
+    the step just shown), ``stream_support`` (whether the answer rests on that step, where the
+    family knows), ``stream_steps`` (their number) and ``stream_correct`` (for each scored
     step answered so far, whether it matched the expert's answer, ignoring whitespace and case).
     Instances, seeds and splits are those of the whole-prompt episode.
     """
@@ -260,7 +261,8 @@ class TextTaskEnv(gym.Env[str, str]):
         }
         if self.stream:
             info.update(stream_step=self._pos, stream_steps=len(self._steps),
-                        stream_kind=self._steps[self._pos].kind, stream_correct=tuple(self._stream_correct))
+                        stream_kind=self._steps[self._pos].kind, stream_support=bool(self._steps[self._pos].support),
+                        stream_correct=tuple(self._stream_correct))
         if verdict is not None:
             info.update(correct=bool(verdict.correct), score=float(verdict.score), reason=verdict.reason)
         return info

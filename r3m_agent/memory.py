@@ -113,6 +113,7 @@ class EpisodicMemory(nn.Module):
         self.null_key = nn.Parameter(torch.zeros(d_model))
         self.age_bias = nn.Parameter(torch.zeros(n_heads, mem_slots))  # score bias by age (0 = newest), per head
         self.write_bias_init = write_bias_init
+        self.record: list[torch.Tensor] | None = None  # a list: each read appends its weights (diagnostics)
 
     def reset_parameters(self) -> None:
         """Called after the model's generic init: the gate bias sets the initial write rate."""
@@ -147,7 +148,8 @@ class EpisodicMemory(nn.Module):
 
     def read(self, x: torch.Tensor, carry: Carry) -> torch.Tensor:
         """Attention from every token of ``x`` [B, T, d] to the slots (plus the null slot), each
-        slot's weight scaled by its validity (0 or 1 forward; the write gate's gradient backward)."""
+        slot's weight scaled by its validity (0 or 1 forward; the write gate's gradient backward).
+        While ``self.record`` is a list, each read appends its weights there (``read_support_mass``)."""
         B, T, D = x.shape
         H, Dh, M = self.n_heads, D // self.n_heads, self.mem_slots
         q = self.q(self.read_norm(x)).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
@@ -162,6 +164,8 @@ class EpisodicMemory(nn.Module):
         top = scores.masked_fill(weight <= 0, float("-inf")).amax(dim=-1, keepdim=True).detach()  # null: finite
         p = weight * (scores - top).clamp(max=20.0).exp()  # an unwritten slot may score above the top
         p = p / p.sum(dim=-1, keepdim=True)
+        if self.record is not None:  # [B, T, 1 + M]: each token's weights (null slot first), mean over heads
+            self.record.append(p.detach().mean(1))
         y = (p.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, D)
         return self.o(y)
 

@@ -118,8 +118,12 @@ def test_streamed_memory_run_reports_ablations_writes_and_sweep(tmp_path):
     mem = m["memory"]["memory"]
     for key in ("accuracy", "accuracy_by_level", "accuracy_longer", "chance", "writes_per_sample",
                 "write_rate_fact", "write_rate_distractor", "no_memory", "no_memory_trained", "write_sweep",
-                "valid_answers", "no_memory_valid_answers"):
+                "valid_answers", "no_memory_valid_answers", "write_rate_support", "write_rate_support_by_level"):
         assert key in mem, key
+    # FIFO writes every turn, the supporting facts included (a gate could leave them out)
+    assert mem["write_rate_support"] == 1.0 and set(mem["write_rate_support_by_level"]) == {1, 4}
+    mass = mem["read_support_mass"]
+    assert set(mass["by_level"]) == {1, 4} and 0.0 <= mass["mass"] <= 1.0 and 0.0 < mass["uniform"] < 1.0
     # the words view answers from the closed set of places: with reads off too, every answer is a place
     assert mem["valid_answers"] == 1.0 and mem["no_memory_valid_answers"] == 1.0
     assert set(mem["accuracy_by_level"]) == {1, 4} and 0.0 < mem["chance"] < 1.0

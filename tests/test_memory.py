@@ -232,7 +232,8 @@ def test_load_babi_sample(tmp_path):
                                    "Daniel went back to the hallway.\nSandra moved to the garden.\n"
                                    "Where is Daniel?")
         assert insts[2].prompt.startswith("Mary got the milk there.\n")  # a new story began
-        assert insts[3].data["supporting"] == (1, 3, 5)
+        # supporting facts become line numbers of the prompt's story (the file counts questions too)
+        assert insts[1].data["supporting"] == (3,) and insts[3].data["supporting"] == (1, 3, 4)
     fam = envs.make_family("memory")
     assert all(fam.verify(i, i.answer).correct for i in insts)
     assert not fam.verify(insts[0], "kitchen").correct
@@ -262,3 +263,43 @@ def test_load_babi_round_trips_generated_files(stories):
     insts = load_babi(lines)
     assert [(i.prompt, i.answer) for i in insts] == expected
     assert all(read_story(p)[0] == a for p, a in expected)
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_supporting_facts_are_the_lines_the_answer_rests_on(level):
+    """Task 1: the person's latest move, naming the answer; tasks 2-3: lines naming the object and
+    the answer place; every supporting line is a story line; the file round trip keeps them."""
+    fam = envs.make_family("memory")
+    for i in range(N_PER_LEVEL):
+        inst = fam.instance("test", i, level)
+        *story, question = inst.prompt.split("\n")
+        support = inst.data["supporting"]
+        assert support and all(1 <= n <= len(story) for n in support) and list(support) == sorted(set(support))
+        said = [story[n - 1] for n in support]
+        if inst.data["task"] == 1:
+            person = question.split()[-1].rstrip("?")
+            (line,) = said
+            assert _MOVE.fullmatch(line) and line.startswith(person + " ") and line.endswith(f" {inst.answer}.")
+            assert not any(_MOVE.fullmatch(x) and x.startswith(person + " ") for x in story[support[0]:])
+        else:
+            obj = question.split()[3].rstrip("?")
+            assert any(f" {obj}" in line for line in said) and any(f" {inst.answer}." in line for line in said)
+        (back,) = load_babi(memory.export_babi([inst]))
+        assert back.data["supporting"] == support
+
+
+def test_distractors_keep_the_supporting_facts_and_the_stream_marks_them():
+    """With distractors between the lines, the stream marks exactly the supporting facts (not a
+    distractor), and an exported file numbers them as lines of the longer story."""
+    fam = envs.make_family("memory")
+    for i in range(40):
+        plain = fam.instance("train", i, 2)
+        noisy = fam.with_distractors(plain, 1.0)
+        steps = fam.stream(noisy)
+        marked = [s.observation for s in steps if s.support]
+        story = plain.prompt.split("\n")[:-1]
+        assert marked == [story[n - 1] for n in plain.data["supporting"]]
+        assert all(s.kind == "fact" for s in steps if s.support)
+        (back,) = load_babi(memory.export_babi([noisy]))
+        lines = back.prompt.split("\n")
+        assert [lines[n - 1] for n in back.data["supporting"]] == marked

@@ -179,3 +179,37 @@ def test_write_penalties():
     priced = write_penalties([(episode, probs.detach())], 2, weight=0.0, budget=1.0, cost=0.5)
     torch.testing.assert_close(priced, torch.tensor(0.5 * 3.0 / 2))
     assert write_budget_penalty(None, 1.0) == 0
+
+
+def test_read_support_mass_measures_where_the_reads_look():
+    """A read forced onto the newest slot (a huge age-0 bias) puts all its weight on the supporting
+    fact exactly when that fact is the story's last line: the diagnostic must give that share,
+    counted independently from the stories; with the reads spread evenly it gives ``uniform``."""
+    import gymnasium as gym
+
+    from r3m.learn.data import task_spec
+    from r3m.learn.evaluation import EVAL_SEED, read_support_mass
+    from r3m.learn.io import with_views
+    from r3m.learn.policy import Policy
+
+    spec = task_spec("memory", (1,), stream=True)
+    torch.manual_seed(0)
+    model = R3M(with_views(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=24,
+                                     semantic_slots=0, K=2), [spec])).eval()
+    with torch.no_grad():
+        model.memory.age_bias.fill_(-40.0)
+        model.memory.age_bias[:, 0] = 40.0
+    policy = Policy(model, spec, K=2)
+    n = 30
+    got = read_support_mass(policy, "memory", (1,), n, spec.env)
+    env = gym.make("memory-v0", disable_env_checker=True, stream=True).unwrapped
+    last = [env.reset(seed=EVAL_SEED + i, options={"split": "test", "difficulty": 1}) and env.instance
+            for i in range(n)]
+    want = sum(inst.data["supporting"] == (len(inst.prompt.split("\n")) - 1,) for inst in last) / n
+    assert 0 < want < 1 and abs(got["by_level"][1] - want) < 1e-3
+    with torch.no_grad():  # no preference at all: every valid slot and the null slot alike
+        model.memory.age_bias.zero_()
+        model.memory.q.weight.zero_()
+        model.memory.null_key.zero_()
+    even = read_support_mass(policy, "memory", (1,), n, spec.env)
+    assert abs(even["mass"] - even["uniform"]) < 1e-4

@@ -109,13 +109,17 @@ def test_memory_noop_is_accepted_and_only_the_question_is_scored():
     assert info["stream_step"] == 0 and info["stream_kind"] in ("fact", "distractor")
     actions = env.expert_actions(False)
     assert set(actions[:-1]) == {""} and actions[-1] == env.instance.answer
-    kinds = [info["stream_kind"]]
+    kinds, support = [info["stream_kind"]], [info["stream_support"]]
     for k in range(len(actions) - 1):
         action = "" if k % 2 else "anything at all, even <call"  # any action is accepted here
         obs, reward, terminated, truncated, info = env.step(action)
         assert (reward, terminated, truncated, info["stream_step"]) == (0.0, False, False, k + 1)
         assert "correct" not in info and info["stream_correct"] == ()
         kinds.append(info["stream_kind"])
+        support.append(info["stream_support"])
+    # the supporting facts, and only they, are marked (the question and distractors never)
+    facts = [i for i, kind in enumerate(kinds) if kind == "fact"]
+    assert [i for i, s in enumerate(support) if s] == [facts[n - 1] for n in env.instance.data["supporting"]]
     assert kinds[-1] == "question" and "distractor" in kinds and kinds[:-1].count("question") == 0
     assert kinds[:-1] == list(env.instance.data["kinds"])
     wrong = next(place for place in ("garden", "kitchen") if place != env.instance.answer)

@@ -56,6 +56,7 @@ from r3m.learn.evaluation import (
     gold_answers,
     halting_summary,
     majority_rate,
+    read_support_mass,
     spearman,
     write_stats,
 )
@@ -406,13 +407,16 @@ def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics
 
 
 ANSWER_SET_N = 256  # instances per level whose answers make the family's answer set
+READ_MASS_N = 50  # streamed episodes per level played one at a time for the read-attention diagnostic
 
 
 def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict) -> None:
     """The episodic memory on streamed episodes: accuracy by level and on longer streams than any
     trained; the ablations (reads off; a model trained without memory on the same batches); where
-    the writes go (fact and distractor sentences); accuracy against writes per sample as the
-    write threshold rises."""
+    the writes go (fact and distractor sentences, and the supporting facts the answer rests on);
+    where the question's reads look (``read_support_mass``: the read weight on the supporting
+    facts' slots against an even spread); accuracy against writes per sample as the write
+    threshold rises."""
     streamed = [s for s in specs if s.env.get("stream")]
     blind = None
     if cfg.memory_ablations:
@@ -442,6 +446,8 @@ def run_memory(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
             # the answers the family gives (on many training instances of these levels, so a small
             # evaluation set does not leave out an answer the model may rightly give)
             answers = gold_answers(spec.family, levels, ANSWER_SET_N, spec.env, split="train")
+            res["read_support_mass"] = read_support_mass(Policy(model, spec, K=cfg.k_train), spec.family, levels,
+                                                         min(cfg.eval_n, READ_MASS_N), spec.env)
             res["valid_answers"] = answer_set_rate(ev.episodes, answers)
             if blind is not None:
                 off = play(read_memory=False)

@@ -118,6 +118,20 @@ class World:
         self.at: dict[str, str] = {}  # stated locations of people
         self.lies: dict[str, str] = {}  # stated places of objects nobody holds
         self.history: dict[str, list[str]] = {o: [] for o in OBJECTS}  # known locations over time
+        # the supporting facts: story lines (0-based) that the stated state rests on
+        self.line = -1
+        self.at_line: dict[str, int] = {}  # the move that stated where a person is
+        self.holder_line: dict[str, int] = {}  # the line that put an object in a hand
+        self.lies_lines: dict[str, frozenset[int]] = {}  # the drop, and the dropper's move
+        self.history_lines: dict[str, list[frozenset[int]]] = {o: [] for o in OBJECTS}
+
+    def support(self, obj: str) -> frozenset[int]:
+        """The lines that state where ``obj`` is now (``where``): its pick-up and its holder's
+        latest move, or its drop and where the dropper then was."""
+        if obj in self.holder:
+            person = self.holder[obj]
+            return frozenset({self.holder_line[obj], *([self.at_line[person]] if person in self.at_line else [])})
+        return self.lies_lines.get(obj, frozenset())
 
     def where(self, obj: str) -> str | None:
         """Where the story says ``obj`` is, or None when it does not determine it."""
@@ -125,6 +139,7 @@ class World:
 
     def step(self, rng: np.random.Generator, objects: bool) -> str:
         """Apply one random valid event and return its sentence."""
+        self.line += 1
         person = _pick(rng, PEOPLE)
         here = self.true_at[person]
         held = [o for o in OBJECTS if self.holder.get(o) == person]
@@ -134,8 +149,10 @@ class World:
         if kind == "get" and free:
             obj = _pick(rng, free)
             self.holder[obj] = person
+            self.holder_line[obj] = self.line
             del self.true_lies[obj]
             self.lies.pop(obj, None)
+            self.lies_lines.pop(obj, None)
             sentence = f"{person} {_pick(rng, GET)} {obj}{self._there(rng)}."
         elif kind == "drop" and held:
             obj = _pick(rng, held)
@@ -143,10 +160,12 @@ class World:
             self.true_lies[obj] = here
             if person in self.at:  # else bAbI's knowledge forgets where it is, and so do we
                 self.lies[obj] = self.at[person]
+                self.lies_lines[obj] = frozenset({self.line, self.at_line[person]})
             sentence = f"{person} {_pick(rng, DROP)} {obj}{self._there(rng)}."
         else:
             place = _pick(rng, [p for p in LOCATIONS if p != here])
             self.true_at[person] = self.at[person] = place
+            self.at_line[person] = self.line
             sentence = f"{person} {_pick(rng, MOVE)} {place}."
         self._record()
         return sentence
@@ -156,6 +175,7 @@ class World:
             place = self.where(obj)
             if place is not None and (not visits or visits[-1] != place):
                 visits.append(place)
+                self.history_lines[obj].append(self.support(obj))
 
     @staticmethod
     def _there(rng: np.random.Generator) -> str:
@@ -166,16 +186,21 @@ def _pick(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _question(rng: np.random.Generator, world: World, task: int) -> tuple[str, str] | None:
-    """A question the story determines, and its answer; None when there is none."""
+def _question(rng: np.random.Generator, world: World, task: int) -> tuple[str, str, tuple[int, ...]] | None:
+    """A question the story determines, its answer and its supporting facts (1-based story line
+    numbers, as bAbI numbers them); None when there is none."""
     if task == 1:
-        options = [(f"Where is {p}?", world.at[p]) for p in PEOPLE if p in world.at]
+        options = [(f"Where is {p}?", world.at[p], {world.at_line[p]}) for p in PEOPLE if p in world.at]
     elif task == 2:
-        options = [(f"Where is the {o}?", world.where(o)) for o in OBJECTS if world.where(o)]
+        options = [(f"Where is the {o}?", world.where(o), world.support(o)) for o in OBJECTS if world.where(o)]
     else:  # the published question: before its latest known location (so before the last visit)
-        options = [(f"Where was the {o} before the {h[-1]}?", h[-2]) for o, h in world.history.items()
-                   if len(h) >= 2]
-    return options[int(rng.integers(len(options)))] if options else None
+        options = [(f"Where was the {o} before the {h[-1]}?", h[-2],
+                    world.history_lines[o][-2] | world.history_lines[o][-1])
+                   for o, h in world.history.items() if len(h) >= 2]
+    if not options:
+        return None
+    question, answer, lines = options[int(rng.integers(len(options)))]
+    return question, answer, tuple(sorted(i + 1 for i in lines))
 
 
 def _distractor_rng(key: str, rate: float) -> np.random.Generator:
@@ -244,7 +269,8 @@ class MemoryFamily(TaskFamily):
             if qa is not None:
                 prompt = "\n".join(story + [qa[0]])
                 return Instance(self.name, difficulty, prompt, qa[1], key=prompt,
-                                data={"expected": qa[1], "task": task, "kinds": ("fact",) * n})
+                                data={"expected": qa[1], "task": task, "kinds": ("fact",) * n,
+                                      "supporting": qa[2]})
         raise RuntimeError(f"memory: no story with a task-{level.tasks} question in 10000 draws")
 
     def verify(self, instance: Instance, answer: str) -> Verdict:
@@ -262,7 +288,10 @@ class MemoryFamily(TaskFamily):
         """One story line per step (any action accepted), then the question (scored)."""
         *story, question = instance.prompt.split("\n")
         kinds = instance.data.get("kinds") or ("fact",) * len(story)
-        steps = [StreamStep(line, kind, None) for line, kind in zip(story, kinds)]
+        supporting = set(instance.data.get("supporting", ()))  # numbers of story (fact) lines, from 1
+        facts = np.cumsum([kind == "fact" for kind in kinds])  # each line's fact number (distractors: none)
+        steps = [StreamStep(line, kind, None, kind == "fact" and int(n) in supporting)
+                 for line, kind, n in zip(story, kinds, facts)]
         return steps + [StreamStep(question, "question", instance.answer)]
 
     def with_distractors(self, instance: Instance, rate: float) -> Instance:
@@ -312,14 +341,15 @@ def load_babi(path_or_lines: str | os.PathLike | Iterable[str]) -> list[Instance
 
     Each question becomes one instance whose prompt is the story's statements so far (earlier
     questions left out) and the question, in this family's format; ``difficulty`` is the bAbI
-    task the question's form implies (1-3); ``data`` keeps the supporting fact numbers.
+    task the question's form implies (1-3); ``data["supporting"]`` keeps the supporting facts as
+    line numbers of the prompt's story (1-based; the file's numbers count questions too).
     """
     if isinstance(path_or_lines, (str, os.PathLike)):
         with open(path_or_lines, encoding="utf-8") as f:
             lines = f.read().splitlines()
     else:
         lines = list(path_or_lines)
-    out, story = [], []
+    out, story, line_of = [], [], {}
     for lineno, raw in enumerate(lines, 1):
         line = raw.rstrip("\r\n")
         if not line.strip():
@@ -328,15 +358,16 @@ def load_babi(path_or_lines: str | os.PathLike | Iterable[str]) -> list[Instance
         if not re.fullmatch(r"[0-9]+", num):  # ASCII digits only (str.isdigit takes any script's)
             raise ValueError(f"bAbI line {lineno}: expected a line number, got {line[:40]!r}")
         if int(num) == 1:
-            story = []
+            story, line_of = [], {}
         if "\t" not in text:
             story.append(text.strip())
+            line_of[int(num)] = len(story)  # the file numbers questions too; the prompt leaves them out
             continue
         question, answer, *support = [part.strip() for part in text.split("\t")]
         prompt = "\n".join(story + [question])
         out.append(Instance("memory", _task_of(question), prompt, answer, key=prompt, data={
             "expected": answer, "task": _task_of(question),
-            "supporting": tuple(int(s) for s in " ".join(support).split()),
+            "supporting": tuple(line_of[int(s)] for s in " ".join(support).split() if int(s) in line_of),
         }))
     return out
 
@@ -349,7 +380,9 @@ def export_babi(instances: Iterable[Instance]) -> list[str]:
     for inst in instances:
         *story, question = inst.prompt.split("\n")
         lines += [f"{n} {text}" for n, text in enumerate(story, 1)]
-        support = " ".join(map(str, inst.data.get("supporting", ())))
+        kinds = inst.data.get("kinds") or ("fact",) * len(story)
+        line_of_fact = [n for n, kind in enumerate(kinds, 1) if kind == "fact"]  # distractors are lines too
+        support = " ".join(str(line_of_fact[f - 1]) for f in inst.data.get("supporting", ()) if f <= len(line_of_fact))
         lines.append(f"{len(story) + 1} {question} \t{inst.answer}\t{support}".rstrip())
     return lines
 

@@ -20,6 +20,7 @@ from r3m.envs.base import Instance, TaskFamily
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import mean
 from r3m.learn.rollout import Episode, make_vec, run_episodes
+from r3m_agent.checkpoint import unwrap
 
 
 EVAL_SEED = 1_000_003  # evaluation instances come from seeds far from any training stream
@@ -87,6 +88,58 @@ def summarize(episodes: Sequence[Episode], levels: Sequence[int]) -> FamilyEval:
     )
 
 
+def read_support_mass(policy: Policy, family: str, levels: Sequence[int], n_per_level: int,
+                      env_kwargs: dict | None = None, split: str = "test", seed: int = EVAL_SEED) -> dict | None:
+    """Where the scored turn's memory reads look, on streamed episodes (one at a time, greedy): the
+    read weight on the slots that hold the episode's supporting facts (``StreamStep.support``), as
+    the mean over heads, the answer's read-out positions and the refinement steps, by level; beside
+    it ``uniform``, the share those slots would get from a read spread evenly over the valid slots
+    and the null slot. A read that found the facts is far above ``uniform``; one that looks by
+    recency alone is not. None for a model without memory, a causal view, or a family that marks
+    no supporting facts."""
+    memory = getattr(unwrap(policy.model), "memory", None)
+    if memory is None or policy.io.kind == "causal":
+        return None
+    env = gym.make(env_id_of(family), disable_env_checker=True, **{**(env_kwargs or {}), "stream": True})
+    by_level, uniform_by_level = {}, {}
+    try:
+        for level in levels:
+            masses, uniform = [], []
+            for i in range(n_per_level):
+                obs, info = env.reset(seed=seed + i, options={"split": split, "difficulty": level})
+                carry = policy.model.initial_carry(1, policy.device)
+                owner, turn, support = {}, 0, set()  # slot -> the turn written there; the supporting turns
+                while info["stream_step"] + 1 < info["stream_steps"]:
+                    dec = policy.act([obs], carry, allow_tools=False)
+                    if info["stream_support"]:
+                        support.add(turn)
+                    if float(dec.writes[0]) > 0:
+                        owner[int(carry.ptr[0])] = turn
+                    carry, turn = dec.carry, turn + 1
+                    obs, _, _, _, info = env.step(dec.actions[0])
+                slots = [s for s, t in owner.items() if t in support]
+                if not support:
+                    continue
+                memory.record = []
+                try:
+                    policy.act([obs], carry, allow_tools=False)
+                    weights = torch.stack(memory.record)[:, 0]  # [reads, T, 1 + M]
+                finally:
+                    memory.record = None
+                lay = policy.layout([obs])
+                at = weights[:, lay.outputs[0][lay.out_valid[0]]]  # [reads, W, 1 + M]
+                masses.append(float(at[..., [1 + s for s in slots]].sum(-1).mean()) if slots else 0.0)
+                uniform.append(len(slots) / (1 + float(carry.valid[0].sum())))
+            if masses:
+                by_level[level], uniform_by_level[level] = mean(masses), mean(uniform)
+    finally:
+        env.close()
+    if not by_level:
+        return None
+    return {"mass": mean(by_level.values()), "uniform": mean(uniform_by_level.values()),
+            "by_level": by_level, "uniform_by_level": uniform_by_level}
+
+
 def external_sets(family: str, limit: int | None = None) -> dict[str, list[Instance]]:
     """The registered external evaluation sets of ``family`` that are present on this machine
     (``r3m.envs.load_eval_set``: a missing one is skipped with one warning), each capped at ``limit``."""
@@ -117,18 +170,24 @@ def evaluate_instances(policy: Policy, env_id: str, instances: Sequence[Instance
 
 def write_stats(episodes: Sequence[Episode]) -> dict:
     """Memory writes: per episode, and as the share of turns of each kind (streamed envs: "fact",
-    "distractor", "question"...) and of each level that wrote."""
+    "distractor", "question"...), of each level and of the supporting facts (the turns the answer
+    rests on, where the family marks them) that wrote: the gate's open rate on what matters."""
     def rate(turns) -> float:
         return mean(t.writes for t in turns)
 
     turns = [(e, t) for e in episodes for t in e.turns]
     kinds = sorted({t.kind for _, t in turns})
     levels = sorted({e.difficulty for e in episodes})
+    support = [(e, t) for e, t in turns if t.support]
     return {"writes_per_sample": mean(e.writes for e in episodes),
             "write_rate": rate(t for _, t in turns),
             "write_rate_by_kind": {k: rate(t for _, t in turns if t.kind == k) for k in kinds},
             "writes_per_sample_by_level": {lv: mean(e.writes for e in episodes if e.difficulty == lv)
-                                           for lv in levels}}
+                                           for lv in levels},
+            # the supporting facts written (None where the family marks none)
+            "write_rate_support": rate(t for _, t in support) if support else None,
+            "write_rate_support_by_level": {lv: rate(t for e, t in support if e.difficulty == lv)
+                                            for lv in levels if any(e.difficulty == lv for e, _ in support)}}
 
 
 def gold_answers(family: str, levels: Sequence[int], n_per_level: int, env_kwargs: dict | None = None,

@@ -37,6 +37,7 @@ class Turn:
     blocks: float = 0.0  # block applications the turn cost
     kind: str = "turn"  # what the observation was (streamed envs: "fact", "distractor", "question", "chunk")
     action: str = ""  # the action's text as sent to the env
+    support: bool = False  # a fact the episode's answer rests on (streamed envs whose family knows)
 
 
 @dataclass
@@ -93,6 +94,7 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
         obs, info = vec.reset(seed=list(seeds), options=options)
     episodes = [Episode(int(s), info["family"][i], int(info["difficulty"][i])) for i, s in enumerate(seeds)]
     kinds = list(info["stream_kind"]) if "stream_kind" in info else ["turn"] * n
+    support = list(info["stream_support"]) if "stream_support" in info else [False] * n
     live = np.ones(n, dtype=bool)
     carry = policy.model.initial_carry(n, policy.device) if policy.recurrent else None
     while live.any():
@@ -106,12 +108,13 @@ def run_episodes(policy: Policy, vec: gym.vector.VectorEnv, seeds: Sequence[int]
             actions[i] = dec.actions[j]
             episodes[i].turns.append(Turn(obs[i], int(dec.tool[j]), dec.payload[j].cpu(), float(dec.log_prob[j]),
                                           int(dec.steps[j]), float(dec.writes[j]), float(dec.blocks[j]),
-                                          str(kinds[i]), dec.actions[j]))
+                                          str(kinds[i]), dec.actions[j], bool(support[i])))
         if carry is not None and dec.carry is not None:
             carry = carry.put(index, dec.carry)
         obs, reward, terminated, truncated, info = vec.step(tuple(actions))
         if "stream_kind" in info:
             kinds = [str(k) if k is not None else "turn" for k in info["stream_kind"]]
+            support = [bool(x) for x in info.get("stream_support", [False] * n)]
         for i in rows:
             if terminated[i] or truncated[i]:
                 final = info["final_info"]
