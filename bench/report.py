@@ -57,7 +57,7 @@ COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("A user's families and tools, from their module",
      ("python train/imitate.py --plugin my_tasks --families reverse_word",), None),
     ("Benchmarks", ("python bench/bench_envs.py", "bench/bench_sudoku.py", "bench/bench_dsl.py",
-                    "bench/bench_model.py", "bench/train_throughput.py"), None),
+                    "bench/bench_model.py", "bench/train_throughput.py", "bench/memory_read_path.py"), None),
     ("Rerun every result below that is missing or stale, then rebuild the section", ("python bench/reproduce.py",),
      None),
     ("Rebuild the results section below and this table; check them (CI-style)",
@@ -125,6 +125,13 @@ def imitate_section(job: Job) -> list[str]:
             dense = [pct(_get(v["accuracy"], fam)) for v in base.values()]
             out.append(f"| {fam} | {','.join(map(str, levels))} | " + " | ".join(pct(_get(c, k)) for k in ks)
                        + "".join(f" | {d}" for d in dense) + " |")
+            by_level = (m.get("accuracy_vs_k_by_level") or {}).get(fam) or {}
+            if len(levels) > 1 and by_level:  # each trained level on its own (targets are often per level)
+                for lv in levels:
+                    dense = [pct(_get(_get(v.get("accuracy_by_level") or {}, fam), lv)) for v in base.values()]
+                    out.append(f"| {fam} | level {lv} | " + " | ".join(pct(_get(by_level.get(str(k)) or {}, lv))
+                                                                       for k in ks)
+                               + "".join(f" | {d}" for d in dense) + " |")
         for fam, c in m.get("accuracy_vs_k_harder", {}).items():
             dense = [pct(_get(v["accuracy_harder"], fam)) for v in base.values()]
             out.append(f"| {fam} | next level (untrained) | " + " | ".join(pct(_get(c, k)) for k in ks)
@@ -310,6 +317,21 @@ def bench_section() -> list[str]:
             ratio = tt["ratio"].get(v)
             out.append(f"| {v} | {r['positions']} | {r['params']:,} | {r['samples_per_s']:.1f} | "
                        f"{f'{ratio:.2f}x' if ratio else '-'} |")
+        out.append("")
+    rp = load(ROOT / "bench/results/memory_read_path.json")
+    if rp:
+        a, fl = rp["args"], rp["floors"]
+        out += [f"The episodic memory's read path on gold writes (one slot per sentence holding its bag of words; "
+                f"memory level {a['level']}, {a['steps']} steps of {a['batch_size']} stories, d={a['d_model']}, "
+                f"{a['k']} reads; `python bench/memory_read_path.py`; commit `{rp['provenance']['commit'][:7]}`). "
+                f"Chance {pct(fl['chance'])}; answering the newest sentence's place {pct(fl['newest_place'])}:", "",
+                "| composition | test accuracy along training | final | seconds | params |", "|---|---|---|---|---|"]
+        names = {"module": "the memory alone (question's bag of words as the query)",
+                 "r3m": "inside R3M (the question turn's tokens read at each step)"}
+        for v, r in rp["variants"].items():
+            curve = ", ".join(f"{c['step']}: {pct(c['test_accuracy'])}" for c in r["curve"])
+            out.append(f"| {names.get(v, v)} | {curve} | {pct(r['test_accuracy'])} | {r['curve'][-1]['seconds']:.0f} | "
+                       f"{r['params']:,} |")
         out.append("")
     for dev in ("cpu", "cuda", "cuda_compile"):
         mb = load(ROOT / f"bench/results/model_{dev}.json")
