@@ -203,9 +203,9 @@ def train(a: Args, variant: str) -> dict:
         if step in marks:
             with torch.no_grad():
                 acc = float((net(test[0], test[1]).argmax(-1) == test_y).float().mean())
-            curve.append({"step": step, "episodes": step * a.batch_size, "loss": round(float(loss), 4),
+            curve.append({"step": step, "episodes": step * a.batch_size, "loss": round(loss.item(), 4),
                           "test_accuracy": acc, "seconds": round(time.perf_counter() - start, 1)})
-            print(f"[read path] {variant}: step {step} loss {float(loss):.3f} test {acc:.1%} "
+            print(f"[read path] {variant}: step {step} loss {loss.item():.3f} test {acc:.1%} "
                   f"({curve[-1]['seconds']:.0f} s)", flush=True)
     return {"curve": curve, "test_accuracy": curve[-1]["test_accuracy"],
             "params": sum(p.numel() for p in net.parameters())}

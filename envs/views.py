@@ -128,7 +128,9 @@ class SymbolView(View):
       position sees every other): a local rule, such as a running parity, then runs the same on
       any length;
     - ``feedback``: each refinement step also sees the previous step's predictions at the output
-      positions (TRM's answer state).
+      positions (TRM's answer state);
+    - ``summary``: the answer slots start from the observation's summary (the normalised mean of its
+      token embeddings, as memory networks' question embedding), for answers read from memory.
     """
 
     symbols: tuple[str, ...] = ()
@@ -137,6 +139,7 @@ class SymbolView(View):
     coord_tables: tuple[str, ...] = ()
     window: tuple[int, int] | None = None
     feedback: bool = False
+    summary: bool = False
     slots: int = 0  # answer slots after the <sep> (outputs after the input's own output positions)
 
     # -- what a subclass implements --------------------------------------------------------------
@@ -197,7 +200,7 @@ class SymbolView(View):
     def describe(self) -> dict:
         return {**super().describe(), "out_symbols": len(self.out_symbols), "symbols": len(self.all_symbols),
                 "coords": list(self.coords), "window": list(self.window) if self.window else None,
-                "feedback": self.feedback, "slots": self.slots}
+                "feedback": self.feedback, "summary": self.summary, "slots": self.slots}
 
 
 def views_of(family) -> Mapping[str, View]:

@@ -240,13 +240,28 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
                  out_valid, coords)
 
 
-def embed_inputs(embed: nn.Embedding, coord_embed: nn.Embedding | None, b: Batch) -> torch.Tensor:
-    """Token embeddings plus the sum of the coordinate embeddings (a task view's structure)."""
-    x = embed(b.ids)
+def embed_inputs(embed: nn.Embedding, coord_embed: nn.Embedding | None, b: Batch,
+                 summary: bool = False) -> torch.Tensor:
+    """Token embeddings plus the sum of the coordinate embeddings (a task view's structure).
+
+    ``summary`` (fill mode): each answer slot also gets the observation's summary, the RMS-normalised
+    mean of its positions' embeddings, as memory networks' question embedding: the slot's first
+    memory read then already knows what is asked. Measured (``bench/memory_read_path.py``): with it,
+    a slot's read on gold writes learns bAbI task 1; without, the reads settle on the newest
+    sentence, whatever the depth, width or where the read sits in a step."""
+    tokens = x = embed(b.ids)
     if b.coords is not None:
         if coord_embed is None:
             raise ValueError("coords given but this config has no coordinate channels (cfg.coords)")
         x = x + coord_embed(b.coords).sum(dim=-2)
+    if summary and not b.causal:
+        # what the observation says: its tokens' embeddings (not their coordinates, which a short
+        # observation shares, nor the <sep> or the slots, which every observation has)
+        seen = b.mask & ~b.payload
+        seen = seen.scatter(1, b.decision[:, None], False).to(x.dtype)[..., None]
+        mean = (tokens * seen).sum(1) / seen.sum(1).clamp(min=1.0)
+        mean = mean * torch.rsqrt(mean.pow(2).mean(-1, keepdim=True) + 1e-6)
+        x = x + b.payload.to(x.dtype)[..., None] * mean[:, None, :]
     return x
 
 

@@ -275,7 +275,7 @@ class R3M(GroupedModule):
                 slots: torch.Tensor | None = None,
                 outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
                 coords: torch.Tensor | None = None, window: tuple[int, int] | None = None,
-                feedback: bool = False) -> ModelOutput:
+                feedback: bool = False, summary: bool = False) -> ModelOutput:
         """Refine for up to K steps (default cfg.K). See ``ModelOutput`` for the fields.
 
         Halting, per row: ``halt=None`` runs every row K steps (the training forward: every step's
@@ -291,6 +291,7 @@ class R3M(GroupedModule):
         slots, outputs, out_valid, coords, window: a task view's layout (``blocks.prepare``;
         ``r3m.learn.io`` builds them); coords [B, T, C] are ids into the coordinate table.
         feedback: each step sees the previous step's predictions at ``outputs`` (cfg.feedback).
+        summary: the answer slots' inputs get the observation's summary (``blocks.embed_inputs``).
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
         read_memory: False reads nothing from the memory (the no-memory ablation; writes happen).
         write_threshold: the write gate's value above which the turn is written (0.5; higher at
@@ -314,7 +315,7 @@ class R3M(GroupedModule):
         b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, self.cfg.input_sees_slots,
                     slots=slots, outputs=outputs, out_valid=out_valid, coords=coords, window=window)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
-        x = embed_inputs(self.embed, self.coord_embed, b)
+        x = embed_inputs(self.embed, self.coord_embed, b, summary)
         if choice is not None:
             choice = choice.to(x.device)
             if b.causal:

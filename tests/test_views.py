@@ -198,3 +198,32 @@ def test_a_model_built_for_other_views_says_so():
     model = tiny([task_spec("prefix", (1,))])
     with pytest.raises(ValueError, match="not built for view 'places'"):
         ViewIO.of(task_spec("arithmetic", (1,)), model.cfg)
+
+
+def test_summary_gives_the_answer_slots_what_the_observation_says():
+    """``summary``: each answer slot's input gains the normalised mean of the observation's token
+    embeddings (not its coordinates, the <sep> or the slots); every other position is unchanged, and
+    a view without it changes nothing."""
+    from r3m_agent.blocks import embed_inputs, prepare
+
+    spec = task_spec("memory", (1,), stream=True)
+    model = R3M(with_views(R3MConfig(d_model=16, n_heads=2, prelude_layers=0, core_layers=1, mem_slots=4,
+                                     semantic_slots=0, K=1), [spec]))
+    io = ViewIO.of(spec, model.cfg)
+    assert io.model_kwargs()["summary"] is True
+    lay = io.batch(["Where is Mary?", "Where is the football?"])
+    b = prepare(lay.ids, lay.mask, "fill", None, lay.decision, model.cfg.input_sees_slots, slots=lay.slots,
+                outputs=lay.outputs, out_valid=lay.out_valid, coords=lay.coords)
+    plain, summed = embed_inputs(model.embed, model.coord_embed, b), embed_inputs(model.embed, model.coord_embed, b, True)
+    for row in range(2):
+        words = [i for i in range(lay.ids.shape[1]) if lay.mask[row, i] and not lay.slots[row, i] and i != lay.decision[row]]
+        mean = model.embed(lay.ids[row, words]).mean(0)
+        want = mean / mean.pow(2).mean().add(1e-6).sqrt()
+        slot = int(lay.outputs[row, 0])
+        assert torch.allclose(summed[row, slot] - plain[row, slot], want, atol=1e-5)
+        others = [i for i in range(lay.ids.shape[1]) if i != slot]
+        assert torch.equal(summed[row, others], plain[row, others])
+    assert not torch.allclose(summed[0, int(lay.outputs[0, 0])], summed[1, int(lay.outputs[1, 0])])
+    # a causal layout has no slots: nothing changes
+    causal = prepare(lay.ids, lay.mask, "causal", None, None, False)
+    assert torch.equal(embed_inputs(model.embed, None, causal, True), embed_inputs(model.embed, None, causal))

@@ -230,6 +230,7 @@ class WordsView(SymbolView):
     out_symbols = LOCATIONS
     coords = (LINE_AGES,)
     slots = 1
+    summary = True  # the answer slot starts from the question's words (bench/memory_read_path.py)
 
     def tokens(self, prompt: str) -> list[Token]:
         lines = prompt.split("\n")
