@@ -79,7 +79,7 @@ class DenseTransformer(GroupedModule):
                 proj.weight.data /= math.sqrt(2 * cfg.n_layers)
         nn.init.zeros_(self.choice_film.weight)
         if self.coord_embed is not None:
-            nn.init.normal_(self.coord_embed.weight, 0.0, 1.0)
+            nn.init.normal_(self.coord_embed.weight, 0.0, 0.02)  # the token embeddings' scale, as R3M
             with torch.no_grad():
                 self.coord_embed.weight[0].zero_()
 

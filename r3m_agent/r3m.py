@@ -239,7 +239,10 @@ class R3M(GroupedModule):
                 part.reset_parameters()
         nn.init.zeros_(self.choice_film.weight)  # no conditioning until trained
         if self.coord_embed is not None:
-            nn.init.normal_(self.coord_embed.weight, 0.0, 1.0)  # unit scale, as the token embeddings
+            # the token embeddings' scale: at 1.0 (50x them) a coordinate that a whole observation
+            # shares drowned what its tokens say (every word of a memory sentence had one state, and
+            # every write was the same vector: cosine 1.000 between sentences)
+            nn.init.normal_(self.coord_embed.weight, 0.0, 0.02)
             with torch.no_grad():
                 self.coord_embed.weight[0].zero_()  # "no coordinate" adds nothing
         if self.feedback is not None:
