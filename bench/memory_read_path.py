@@ -151,12 +151,13 @@ class ModuleVariant(nn.Module):
             pad[i, : len(row)] = torch.tensor(row)
         return self.embed(pad).sum(1)
 
-    def forward(self, story, questions) -> torch.Tensor:
+    def forward(self, story, questions, answers) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits over the places, the answers' indices)."""
         carry = write_gold([self.bag(s) for s in story], self.memory, self.a.d_model)
         u = self.bag(questions)[:, None, :]
         for _ in range(self.a.k):
             u = u + self.memory.read(u, carry)
-        return self.answer(u[:, 0])
+        return self.answer(u[:, 0]), torch.tensor([LOCATIONS.index(x) for x in answers])
 
 
 class R3MVariant(nn.Module):
@@ -169,7 +170,6 @@ class R3MVariant(nn.Module):
                                               core_layers=a.core_layers, mem_slots=a.mem_slots,
                                               semantic_slots=0, K=a.k), [self.spec]))
         self.io = ViewIO.of(self.spec, self.model.cfg)
-        self.places = torch.tensor([self.io._ids[p] for p in LOCATIONS])
         self.a = a
 
     def bag(self, lines: list[str]) -> torch.Tensor:
@@ -177,12 +177,14 @@ class R3MVariant(nn.Module):
         words = lay.mask & (lay.ids >= VOCAB_SIZE)  # the view's words, not <sep> or the answer slot
         return (self.model.embed(lay.ids) * words[..., None]).sum(1)
 
-    def forward(self, story, questions) -> torch.Tensor:
+    def forward(self, story, questions, answers) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits over the model's outputs, the places allowed only; the answers' output ids)."""
         carry = write_gold([self.bag(s) for s in story], self.model.memory, self.a.d_model)
         lay = self.io.batch(questions)
         out = self.model(lay.ids, lay.mask, mode="fill", **lay.forward_kwargs(), **self.io.model_kwargs(),
                          carry=carry, K=self.a.k)
-        return out.logits[:, 0][:, self.places]
+        target = self.io.targets(questions, [0] * len(questions), answers, lay)[:, 0]
+        return out.logits[:, 0].masked_fill(~self.io.allowed, float("-inf")), target
 
 
 def train(a: Args, variant: str) -> dict:
@@ -191,18 +193,19 @@ def train(a: Args, variant: str) -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr)
     rng = np.random.default_rng(a.seed)
     test = stories(a.level, "test", range(a.eval_n))
-    test_y = torch.tensor([LOCATIONS.index(x) for x in test[2]])
     curve, start = [], time.perf_counter()
     marks = {round(a.steps * (i + 1) / a.evals) for i in range(a.evals)}
     for step in range(1, a.steps + 1):
         story, questions, answers = stories(a.level, "train", rng.integers(2**31, size=a.batch_size))
-        loss = F.cross_entropy(net(story, questions), torch.tensor([LOCATIONS.index(x) for x in answers]))
+        logits, target = net(story, questions, answers)
+        loss = F.cross_entropy(logits, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step in marks:
             with torch.no_grad():
-                acc = float((net(test[0], test[1]).argmax(-1) == test_y).float().mean())
+                logits, target = net(*test)
+                acc = float((logits.argmax(-1) == target).float().mean())
             curve.append({"step": step, "episodes": step * a.batch_size, "loss": round(loss.item(), 4),
                           "test_accuracy": acc, "seconds": round(time.perf_counter() - start, 1)})
             print(f"[read path] {variant}: step {step} loss {loss.item():.3f} test {acc:.1%} "

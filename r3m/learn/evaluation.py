@@ -117,9 +117,9 @@ def read_support_mass(policy: Policy, family: str, levels: Sequence[int], n_per_
                         owner[int(carry.ptr[0])] = turn
                     carry, turn = dec.carry, turn + 1
                     obs, _, _, _, info = env.step(dec.actions[0])
-                slots = [s for s, t in owner.items() if t in support]
                 if not support:
                     continue
+                slots = [s for s, t in owner.items() if t in support]
                 memory.record = []
                 try:
                     policy.act([obs], carry, allow_tools=False)
