@@ -85,6 +85,10 @@ class TaskFamily(abc.ABC):
     ``max_stream_chars`` bounds one step's text (set in ``__init__`` when it depends on an option).
     Distractors (``TextTaskEnv(distractors=rate)``): ``max_distractor_rate`` is the largest rate
     ``with_distractors`` accepts and ``max_prompt_chars`` allows (0: none).
+
+    Augmentation (``TextTaskEnv(augment=False)``): ``augmentation`` names the validity-preserving
+    transforms ``generate`` draws on the fly around stored instances ("": none); ``augmented(False)``
+    is the family without them (the ablation).
     """
 
     name: ClassVar[str]
@@ -99,6 +103,7 @@ class TaskFamily(abc.ABC):
     streams: ClassVar[bool] = False
     max_stream_chars: int = 0
     max_distractor_rate: ClassVar[float] = 0.0
+    augmentation: ClassVar[str] = ""
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator, difficulty: int) -> Instance:
@@ -141,6 +146,13 @@ class TaskFamily(abc.ABC):
     def tool_args(self, instance: Instance) -> str:
         """The ARGS an expert writes in ``<call>{tool} ARGS</call>``."""
         raise NotImplementedError(f"{self.name} has no tool demonstration")
+
+    def augmented(self, on: bool) -> "TaskFamily":
+        """This family with its on-the-fly augmentation (``augmentation``) on or off. A family without
+        one is its own augmented self and cannot switch it off."""
+        if not on:
+            raise ValueError(f"{self.name} draws no augmentation to switch off (augmentation is empty)")
+        return self
 
     def answer_from_tool(self, instance: Instance, result: tools.ToolResult) -> str:
         """The expert's final answer given the tool's result (``answer_from_result`` of its output)."""

@@ -99,8 +99,11 @@ class TextTaskEnv(gym.Env[str, str]):
         render_mode: str | None = None,
         stream: bool = False,
         distractors: float = 0.0,
+        augment: bool = True,
     ):
         self.family = make_family(family)
+        if not augment:  # the family's instances without its on-the-fly transforms (an ablation)
+            self.family = self.family.augmented(False)
         self.stream = _check_stream(self.family, stream)
         self.distractors = _check_distractors(self.family, distractors)
         self.call_budget = int(call_budget)

@@ -127,6 +127,8 @@ class SymbolView(View):
     - ``window``: attention limited to ``left`` positions before and ``right`` after (None: every
       position sees every other): a local rule, such as a running parity, then runs the same on
       any length;
+    - ``peers``: each position with coordinates attends only to the positions that share one of its
+      coordinate values (a Sudoku cell: its row, column and box), the task's constraint graph;
     - ``feedback``: each refinement step also sees the previous step's predictions at the output
       positions (TRM's answer state);
     - ``summary``: the answer slots start from the observation's summary (the normalised mean of its
@@ -138,6 +140,7 @@ class SymbolView(View):
     coords: tuple[int, ...] = ()
     coord_tables: tuple[str, ...] = ()
     window: tuple[int, int] | None = None
+    peers: bool = False
     feedback: bool = False
     summary: bool = False
     slots: int = 0  # answer slots after the <sep> (outputs after the input's own output positions)
@@ -199,7 +202,7 @@ class SymbolView(View):
 
     def describe(self) -> dict:
         return {**super().describe(), "out_symbols": len(self.out_symbols), "symbols": len(self.all_symbols),
-                "coords": list(self.coords), "window": list(self.window) if self.window else None,
+                "coords": list(self.coords), "window": list(self.window) if self.window else None, "peers": self.peers,
                 "feedback": self.feedback, "summary": self.summary, "slots": self.slots}
 
 

@@ -19,11 +19,11 @@ from r3m_agent.memory import Carry, reset_carry
 from r3m_agent.presets import (
     PRESETS, build_model, count_parameters, dense_compute_like, dense_config_like, dense_preset,
 )
-from r3m_agent.r3m import R3M, R3MConfig, halting_distribution, threshold_steps
+from r3m_agent.r3m import R3M, R3MConfig, RefineState, halting_distribution, threshold_steps
 from r3m_agent.tokenizer import Tokenizer
 
 __all__ = [
-    "GROUP_NAMES", "PRESETS", "Carry", "DenseConfig", "DenseTransformer", "ModelOutput", "R3M", "R3MConfig",
+    "GROUP_NAMES", "PRESETS", "Carry", "DenseConfig", "DenseTransformer", "ModelOutput", "R3M", "R3MConfig", "RefineState",
     "Tokenizer", "build_model", "count_parameters", "dense_compute_like", "dense_config_like", "dense_preset", "halting_distribution",
     "load_checkpoint", "model_from_checkpoint", "reset_carry", "save_checkpoint", "threshold_steps", "unwrap",
 ]

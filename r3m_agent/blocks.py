@@ -160,7 +160,8 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
             answer_len: int | None, decision_index: torch.Tensor | None = None,
             input_sees_slots: bool = True, *, slots: torch.Tensor | None = None,
             outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
-            coords: torch.Tensor | None = None, window: tuple[int, int] | None = None) -> Batch:
+            coords: torch.Tensor | None = None, window: tuple[int, int] | None = None,
+            peers: bool = False) -> Batch:
     """Build masks and positions.
 
     Fill mode takes its answer slots either appended here (``answer_len`` mask tokens after the
@@ -170,7 +171,10 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
     attends to every other, unless ``input_sees_slots`` is False: then the input attends only to
     itself and the slots read it. ``window=(left, right)`` limits the input positions' attention to
     that band (a local rule); the decision point and the slots still read the whole input (so
-    halting and the tool choice can see every position, as a summary token does).
+    halting and the tool choice can see every position, as a summary token does). ``peers`` limits
+    each input position with coordinates to the positions that share one of its coordinate values
+    (a Sudoku cell sees its row, column and box: the constraint graph a recurrent relational network
+    passes messages over, Palm et al. 2018); the decision point and the slots still read everything.
 
     ``decision_index``: where the observation ends in each row (causal: teacher forcing puts the
     payload after it; fill: the last input position before the slots); default: the last real
@@ -235,6 +239,14 @@ def prepare(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: 
         reader = payload.clone() if not causal else torch.zeros_like(mask)
         reader[torch.arange(B, device=device), decision] = True
         allowed = allowed & (band[None, None] | reader[:, None, :, None])
+    if peers:
+        if coords is None:
+            raise ValueError("peers=True needs coordinates (a task view with coordinate channels)")
+        coords = coords.to(device)
+        placed = coords > 0
+        share = ((coords[:, :, None, :] == coords[:, None, :, :]) & placed[:, :, None, :]).any(-1)  # [B, Tq, Tk]
+        reader = ~placed.any(-1)  # positions without coordinates (the decision point, slots) read everything
+        allowed = allowed & (share | reader[:, :, None])[:, None]
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
     return Batch(input_ids, mask, allowed, positions, causal, n_answer, decision, payload, last, outputs,
                  out_valid, coords)

@@ -178,6 +178,21 @@ class R3MConfig(ConfigBase):
 HALT_MODES = ("threshold", "sample")
 
 
+class RefineState(NamedTuple):
+    """Where a refinement left off, to continue it in a later call (TRM's deep supervision: each
+    segment starts from the previous segment's state, detached). ``hidden`` [B, T', d] as
+    ``ModelOutput.hidden``; ``logits`` the last readout, fed back when the call asks for feedback."""
+
+    hidden: torch.Tensor
+    logits: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, out: "ModelOutput") -> "RefineState":
+        """The detached state an output ends in: a later segment continues it without a gradient path
+        into this call."""
+        return cls(out.hidden.detach(), out.logits.detach())
+
+
 class _Stopped(NamedTuple):
     """What the rows that stopped at one step produced (indices into the full batch)."""
 
@@ -277,8 +292,8 @@ class R3M(GroupedModule):
                 write_threshold: float = 0.5, semantic: bool | None = None, write_gate: bool | None = None,
                 slots: torch.Tensor | None = None,
                 outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
-                coords: torch.Tensor | None = None, window: tuple[int, int] | None = None,
-                feedback: bool = False, summary: bool = False) -> ModelOutput:
+                coords: torch.Tensor | None = None, window: tuple[int, int] | None = None, peers: bool = False,
+                feedback: bool = False, summary: bool = False, state: RefineState | None = None) -> ModelOutput:
         """Refine for up to K steps (default cfg.K). See ``ModelOutput`` for the fields.
 
         Halting, per row: ``halt=None`` runs every row K steps (the training forward: every step's
@@ -295,6 +310,8 @@ class R3M(GroupedModule):
         ``r3m.learn.io`` builds them); coords [B, T, C] are ids into the coordinate table.
         feedback: each step sees the previous step's predictions at ``outputs`` (cfg.feedback).
         summary: the answer slots' inputs get the observation's summary (``blocks.embed_inputs``).
+        state: continue a refinement from ``RefineState`` (h_0 = its hidden; with feedback, its logits
+        are the first step's fed-back predictions) instead of from the input.
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
         read_memory: False reads nothing from the memory (the no-memory ablation; writes happen).
         write_threshold: the write gate's value above which the turn is written (0.5; higher at
@@ -316,7 +333,7 @@ class R3M(GroupedModule):
         if feedback and self.feedback is None:
             raise ValueError("feedback=True but this config has feedback=False")
         b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, self.cfg.input_sees_slots,
-                    slots=slots, outputs=outputs, out_valid=out_valid, coords=coords, window=window)
+                    slots=slots, outputs=outputs, out_valid=out_valid, coords=coords, window=window, peers=peers)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         x = embed_inputs(self.embed, self.coord_embed, b, summary)
         if choice is not None:
@@ -329,10 +346,20 @@ class R3M(GroupedModule):
         carry = self._carry_in(carry, x)
         gate = self.cfg.write_gate if write_gate is None else write_gate
         opts = _CallOptions(read_memory, write_threshold, feedback and b.outputs is not None, gate)
+        h0, fed0 = self._start(x, state, opts)
         if halt is None and halt_steps is None:
-            return self._refine_all(x, b, rope, carry, K, grad_steps, opts, use_semantic, choice)
+            return self._refine_all(x, b, rope, carry, K, grad_steps, opts, use_semantic, choice, h0, fed0)
         stop = _StopRule(halt, halt_steps, threshold, generator)
-        return self._refine_early_exit(x, b, rope, carry, K, stop, opts, use_semantic, choice)
+        return self._refine_early_exit(x, b, rope, carry, K, stop, opts, use_semantic, choice, h0, fed0)
+
+    def _start(self, x: torch.Tensor, state: RefineState | None, opts: "_CallOptions"):
+        """h_0 and the first step's fed-back predictions: from the input, or from where ``state`` left off."""
+        if state is None:
+            return (x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)), None
+        if tuple(state.hidden.shape) != tuple(x.shape):
+            raise ValueError(f"state.hidden has shape {tuple(state.hidden.shape)}, this call's states {tuple(x.shape)}")
+        fed = state.logits if opts.feedback else None
+        return state.hidden.to(x.dtype), fed
 
     def _carry_in(self, carry: Carry | None, x: torch.Tensor) -> Carry | None:
         if self.memory is None:
@@ -388,14 +415,13 @@ class R3M(GroupedModule):
             return None, torch.zeros(h.shape[0], device=h.device), None
         return self.memory.write(carry, turn_state(h, b), opts.write_threshold, gate=opts.write_gate)
 
-    def _refine_all(self, x, b, rope, carry, K, grad_steps, opts, use_semantic, choice) -> ModelOutput:
+    def _refine_all(self, x, b, rope, carry, K, grad_steps, opts, use_semantic, choice, h, fed0) -> ModelOutput:
         """Every row K steps, every step's readout kept (training and fixed-K evaluation)."""
-        h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
         logits, lambdas, tools = [], [], []
         for k in range(K):
             keep_graph = grad_steps is None or k >= K - grad_steps
             with torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-                fed = logits[-1] if opts.feedback and logits else None
+                fed = (logits[-1] if logits else fed0) if opts.feedback else None
                 prev, h = h, self._step(h, x, b, rope, carry, opts, use_semantic, fed)
                 state = decision_state(h, b)
                 logits.append(self._readout(h, b, choice))
@@ -411,16 +437,14 @@ class R3M(GroupedModule):
             halt_logp=halt_probs[:, -1].clamp(min=1e-30).log(), blocks=self._blocks(K, B, h.device))
 
     def _refine_early_exit(self, x, b, rope, carry, K, stop: "_StopRule", opts, use_semantic,
-                           choice) -> ModelOutput:
+                           choice, h, fed) -> ModelOutput:
         """Per-row halting: a row that stops leaves the batch (the running rows are compacted), so
         its remaining steps cost nothing; its outputs are those of the step it stopped at."""
         B, device = x.shape[0], x.device
         rows = torch.arange(B, device=device)  # global indices of the running rows
-        h = x if self.h_init is None else self.h_init.to(x.dtype).expand_as(x)
         log_survive = torch.zeros(B, device=device)  # log prod_{j<k} (1 - lambda_j) of each running row
         steps = torch.full((B,), K, dtype=torch.long, device=device)
         done: list[_Stopped] = []
-        fed = None
         for k in range(K):
             prev, h = h, self._step(h, x, b, rope, carry, opts, use_semantic, fed)
             if opts.feedback:

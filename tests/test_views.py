@@ -30,7 +30,7 @@ def tiny(specs, **kw) -> R3M:
 
 
 def test_the_views_that_the_suite_declares():
-    assert {(f, n) for f, n in SYMBOL_VIEWS} == {("prefix", "bits"), ("arithmetic", "places"), ("sudoku", "cells"),
+    assert {(f, n) for f, n in SYMBOL_VIEWS} == {("prefix", "bits"), ("arithmetic", "places"), ("sudoku", "cells"), ("sudoku", "cells-all"),
                                                  ("memory", "words")}
     for family in BUILTIN:  # the first declared view is the default; every family keeps its character view
         fam = envs.make_family(family)

@@ -110,6 +110,17 @@ class Config:
     """Largest number of refinement steps used in stage-1 training."""
     grad_steps: int = 2
     """Most refinement steps per batch that keep gradients (the earlier ones run without)."""
+    segments: int = 1
+    """Deep supervision (TRM): each batch is trained for this many optimiser steps in a row, each a
+    segment of --k-train steps continuing the last one's state, detached (1: Deep Thinking's
+    progressive schedule, a random K per batch). Evaluate at K up to segments x k-train."""
+    ema: float = 0.0
+    """Decay of the exponential moving average of the weights each phase ends with and is evaluated
+    with (TRM uses 0.999; 0: the last weights)."""
+    augment: bool = True
+    """Train on the families' on-the-fly validity-preserving augmentation where they declare one
+    (sudoku's grid symmetries and digit relabelling); false: their stored instances as they are
+    (the ablation; evaluation is unchanged)."""
     curriculum: float = 0.5
     """Level curriculum: the share of stage-1 steps over which the levels unlock, easiest first
     (0: every level from the start). The dense baselines get the same batches."""
@@ -143,6 +154,9 @@ class Config:
     char_view: bool = False
     """Read every family through its character view (the task-view ablation: characters in, answer
     slots out), instead of the view the family declares first."""
+    view: str = ""
+    """Read every family through this view of its declared ones (an ablation, e.g. sudoku's
+    ``cells-all``: the cells without the peer attention); empty: each family's first."""
     eval_n: int = 100
     """Test instances per level and family."""
     eval_levels: tuple[int, ...] = ()
@@ -207,7 +221,11 @@ class Config:
             raise ValueError("stage 2 continues a stage-1 model: run --stage 1,2 (or --resume a stage-1 run)")
         if self.preset not in PRESETS or self.lm_preset not in PRESETS:
             raise ValueError(f"unknown preset; choose from {sorted(PRESETS)}")
-        cli.check_at_least(self, k_train=1, grad_steps=1)
+        cli.check_at_least(self, k_train=1, grad_steps=1, segments=1)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.segments > 1 and self.stream:
+            raise ValueError("--segments continues single-turn episodes; a --stream episode carries memory instead")
         for name, value, stage in (("steps", self.steps, 1), ("halt-steps", self.halt_steps, 2),
                                    ("lm-steps", self.lm_steps, 0)):
             if stage in stages and value < 1:
@@ -254,9 +272,11 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
         env = {"stream": True, **({"distractors": cfg.distractors} if envs.make_family(fam).max_distractor_rate else {})} \
             if cfg.stream else {}
         extra = tuple(lv for lv in cfg.eval_levels if lv in envs.make_family(fam).levels)
-        view = "chars" if cfg.char_view else None
-        specs.append(task_spec(fam, levels, eval_levels(fam, levels) + scaled_levels(fam, levels) + extra, view,
-                               **env))
+        view = "chars" if cfg.char_view else (cfg.view or None)
+        spec = task_spec(fam, levels, eval_levels(fam, levels) + scaled_levels(fam, levels) + extra, view, **env)
+        if not cfg.augment and envs.make_family(fam).augmentation:
+            spec = dataclasses.replace(spec, train_env={"augment": False})
+        specs.append(spec)
     return specs
 
 

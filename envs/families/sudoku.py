@@ -68,6 +68,9 @@ class CellsView(SymbolView):
     coords = (9, 9, 9)
     feedback = True
 
+    def __init__(self, peers: bool = True, name: str = "cells"):
+        self.peers, self.name = peers, name
+
     @staticmethod
     def grid(prompt: str) -> str:
         cells = (prompt[len(PREFIX):] if prompt.startswith(PREFIX) else prompt).strip()
@@ -114,15 +117,25 @@ class SudokuFamily(TaskFamily):
 
     name = "sudoku"
     tool = "sudoku_solver"
+    augmentation = "transpose, band/stack orders, row/column orders within them, digit relabelling"
     answer_len = 81
     max_prompt_chars = len(PREFIX) + 81
     max_answer_chars = 81
     max_tool_args_chars = 81  # the puzzle, so every payload (ARGS or answer) is 81 characters
     numeric_env = "sudoku-grid-v0"
 
-    def __init__(self, bank_path: str | Path = BANK_PATH):
+    def __init__(self, bank_path: str | Path = BANK_PATH, augment: bool = True):
         self.bank_path = Path(bank_path)
+        self.augment = augment
         self._bank: dict[int, list[Entry]] | None = None
+
+    def augmented(self, on: bool) -> "SudokuFamily":
+        """Off: every instance is its bank entry as stored (the same entries, splits and keys)."""
+        if on == self.augment:
+            return self
+        other = SudokuFamily(self.bank_path, augment=on)
+        other._bank = self._bank
+        return other
 
     @property
     def bank(self) -> dict[int, list[Entry]]:
@@ -140,6 +153,8 @@ class SudokuFamily(TaskFamily):
             0, (len(entries), 1296, 1296, 2, 362880)
         ).tolist()
         entry = entries[i]
+        if not self.augment:  # the draws above still happen, so an index picks the same entry
+            row_perm, col_perm, transpose, relabel = 0, 0, 0, 0
         idx = transform_indices(row_perm, col_perm, bool(transpose))
         table = digit_table(relabel)
         puzzle = "".join([entry.puzzle[k] for k in idx]).translate(table)
@@ -166,7 +181,7 @@ class SudokuFamily(TaskFamily):
         return instance.data["puzzle"]
 
     def views(self):
-        return {"cells": CellsView(), "chars": CharView("fill")}
+        return {"cells": CellsView(), "cells-all": CellsView(peers=False, name="cells-all"), "chars": CharView("fill")}
 
     def distill_targets(self, instance: Instance) -> dict[int, str]:
         """The forced cells: what a model can learn to fill from a verified solution without search."""

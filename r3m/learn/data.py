@@ -46,7 +46,8 @@ class TaskSpec:
     characters, or ``symbols``), ``width`` answer slots (character fill) or most payload tokens
     (causal), eos included (0 for a symbol view, whose outputs are its own), the training
     ``levels``, the text env's arguments (``env``: e.g. ``stream``, ``distractors``) for training
-    and evaluation alike, and the family's ``view`` the model reads it through."""
+    and evaluation alike, those for training only (``train_env``: e.g. ``augment``), and the
+    family's ``view`` the model reads it through."""
 
     family: str
     mode: str
@@ -54,15 +55,16 @@ class TaskSpec:
     levels: tuple[int, ...]
     env: Mapping = field(default_factory=dict)
     view: str = "chars"
+    train_env: Mapping = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"family": self.family, "mode": self.mode, "width": self.width, "levels": list(self.levels),
-                "env": dict(self.env), "view": self.view}
+                "env": dict(self.env), "view": self.view, "train_env": dict(self.train_env)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TaskSpec":
         return cls(d["family"], d["mode"], int(d["width"]), tuple(d["levels"]), dict(d.get("env", {})),
-                   d.get("view", "chars"))
+                   d.get("view", "chars"), dict(d.get("train_env", {})))
 
 
 class Example(NamedTuple):
@@ -220,7 +222,7 @@ class DemoSource:
         self.specs, self.tool_names = list(specs), tuple(tool_names)
         self.seed, self.stream, self.rank, self.tool_fraction, self.both = seed, stream, rank, tool_fraction, both
         self.n_episodes, self.n_turns = episodes, turns
-        self._envs = {s.family: TextTaskEnv(s.family, **s.env) for s in self.specs}
+        self._envs = {s.family: TextTaskEnv(s.family, **s.env, **s.train_env) for s in self.specs}
 
     @property
     def spec(self) -> TaskSpec:

@@ -82,6 +82,37 @@ class FitSpec:
     log_every: int = 25
     samples_per_step: int = 1
     max_bad_steps: int = 20  # consecutive NaN/inf steps (each skipped) before the phase gives up
+    ema: float = 0.0  # decay of the moving average of the weights the phase ends with (0: none)
+
+
+class WeightAverage:
+    """An exponential moving average of the trainable weights, which the phase ends with (TRM and its
+    successors evaluate the EMA: late in training the last weights are one noisy step of many).
+    The decay warms up as min(decay, (1 + t) / (10 + t)), so a short phase is not dominated by its
+    initial weights; the average is kept in float32 and saved in the phase's checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for avg, p in zip(self.shadow, self.params):
+            avg.lerp_(p.detach().float(), 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for avg, p in zip(self.shadow, self.params):
+            p.copy_(avg.to(p.dtype))
+
+    def load(self, tensors: list[torch.Tensor]) -> None:
+        if len(tensors) != len(self.shadow):
+            raise ValueError(f"the checkpoint's weight average has {len(tensors)} tensors, this model {len(self.shadow)}")
+        self.shadow = [t.to(avg.device, torch.float32).clone() for t, avg in zip(tensors, self.shadow)]
 
 
 def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: FitSpec,
@@ -94,12 +125,17 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
     state = FitState()
     path = run.ckpt(phase)
     target = save_model if save_model is not None else model
+    average = WeightAverage(model, spec.ema) if spec.ema else None
     if path.exists():
         payload = load_checkpoint(path, target, optimizer, map_location=run.device)
         state = FitState(**payload["extra"]["fit"])
         if state.done:
             return state
+        if average is not None and "ema" in payload["extra"]:
+            average.load(payload["extra"]["ema"])
         log.info(f"{phase}: resuming at step {state.step} from {path}")
+    if average is not None:
+        extra = {**(extra or {}), "ema": average.shadow}  # the same tensors, updated in place
     logger = run.logger(phase, purge_step=state.step + 1)
     bar = progress_bar(run, spec.steps, state.step, phase)
     model.train()
@@ -122,6 +158,8 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
             if math.isfinite(norm):
                 optimizer.step()
                 state.bad_in_a_row = 0
+                if average is not None:
+                    average.update(state.step)
             else:  # skip the update: one bad batch must not poison the weights
                 state.nan_steps += 1
                 state.bad_in_a_row += 1
@@ -149,6 +187,8 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
                 _save(path, target, optimizer, state, extra)  # never in the middle of a run of bad steps
         state.done = True
         state.seconds += time.time() - t0
+        if average is not None:
+            average.copy_to_model()  # the phase ends with (and its checkpoint holds) the averaged weights
         if run.main:
             _save(path, target, optimizer, state, extra)
     finally:

@@ -23,7 +23,7 @@ from r3m.learn.io import ViewIO
 from r3m_agent.blocks import ModelOutput
 from r3m_agent.checkpoint import unwrap
 from r3m_agent.memory import Carry
-from r3m_agent.r3m import R3M
+from r3m_agent.r3m import R3M, RefineState
 from r3m_agent.tokenizer import EOS_ID, PAD_ID
 
 
@@ -63,12 +63,16 @@ def view_io(model: torch.nn.Module, spec: TaskSpec) -> ViewIO:
 
 def imitation_forward(model: torch.nn.Module, spec: TaskSpec, batch: FillBatch | CausalBatch, *,
                       K: int | None = None, grad_steps: int | None = None,
-                      carry: Carry | None = None, io: ViewIO | None = None) -> ModelOutput:
+                      carry: Carry | None = None, io: ViewIO | None = None,
+                      state: RefineState | None = None) -> ModelOutput:
     """The model on one teacher-forced turn: the expert's choice conditions the payload, and the
-    tool logits come from the decision point, which never sees the payload (``blocks.prepare``)."""
+    tool logits come from the decision point, which never sees the payload (``blocks.prepare``).
+    ``state``: continue the refinement where an earlier segment on the same batch left off."""
     kw = model_kwargs(model, K, grad_steps)
     if carry is not None:
         kw["carry"] = carry
+    if state is not None:
+        kw["state"] = state
     if isinstance(batch, FillBatch):
         io = io or view_io(model, spec)
         lay = batch.layout
@@ -88,17 +92,27 @@ class TurnOut(NamedTuple):
 def imitation_turns(model: torch.nn.Module, spec: TaskSpec,
                     episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
                     K: int | None = None, grad_steps: int | None = None,
-                    tbptt: int | None = None) -> Iterator[TurnOut]:
+                    tbptt: int | None = None, segment: "SegmentCarry | None" = None) -> Iterator[TurnOut]:
     """Run the turns of expert episodes in order, each reading the memory the model wrote on the
     episode's earlier turns, exactly as ``run_episodes`` threads it when the policy acts.
 
     The carry keeps its graph across turns, so the answer's loss reaches the writes (gate and
     content) of the turns it read: truncated backpropagation through time over windows of
     ``tbptt`` turns (None: the whole episode; the carry is detached between windows). An already
-    collated batch is one turn on an empty memory."""
+    collated batch is one turn on an empty memory. ``segment``: episodes of one turn each continue
+    the refinement the previous segment on this batch left off (``SegmentCarry``)."""
     device = next(model.parameters()).device
     io = view_io(model, spec)
     allowed = io.allowed.to(device) if spec.mode != "causal" else None
+    if segment is not None:
+        if isinstance(episodes, (FillBatch, CausalBatch)) or max(map(len, episodes)) != 1:
+            raise ValueError("segments continue single-turn episodes (a streamed episode carries memory instead)")
+        batch = (collate_fill([e[0] for e in episodes], io) if spec.mode != "causal"
+                 else collate_causal([e[0] for e in episodes], spec.width)).to(device)
+        out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, io=io, state=segment.state)
+        segment.state = RefineState.of(out)
+        yield TurnOut(out, batch.targets, batch.tool, torch.arange(len(batch.tool), device=device), allowed)
+        return
     if isinstance(episodes, (FillBatch, CausalBatch)):
         batch = episodes.to(device)
         out = imitation_forward(model, spec, batch, K=K, grad_steps=grad_steps, io=io)
@@ -125,7 +139,8 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
                    episodes: Sequence[Sequence[Example]] | FillBatch | CausalBatch, *,
                    K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
                    tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
-                   write_cost: float = 0.0, drift_penalty: float = 0.0, tbptt: int | None = None) -> LossOut:
+                   write_cost: float = 0.0, drift_penalty: float = 0.0, tbptt: int | None = None,
+                   segment: "SegmentCarry | None" = None) -> LossOut:
     """Imitation of whole expert episodes (``imitation_turns``): the sum over an episode's turns,
     averaged over episodes (each episode's negative log-likelihood), so a streamed episode's one
     scored answer is not diluted by its many no-op turns; the memory's penalties
@@ -140,7 +155,7 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
     total, token_sum, tool_sum, writes, n = 0.0, 0.0, 0.0, 0.0, 0
     step_losses: list[float] = []
     gates: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps, tbptt=tbptt):
+    for turn in imitation_turns(model, spec, episodes, K=K, grad_steps=grad_steps, tbptt=tbptt, segment=segment):
         out, rows = turn.out, len(turn.tool)
         per_step = per_sample_token_loss(out.step_logits, turn.targets, turn.allowed).mean(1)  # [S]
         token = (per_step if last is None else per_step[-last:]).mean()
@@ -164,6 +179,29 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
         return LossOut(loss, token_sum / n, tool_sum / n, step_losses, None, None)
     n_episodes = len(episodes) if not isinstance(episodes, (FillBatch, CausalBatch)) else n
     return LossOut(loss, token_sum / n, tool_sum / n, step_losses, writes / max(1, n_episodes), writes / n)
+
+
+class SegmentCarry:
+    """Deep supervision across segments (TRM, Jolicoeur-Martineau 2025; HRM before it): one batch is
+    trained for ``segments`` consecutive optimiser steps, each running K steps from the state the
+    previous one ended in, detached, so every segment gets its own loss and update while the state
+    keeps refining: the model learns to improve states it reaches only after many steps without
+    backpropagating through them. ``state`` is None at a batch's first segment."""
+
+    def __init__(self, segments: int):
+        if segments < 1:
+            raise ValueError(f"segments must be >= 1, got {segments}")
+        self.segments = segments
+        self.state: RefineState | None = None
+        self._batch: int | None = None
+
+    def at(self, step: int) -> tuple[int, int]:
+        """(the batch index, the segment within it) of optimiser step ``step``; a new batch (or a
+        resumed run that lost the chain) starts from the input."""
+        batch, seg = divmod(step, self.segments)
+        if batch != self._batch or seg == 0:
+            self.state, self._batch = None, batch
+        return batch, seg
 
 
 def progressive_schedule(rng: np.random.Generator, k_train: int, grad_steps: int) -> tuple[int, int, int]:

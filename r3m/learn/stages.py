@@ -14,7 +14,7 @@ import torch
 
 from r3m.learn.data import DemoSource, TaskSpec
 from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, train_phase
-from r3m.learn.losses import LossOut, imitation_loss, ponder_imitation_loss, progressive_schedule
+from r3m.learn.losses import LossOut, SegmentCarry, imitation_loss, ponder_imitation_loss, progressive_schedule
 from r3m.learn.run import Run, autocast, stream_rng
 
 
@@ -39,6 +39,8 @@ class Imitation:
     per_episode: bool = False  # batch_size counts episodes (streams: many turns each), not turns
     both_demos: bool = False  # every instance of a family with a tool answered directly and through it
     curriculum: float = 0.0  # share of the steps over which the levels unlock, easiest first (0: off)
+    segments: int = 1  # stage 1: optimiser steps per batch, each continuing the last one's state (SegmentCarry)
+    ema: float = 0.0  # decay of the weights' moving average that the phase ends with (0: the last weights)
     ckpt_every: int = 200
     log_every: int = 25
     max_bad_steps: int = 20
@@ -51,15 +53,16 @@ class Imitation:
 
     def fit_spec(self, run: Run) -> FitSpec:
         return FitSpec(self.steps, self.lr, min(self.warmup, max(1, self.steps // 5)), self.grad_clip,
-                       self.ckpt_every, self.log_every, self.batch_size * run.world, self.max_bad_steps)
+                       self.ckpt_every, self.log_every, self.batch_size * run.world, self.max_bad_steps, self.ema)
 
 
 def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int, run: Run,
-           stream: str = "demos") -> DemoSource:
+           stream: str = "demos", steps_per_batch: int = 1) -> DemoSource:
     """Each torchrun process draws its own batches (the rank is part of the stream's key)."""
     size = {"episodes": s.batch_size} if s.per_episode else {"turns": s.batch_size}
     return DemoSource(specs, model.cfg.tool_names, seed, stream=stream, tool_fraction=s.tool_fraction,
-                      rank=run.rank, both=s.both_demos, curriculum_steps=round(s.curriculum * s.steps), **size)
+                      rank=run.rank, both=s.both_demos,
+                      curriculum_steps=round(s.curriculum * s.steps / steps_per_batch), **size)
 
 
 def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:
@@ -68,17 +71,26 @@ def _extra(specs: Sequence[TaskSpec], phase: str) -> dict:
 
 def stage1_loss(run: Run, model: torch.nn.Module, specs: Sequence[TaskSpec], s: Imitation,
                 seed: int) -> Callable[[int], LossOut]:
-    """The loss of ``stage1`` at a step (this process's batch under torchrun)."""
-    source = _demos(specs, model, s, seed, run)
+    """The loss of ``stage1`` at a step (this process's batch under torchrun). With ``s.segments`` > 1
+    a batch is trained for that many steps in a row, each a segment of ``k_train`` steps that
+    continues the previous one's state (``losses.SegmentCarry``); else Deep Thinking's progressive
+    schedule draws K for each batch."""
+    source = _demos(specs, model, s, seed, run, steps_per_batch=s.segments)
+    chain = SegmentCarry(s.segments) if s.segments > 1 else None
 
     def loss_fn(step: int) -> LossOut:
-        spec, episodes = source.get(step)
-        K, grad_steps, supervised = progressive_schedule(stream_rng(seed, "schedule", step), s.k_train,
-                                                         s.grad_steps)
+        if chain is not None:
+            spec, episodes = source.get(chain.at(step)[0])
+            K, grad_steps, supervised = s.k_train, s.grad_steps, 1
+        else:
+            spec, episodes = source.get(step)
+            K, grad_steps, supervised = progressive_schedule(stream_rng(seed, "schedule", step), s.k_train,
+                                                             s.grad_steps)
         with autocast(run.device):
             return imitation_loss(model, spec, episodes, K=K, grad_steps=grad_steps, supervised_steps=supervised,
                                   write_penalty=s.write_penalty, write_budget=s.write_budget,
-                                  write_cost=s.write_cost, drift_penalty=s.drift_penalty, tbptt=s.tbptt or None)
+                                  write_cost=s.write_cost, drift_penalty=s.drift_penalty, tbptt=s.tbptt or None,
+                                  segment=chain)
 
     return loss_fn
 
