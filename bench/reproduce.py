@@ -59,6 +59,24 @@ def _seed_jobs() -> list[Job]:
 ARITHMETIC = ("--families", "arithmetic", "--levels", "1", "2", "--preset", "cpu-small", "--steps", "3000",
               "--tool-fraction", "0", "--stage", "1", "--baseline", "false")
 
+# Sudoku levels 1-2 without tools (issue: at most 20 CPU minutes on 2 cores): the cells view (peer attention,
+# predictions fed back), two segments per batch with the state carried, the weights' average; the dense
+# baselines on R3M's first 800 batches (a compute-matched one backpropagates through all its 17 layers)
+SUDOKU = ("--families", "sudoku", "--levels", "1", "2", "--preset", "cpu-small", "--threads", "2", "--stage", "1",
+          "--segments", "2", "--ema", "0.999", "--curriculum", "0", "--tool-fraction", "0")
+SUDOKU_RUN = (*SUDOKU, "--steps", "1600", "--baseline-steps", "800")
+# each training ingredient off in turn, at a short budget (300 steps, about 3 minutes each)
+SUDOKU_SHORT = (*SUDOKU, "--steps", "300", "--baseline", "false", "--eval-n", "50", "--eval-ks", "1", "8", "16", "32")
+SUDOKU_ABLATIONS = {"all": (), "peers-off": ("--view", "cells-all"), "segments-off": ("--segments", "1"),
+                    "ema-off": ("--ema", "0"), "augment-off": ("--augment", "false"),
+                    "hard-levels": ("--levels", "1", "2", "4")}
+
+
+def _sudoku_ablation_jobs() -> list[Job]:
+    return [Job(f"sudoku-ablation-{name}-cpu", "train/imitate.py", (*SUDOKU_SHORT, *extra),
+                f"Sudoku ingredients at 300 steps: {name}", "sudoku-ablation") for name, extra in SUDOKU_ABLATIONS.items()]
+
+
 # parity needs K=8 and a longer warm start than the tool families (the same recipe as imitate's default)
 PREFIX_RL = ("--env", "prefix-v0", "--levels", "1", "2", "3", "--k", "8", "--warm-steps", "2000",
              "--warm-curriculum", "0.5", "--baselines", "false")
@@ -73,6 +91,9 @@ PLAN: list[Job] = [
         "Arithmetic without tools, by imitation, through the place-value view", "imitate"),
     Job("imitate-arithmetic-chars-cpu", "train/imitate.py", (*ARITHMETIC, "--char-view"),
         "Arithmetic without tools through the character view, the same budget (the view's ablation)", "imitate"),
+    Job("imitate-sudoku-cpu", "train/imitate.py", SUDOKU_RUN,
+        "Sudoku without tools (levels 1-2) by imitation through the cells view, with the dense baselines", "imitate"),
+    *_sudoku_ablation_jobs(),
     Job("memory-stream-cpu", "train/imitate.py",
         ("--families", "memory", "prefix", "--stream", "--distractors", "0.5", "--levels", "1", "2", "3",
          "--eval-levels", "1", "2", "3", "4", "5", "6", "--baseline", "false", "--stage", "1", "--k-train", "4",

@@ -186,6 +186,10 @@ class Config:
     baseline_compute: bool = True
     """Also train the compute-matched dense baseline (as many layers as R3M applies blocks at k_train)
     beside the parameter-matched one."""
+    baseline_steps: int = 0
+    """Optimiser steps of each dense baseline, on the first of R3M's batches (0: --steps). A
+    compute-matched baseline backpropagates through every layer and R3M through --grad-steps steps,
+    so equal steps are not equal time; the run records each phase's seconds beside its accuracy."""
     lm_steps: int = 1500
     """Stage-0 optimiser steps."""
     lm_preset: str = "cpu-tiny"
@@ -221,7 +225,7 @@ class Config:
             raise ValueError("stage 2 continues a stage-1 model: run --stage 1,2 (or --resume a stage-1 run)")
         if self.preset not in PRESETS or self.lm_preset not in PRESETS:
             raise ValueError(f"unknown preset; choose from {sorted(PRESETS)}")
-        cli.check_at_least(self, k_train=1, grad_steps=1, segments=1)
+        cli.check_at_least(self, k_train=1, grad_steps=1, segments=1, baseline_steps=0)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.segments > 1 and self.stream:
@@ -400,7 +404,8 @@ def run_baselines(cfg: Config, run: Run, specs: list[TaskSpec], r3m_cfg, metrics
             seed_everything(cfg.seed)
             model = DenseTransformer(dense_cfg).to(run.device)
             phase = f"dense_{kind}_lr{lr:g}"
-            state = stages.dense(run, phase, model, specs, imitation(cfg, lr=lr), cfg.seed)
+            state = stages.dense(run, phase, model, specs, imitation(cfg, lr=lr, steps=cfg.baseline_steps or cfg.steps),
+                                 cfg.seed)
             _record_fit(metrics, phase, state)
             if not run.main:
                 continue
