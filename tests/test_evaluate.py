@@ -112,7 +112,8 @@ def test_dense_checkpoint_without_specs(ckpts, tmp_path):
     assert m["accuracy"]["sudoku"] == m["baseline_accuracy"]["sudoku"]
     # a model built without the family's cell view reads its characters
     assert m["specs"]["sudoku"] == {"family": "sudoku", "mode": "fill", "width": 82,
-                                    "levels": [1, 2, 3, 4, 5], "env": {}, "view": "chars"}
+                                    "levels": [1, 2, 3, 4, 5], "env": {}, "view": "chars",
+                                    "train_env": {}}
     assert sum("no decoding spec" in n for n in m["notes"]) == 1  # env and CSV share the derived spec
     assert any("--k is ignored" in n for n in m["notes"])
     assert m["sets"]["norvig_easy50"]["n"] == 2 and "accuracy_vs_k" not in m["sets"]["norvig_easy50"]
