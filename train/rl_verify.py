@@ -52,7 +52,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -158,7 +158,7 @@ class Config:
     """PPO clip range of the length-normalised (per-token geometric mean) ratio."""
     kl_coef: float = 0.02
     """Weight of the KL to the policy the RL phase started from."""
-    kl_estimator: str = "k2"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k2"
     """Per-token KL estimate (r3m.learn.losses.kl_estimate): k2 (r^2 / 2 of the log-ratio r), k1 (-r)
     or k3 (e^r - r - 1). k3 grows exponentially in r: on 82-token Sudoku actions it reached 100-469
     just before the policy collapsed; k2 grows as r^2 and its gradient is the KL's."""
@@ -170,7 +170,7 @@ class Config:
     iterations, on fixed train-split instances (never the test split); 0: off."""
     guard_drop: float = 0.02
     """An evaluation more than this below the phase's best (0.02: 2 points) triggers --guard-action."""
-    guard_action: str = "rollback"
+    guard_action: Literal["rollback", "stop"] = "rollback"
     """On such a drop: rollback (restore the parameters and optimizer state of the best evaluation,
     then go on) or stop (restore them, then end the run's training with one log line)."""
     guard_n: int = 0
