@@ -30,8 +30,15 @@ Advantages are group-relative: G samples of one instance form a group. GRPO (Sha
 standardises rewards within the group; RLOO (Ahmadian et al. 2024) subtracts the mean of the
 other G-1 samples. A group whose rewards are all equal carries no signal; it is counted and left
 out of the update. The update is PPO's clipped surrogate on length-normalised sequence ratios
-with a k3 KL to the policy the phase started from (``r3m.learn.losses.clipped_objective``), each
-episode replayed turn by turn with its memory re-threaded with gradients (``rollout.rescore``).
+with a bounded KL to the policy the phase started from (``r3m.learn.losses.clipped_objective``;
+--kl-estimator, --kl-clamp), each episode replayed turn by turn with its memory re-threaded with
+gradients (``rollout.rescore``). Turns that gave the env nothing (a call without a result, an
+empty answer) are counted as void.
+
+An RL phase cannot collapse silently: every --guard-every iterations the greedy policy plays a
+fixed set of train-split instances with tools, and when its success falls more than --guard-drop
+below the phase's best, the parameters and optimizer state of that best evaluation are restored
+(a rollback, counted) or, with --guard-action stop, restored and the run's training ends there.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 if __package__ in (None, ""):  # `python train/rl_verify.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,15 +71,17 @@ from r3m.learn.data import DemoSource, TaskSpec, task_spec
 from r3m.learn.distill import Distillation, levels_to_distill, run_distillation
 from r3m.learn.evaluation import (
     eval_levels,
+    evaluate_family,
     evaluate_instances,
     external_sets,
     shaped_reward,
     tool_metrics,
     tool_snapshot,
+    void_turns,
 )
 from r3m.learn.io import with_views
 from r3m.learn.loop import Diverged, Interrupted, all_finite, average_gradients, make_optimizer, progress_bar
-from r3m.learn.losses import action_tokens, clipped_objective, imitation_loss, write_penalties
+from r3m.learn.losses import KL_ESTIMATORS, action_tokens, clipped_objective, imitation_loss, write_penalties
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
@@ -148,7 +157,24 @@ class Config:
     clip: float = 0.05
     """PPO clip range of the length-normalised (per-token geometric mean) ratio."""
     kl_coef: float = 0.02
-    """Weight of the k3 KL to the policy the RL phase started from."""
+    """Weight of the KL to the policy the RL phase started from."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k2"
+    """Per-token KL estimate (r3m.learn.losses.kl_estimate): k2 (r^2 / 2 of the log-ratio r), k1 (-r)
+    or k3 (e^r - r - 1). k3 grows exponentially in r: on 82-token Sudoku actions it reached 100-469
+    just before the policy collapsed; k2 grows as r^2 and its gradient is the KL's."""
+    kl_clamp: float = 5.0
+    """Bound on the per-token log-ratio to the reference before the KL estimate, so the penalty is
+    bounded whatever the action's length (k2 <= kl_clamp^2 / 2); 0: no bound."""
+    guard_every: int = 5
+    """Greedy evaluation of success with tools at each RL phase's start and every this many
+    iterations, on fixed train-split instances (never the test split); 0: off."""
+    guard_drop: float = 0.02
+    """An evaluation more than this below the phase's best (0.02: 2 points) triggers --guard-action."""
+    guard_action: Literal["rollback", "stop"] = "rollback"
+    """On such a drop: rollback (restore the parameters and optimizer state of the best evaluation,
+    then go on) or stop (restore them, then end the run's training with one log line)."""
+    guard_n: int = 0
+    """Instances per level of the guard's evaluation (0: --eval-n)."""
     entropy_coef: float = 0.0
     """Entropy bonus (per payload token)."""
     replay_coef: float = 0.1
@@ -222,9 +248,14 @@ class Config:
                              f"got {self.env!r}")
         if self.advantage not in ("grpo", "rloo"):
             raise ValueError(f"--advantage must be grpo or rloo, got {self.advantage!r}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"--kl-estimator must be one of {' '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.guard_action not in ("rollback", "stop"):
+            raise ValueError(f"--guard-action must be rollback or stop, got {self.guard_action!r}")
         if not 0.0 <= self.warm_curriculum < 1.0:
             raise ValueError(f"--warm-curriculum is a share of the warm-start steps in [0, 1), got {self.warm_curriculum}")
-        cli.check_at_least(self, warm_halt_steps=1, group_size=2, groups=1, iterations=0, iterations_after=0, epochs=1)
+        cli.check_at_least(self, warm_halt_steps=1, group_size=2, groups=1, iterations=0, iterations_after=0, epochs=1,
+                           kl_clamp=0, guard_every=0, guard_drop=0, guard_n=0)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.k < 0 or (self.k == 0 and not self.init):
@@ -346,8 +377,10 @@ def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, v
     if cfg.curriculum:
         curriculum.update(group_levels, solved.mean(1).tolist())
     keep = [i for i in range(len(episodes)) if not bool(zero[i // G])]
+    void = sum(void_turns(e) for e in episodes)
     stats = {"rl/reward": float(rewards.mean()), "rl/pass@1": float(solved.mean()),
-             "rl/zero_variance_groups": float(zero.float().mean()),
+             "rl/zero_variance_groups": float(zero.sum()), "rl/zero_variance_share": float(zero.float().mean()),
+             "rl/void_turns": float(void), "rl/void_turn_share": void / max(1, sum(len(e.turns) for e in episodes)),
              "rl/all_solved_groups": float((solved.mean(1) == 1).float().mean()),
              "rl/all_failed_groups": float((solved.mean(1) == 0).float().mean()),
              "rl/mean_level": float(np.mean(group_levels)),
@@ -390,7 +423,7 @@ def pg_loss(cfg: Config, policy: Policy, mb: "EpisodeBatch", run: Run) -> tuple[
     scored = rescore(policy, part.episodes)
     tokens = torch.cat([action_tokens(_payloads(ep)) for ep in part.episodes]).to(dev)
     pg = clipped_objective(scored.log_prob, part.old_lp.to(dev), part.ref_lp.to(dev), part.per_action_adv().to(dev),
-                           tokens, cfg.clip, cfg.kl_coef)
+                           tokens, cfg.clip, cfg.kl_coef, cfg.kl_estimator, cfg.kl_clamp)
     loss = (pg.loss - cfg.entropy_coef * scored.entropy.mean()) * (len(scored.log_prob) * run.world / mb.n_actions)
     if scored.write_probs is not None and (cfg.write_penalty or cfg.write_cost):  # a mean over episodes
         memory = write_penalties([(scored.episode, scored.write_probs)], len(part.episodes), cfg.write_penalty,
@@ -446,10 +479,12 @@ def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy,
     model = policy.model
     optimizer = make_optimizer(model, cfg.lr, 0.0)
     levels = train_levels(cfg)
-    state = {"iteration": 0, "history": [], "env_steps": 0, "done": False, "curriculum": Curriculum(levels).state()}
+    state = {"iteration": 0, "history": [], "env_steps": 0, "done": False, "curriculum": Curriculum(levels).state(),
+             "guard": new_guard()}
     path = run.ckpt(phase)
     if path.exists():
         state = load_checkpoint(path, model, optimizer, map_location=run.device)["extra"]["rl"]
+        state.setdefault("guard", new_guard())  # a checkpoint from before the guard
         if state["done"]:
             return state
         log.info(f"{phase}: resuming at iteration {state['iteration']} from {path}")
@@ -462,7 +497,9 @@ def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy,
     logger = run.logger(phase, purge_step=state["iteration"] + 1)
     bar = progress_bar(run, iterations, state["iteration"], phase)
     try:
-        while state["iteration"] < iterations:
+        if cfg.guard_every and state["guard"]["best"] is None:  # the phase's start is the first good state
+            guard_check(cfg, run, phase, policy, optimizer, state)
+        while state["iteration"] < iterations and not state["guard"]["stopped"]:
             if cfg.stop_after and run.steps_taken >= cfg.stop_after:
                 if run.main:
                     _save_rl(path, model, optimizer, state, curriculum, spec)
@@ -473,6 +510,9 @@ def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy,
             state["iteration"] += 1
             run.steps_taken += 1
             state["env_steps"] += int(stats["rl/env_steps"])
+            if cfg.guard_every and state["iteration"] % cfg.guard_every == 0:
+                stats.update(guard_check(cfg, run, phase, policy, optimizer, state))
+            stats["rl/rollbacks"] = float(state["guard"]["rollbacks"])
             stats["rl/seconds"] = time.time() - t0
             state["history"].append(stats)
             if run.main:
@@ -493,6 +533,47 @@ def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy,
         logger.close()
         vec.close()
     return state
+
+
+def new_guard() -> dict:
+    """The guard's state in an RL phase's checkpoint: the best greedy success with tools so far and
+    its iteration, every evaluation as (iteration, success), rollbacks, and why it stopped the run."""
+    return {"best": None, "best_iteration": 0, "evaluations": [], "rollbacks": 0, "stopped": None}
+
+
+def guard_success(cfg: Config, policy: Policy) -> float:
+    """Greedy success with tools on fixed train-split instances (the test split only reports)."""
+    policy.model.eval()
+    with torch.no_grad():
+        ev = evaluate_family(policy, cfg.family, n_per_level=cfg.guard_n or cfg.eval_n, levels=train_levels(cfg),
+                             split="train", allow_tools=True, seed=stream_seed(cfg.seed, "guard") % 2**31,
+                             env_kwargs={"call_budget": cfg.call_budget}, env_id=cfg.env)
+    return ev.accuracy
+
+
+def guard_check(cfg: Config, run: Run, phase: str, policy: Policy, optimizer, state: dict) -> dict:
+    """Evaluate the policy (``guard_success``); a new best is saved as ``<phase>_best``, and a drop of
+    more than --guard-drop below the best restores it (parameters and optimizer state, bit for bit).
+    Every process evaluates the same parameters greedily, so all reach the same verdict."""
+    guard, it = state["guard"], state["iteration"]
+    success = guard_success(cfg, policy)
+    guard["evaluations"].append([it, success])
+    best = run.ckpt(f"{phase}_best")
+    if guard["best"] is None or success >= guard["best"]:
+        guard["best"], guard["best_iteration"] = success, it
+        if run.main:
+            save_checkpoint(best, policy.model, optimizer, step=it)
+        barrier()
+    elif success < guard["best"] - cfg.guard_drop:
+        load_checkpoint(best, policy.model, optimizer, map_location=run.device)
+        guard["rollbacks"] += 1
+        what = "rolled back to" if cfg.guard_action == "rollback" else "stopped the run at"
+        line = (f"{phase}: greedy success with tools {success:.3f} at iteration {it} is more than {cfg.guard_drop:g} "
+                f"below the best {guard['best']:.3f} (iteration {guard['best_iteration']}); {what} that state")
+        log.warning(line)
+        if cfg.guard_action == "stop":
+            guard["stopped"] = line
+    return {"rl/guard_success": success, "rl/guard_best": guard["best"]}
 
 
 def _save_rl(path: Path, model, optimizer, state: dict, curriculum: Curriculum, spec: TaskSpec) -> None:
@@ -621,6 +702,7 @@ def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, phases: dict, 
     env_steps = sum(int(s["env_steps"]) for s in states)
     history = [h for s in states for h in s["history"]]
     tools_end = end["tools"]
+    need_end = tools_end.get("need_based") or {}
     metrics = {
         "env": cfg.env, "family": cfg.family, "config": jsonable(cfg), "device": str(run.device),
         "params": sum(p.numel() for p in policy.model.parameters()), "K": policy.K, "spec": spec.as_dict(),
@@ -629,16 +711,23 @@ def report(cfg: Config, run: Run, policy: Policy, spec: TaskSpec, phases: dict, 
         "reward_start": start["reward"], "reward_end": end["reward"],
         "greedy_start": start["greedy_reward"], "greedy_end": end["greedy_reward"],
         "pass1_start": start["pass@1"], "pass1_end": end["pass@1"],
-        "tool_precision": tools_end["precision"], "tool_recall": tools_end["recall"],
-        "unneeded_call_rate": tools_end["unneeded_call_rate"],
-        "unneeded_call_rate_start": start["tools"]["unneeded_call_rate"],
+        # need-based: on the levels where the tool-free answer is often right, else None and a reason
+        "tool_precision": need_end.get("precision"), "tool_recall": need_end.get("recall"),
+        "unneeded_call_rate": need_end.get("unneeded_call_rate"),
+        "unneeded_call_rate_start": (start["tools"].get("need_based") or {}).get("unneeded_call_rate"),
+        "tool_metrics_levels": need_end.get("levels"), "tool_metrics_note": need_end.get("reason"),
+        "tool_all_levels": {k: tools_end[k] for k in ("precision", "recall", "unneeded_call_rate")},
         "calls_by_level": {lv: t["call_rate"] for lv, t in tools_end["by_level"].items()},
         "tool_free_by_level": {lv: t["tool_free_accuracy"] for lv, t in tools_end["by_level"].items()},
         "success_by_level": {"with_tools": end["with_tools_by_level"], "without_tools": end["without_tools_by_level"]},
         "steps": {"start": start["steps"], "end": end["steps"], "K": policy.K, "fraction": end["steps"] / policy.K},
         "phases": phases, "iterations": [s["iteration"] for s in states], "rl_env_steps": env_steps,
         "warm_start_demonstrations": demos, "env_step_budget": env_steps + demos,
-        "zero_variance_groups": float(np.mean([h["rl/zero_variance_groups"] for h in history])) if history else 0.0,
+        "zero_variance_groups": int(sum(h["rl/zero_variance_groups"] for h in history)),
+        "zero_variance_share": float(np.mean([h.get("rl/zero_variance_share", 0.0) for h in history])) if history else 0.0,
+        "void_turns": int(sum(h.get("rl/void_turns", 0) for h in history)),
+        "rollbacks": int(sum(s["guard"]["rollbacks"] for s in states)),
+        "guard": {name: s["guard"] for name, s in zip(("rl", "rl2"), states)},
         "distill": {}, "history": history,
     }
     sets = {"test": {"with_tools": end["with_tools"], "without_tools": end["without_tools"]}}
@@ -667,6 +756,7 @@ def main(cfg: Config) -> dict:
             return {"rank": run.rank}
         phases["after_rl"] = _cached(run.dir / "after_rl.json", lambda: snapshot(cfg, policy, levels))
         distill_on = cfg.distill if cfg.distill is not None else envs.make_family(cfg.family).tool is not None
+        distill_on = distill_on and not states[-1]["guard"]["stopped"]  # --guard-action stop ends training
         numbers = {}
         if distill_on:
             numbers, after = run_distillation(

@@ -334,7 +334,8 @@ def tool_metrics(with_tools: Sequence[Episode], without_tools: Sequence[Episode]
     answers it wrong. A call is an episode that called at least once.
     precision = calls on instances that need one / calls; recall = needing instances the policy
     called on / needing instances; unneeded_call_rate = calls on instances it answers right without
-    a tool / such instances. By level too, with the call rate and the tool-free accuracy.
+    a tool / such instances. By level too, with the call rate and the tool-free accuracy; and
+    ``need_based``: the same three on the levels where they can fail (``need_based_metrics``).
     """
     if len(with_tools) != len(without_tools):
         raise ValueError(f"need the same instances with and without tools: {len(with_tools)} != {len(without_tools)}")
@@ -357,7 +358,55 @@ def tool_metrics(with_tools: Sequence[Episode], without_tools: Sequence[Episode]
 
     out = summary(rows)
     out["by_level"] = {lv: summary([r for r in rows if r[0] == lv]) for lv in sorted({r[0] for r in rows})}
+    out["need_based"] = need_based_metrics(with_tools, without_tools)
     return out
+
+
+def need_based_metrics(with_tools: Sequence[Episode], without_tools: Sequence[Episode],
+                       min_tool_free: float = 0.5) -> dict:
+    """Precision, recall and unneeded calls on the levels where the same policy's tool-free
+    accuracy is above ``min_tool_free``, with calls and tool-free accuracy by level.
+
+    Where the policy answers almost nothing without the tool, every instance needs it, so every
+    call is needed and precision is 1 by construction. Only on levels it often answers alone can
+    a call be unneeded or a miss show, so only those levels are pooled. A number with nothing to
+    measure it on is None, and ``reason`` says why (no level qualifies, no calls, no need).
+    """
+    if len(with_tools) != len(without_tools):
+        raise ValueError(f"need the same instances with and without tools: {len(with_tools)} != {len(without_tools)}")
+    pairs = list(zip(with_tools, without_tools))
+    levels = sorted({w.difficulty for w, _ in pairs})
+    tool_free = {lv: mean(wo.correct for w, wo in pairs if w.difficulty == lv) for lv in levels}
+    calls = {lv: mean(bool(w.tool_calls) for w, _ in pairs if w.difficulty == lv) for lv in levels}
+    informative = [lv for lv in levels if tool_free[lv] > min_tool_free]
+    rows = [(bool(w.tool_calls), not wo.correct) for w, wo in pairs if w.difficulty in informative]
+    called = [need for call, need in rows if call]
+    need = [call for call, needed in rows if needed]
+    able = [call for call, needed in rows if not needed]
+    reasons = []
+    if not informative:
+        reasons.append(f"no level has tool-free accuracy above {min_tool_free} (by level: "
+                       + ", ".join(f"{lv}: {tool_free[lv]:.2f}" for lv in levels) + ")")
+    else:
+        if not called:
+            reasons.append("no calls on those levels: precision not measurable")
+        if not need:
+            reasons.append("no instance there needs the tool: recall not measurable")
+    return {"levels": informative, "min_tool_free": min_tool_free,
+            "precision": mean(called) if called else None,
+            "recall": mean(need) if need else None,
+            "unneeded_call_rate": mean(able) if able else None,
+            "calls_by_level": calls, "tool_free_by_level": tool_free,
+            "n": len(rows), "reason": "; ".join(reasons) or None}
+
+
+def void_turns(ep: Episode) -> int:
+    """Turns of ``ep`` that gave the env nothing to use: each call that returned no result (it did
+    not parse, named an unknown or disabled tool, failed, or broke the call budget), and a final
+    answer that is empty."""
+    last = ep.turns[-1] if ep.turns else None
+    empty = last is not None and not tools.is_call(last.action) and not last.action.strip()
+    return sum(not c.ok for c in episode_calls(ep)) + int(empty)
 
 
 def answer_text(ep: Episode) -> str:

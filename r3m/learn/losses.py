@@ -7,7 +7,7 @@
 - PonderNet halting (Stage 2): sum_k p_k L_k + beta KL(p || Geometric(lambda_p)).
 - Penalties: the episodic memory's write budget and the state's drift in the last step.
 - The policy-gradient objective (Stage 3): PPO's clipped surrogate on length-normalised sequence
-  ratios plus a k3 KL to the reference policy.
+  ratios plus a KL to the reference policy, estimated per token (``kl_estimate``: k1, k2 or k3).
 """
 
 from __future__ import annotations
@@ -321,14 +321,39 @@ class PGOut(NamedTuple):
     ratio: float
 
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_estimate(log_ratio: torch.Tensor, estimator: str = "k3", clamp: float = 0.0) -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from ``log_ratio`` = log ref - log pi of the sampled
+    tokens (Schulman 2020, "Approximating KL divergence"): k1 = -r, k2 = r^2 / 2, k3 = e^r - r - 1.
+
+    k3 is unbiased and never negative, but it grows as e^r: on an 82-token Sudoku action whose
+    reference log-probability had drifted above the policy's, it reached 279 and 469 just before
+    the policy collapsed, so the penalty's gradient swamped the surrogate's. k2 grows as r^2 and,
+    used as a loss, has the gradient of the true KL on samples from pi; k1 is linear (its
+    expected gradient is zero on-policy). ``clamp`` > 0 bounds |r| per token first, so every
+    estimator is bounded (k2 by clamp^2 / 2); beyond the clamp the term gives no gradient.
+    """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    r = log_ratio.clamp(-clamp, clamp) if clamp > 0 else log_ratio
+    if estimator == "k1":
+        return -r
+    if estimator == "k2":
+        return 0.5 * r * r
+    return torch.exp(r) - r - 1.0
+
+
 def clipped_objective(new_lp: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor, adv: torch.Tensor,
-                      n_tokens: torch.Tensor, clip: float, kl_coef: float) -> PGOut:
-    """The clipped surrogate plus the k3 KL penalty, averaged over actions (module docstring)."""
+                      n_tokens: torch.Tensor, clip: float, kl_coef: float, kl_estimator: str = "k3",
+                      kl_clamp: float = 0.0) -> PGOut:
+    """The clipped surrogate plus the KL penalty (``kl_estimate`` of the per-token log-ratio to the
+    reference: the length-normalised one), averaged over actions (module docstring)."""
     n = n_tokens.to(new_lp.dtype).clamp(min=1)
     ratio = torch.exp((new_lp - old_lp) / n)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
-    d = (ref_lp - new_lp) / n
-    kl = torch.exp(d) - d - 1.0
+    kl = kl_estimate((ref_lp - new_lp) / n, kl_estimator, kl_clamp)
     loss = -surrogate.mean() + kl_coef * kl.mean()
     clipped = ((ratio - 1.0).abs() > clip).float().mean()
     return PGOut(loss, float(-surrogate.mean().detach()), float(kl.mean().detach()), float(clipped),

@@ -269,6 +269,14 @@ def rl_table(metrics: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {p['reward']:.3f} | {p['greedy_reward']:.3f} | {pct(p['with_tools'])} | "
                      f"{pct(p['without_tools'])} | {pct(t['call_rate'])} | {t['precision']:.3f} | {t['recall']:.3f} | "
                      f"{pct(t['unneeded_call_rate'])} | {p.get('steps', float('nan')):.2f} |")
+    if "tool_metrics_levels" in metrics:  # the end's tool use on the levels where it can fail
+        lines.append(f"\nat the end, on levels {metrics['tool_metrics_levels']} (tool-free accuracy above 0.5): tool "
+                     f"precision {pct(metrics['tool_precision'])}, recall {pct(metrics['tool_recall'])}, unneeded "
+                     f"calls {pct(metrics['unneeded_call_rate'])}" + (f" ({metrics['tool_metrics_note']})"
+                                                                       if metrics.get("tool_metrics_note") else ""))
+    if "rollbacks" in metrics:
+        lines.append(f"rollbacks {metrics['rollbacks']}, zero-variance groups {metrics['zero_variance_groups']}, "
+                     f"void turns {metrics['void_turns']}")
     d = metrics.get("distill") or {}
     if d.get("note"):
         lines.append(f"\ndistillation (levels {d['levels']}): {d['note']}")

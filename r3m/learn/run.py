@@ -85,6 +85,7 @@ STREAMS: dict[str, int] = {
     "baseline_demos": 14,   # baselines: demonstrations of the dense baseline (key: step)
     "replay_reservoir": 15,  # consolidation: which slot of the replay buffer a new episode replaces
     "replay_batches": 16,    # consolidation: episodes replayed from the buffer (key: task, step)
+    "guard": 17,             # rl_verify: the fixed train-split instances of the guard's greedy evaluation
 }
 
 
