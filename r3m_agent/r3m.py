@@ -175,7 +175,7 @@ class R3MConfig(ConfigBase):
         return max(1, round(self.mlp_ratio * self.d_model))
 
 
-HALT_MODES = ("threshold", "sample")
+HALT_MODES = ("threshold", "sample", "stable")
 
 
 class RefineState(NamedTuple):
@@ -287,7 +287,7 @@ class R3M(GroupedModule):
                 mode: str = "causal", answer_len: int | None = None, K: int | None = None,
                 carry: Carry | None = None, grad_steps: int | None = None, halt: str | None = None,
                 halt_steps: torch.Tensor | None = None, halt_threshold: float | None = None,
-                generator: torch.Generator | None = None, choice: torch.Tensor | None = None,
+                halt_patience: int = 2, generator: torch.Generator | None = None, choice: torch.Tensor | None = None,
                 decision_index: torch.Tensor | None = None, read_memory: bool = True,
                 write_threshold: float = 0.5, semantic: bool | None = None, write_gate: bool | None = None,
                 slots: torch.Tensor | None = None,
@@ -301,7 +301,11 @@ class R3M(GroupedModule):
         first step whose cumulative halting probability reaches ``halt_threshold`` (default
         cfg.halt_threshold), ``halt="sample"`` samples its step from the halting distribution
         (with ``generator``), ``halt_steps`` [B] stops each row at a given step (re-scoring a
-        sampled step). A stopped row leaves the batch: it costs no more block applications.
+        sampled step); ``halt="stable"`` needs no trained head: a row stops once its predicted
+        answer (the argmax at every read-out position) has stayed the same for ``halt_patience``
+        consecutive steps (FPRM's "stop when the state stops changing", read at the answer; a
+        deterministic rule, so its ``halt_logp`` is 0). A stopped row leaves the batch: it costs no
+        more block applications.
         choice [B]: the decision (0 = answer, i = tool i) that conditions the payload (causal: an
         embedding of the payload positions' input; fill: the answer slots' readout, see ``readout``;
         None in fill mode: the readout of "answer").
@@ -326,6 +330,8 @@ class R3M(GroupedModule):
             raise ValueError(f"halt must be None or one of {HALT_MODES}, got {halt!r}")
         if halt_steps is not None and (halt is not None or int(halt_steps.min()) < 1 or int(halt_steps.max()) > K):
             raise ValueError(f"halt_steps must be in 1..K={K} and excludes halt=, got {halt_steps.tolist()}")
+        if halt == "stable" and halt_patience < 1:
+            raise ValueError(f"halt_patience must be >= 1, got {halt_patience}")
         threshold = self.cfg.halt_threshold if halt_threshold is None else halt_threshold
         use_semantic = self.cfg.semantic if semantic is None else semantic
         if use_semantic and self.semantic is None:
@@ -349,7 +355,7 @@ class R3M(GroupedModule):
         h0, fed0 = self._start(x, state, opts)
         if halt is None and halt_steps is None:
             return self._refine_all(x, b, rope, carry, K, grad_steps, opts, use_semantic, choice, h0, fed0)
-        stop = _StopRule(halt, halt_steps, threshold, generator)
+        stop = _StopRule(halt, halt_steps, threshold, generator, halt_patience)
         return self._refine_early_exit(x, b, rope, carry, K, stop, opts, use_semantic, choice, h0, fed0)
 
     def _start(self, x: torch.Tensor, state: RefineState | None, opts: "_CallOptions"):
@@ -447,14 +453,18 @@ class R3M(GroupedModule):
         done: list[_Stopped] = []
         for k in range(K):
             prev, h = h, self._step(h, x, b, rope, carry, opts, use_semantic, fed)
-            if opts.feedback:
-                fed = self._readout(h, b, choice)
+            if opts.feedback or stop.stable:
+                fed_now = self._readout(h, b, choice)
+                fed = fed_now if opts.feedback else fed
             lam = self.halting(decision_state(h, b), _max_change(h, prev, b))
             last = k == K - 1
+            if stop.stable:
+                stop.observe(fed_now.argmax(-1), _readout_valid(b))
             halts = stop.decide(lam, log_survive, rows, k, last)
             if bool(halts.any()):
                 i = halts.nonzero().squeeze(1)
-                logp = log_survive[i] + (lam[i].clamp(min=1e-30).log() if not last else 0.0)
+                logp = (torch.zeros_like(lam[i]) if stop.stable
+                        else log_survive[i] + (lam[i].clamp(min=1e-30).log() if not last else 0.0))
                 done.append(self._stopped(rows[i], h[i], prev[i], b.select(i), logp,
                                           carry.select(i) if carry is not None else None,
                                           choice[i] if choice is not None else None, opts))
@@ -470,6 +480,7 @@ class R3M(GroupedModule):
                 rope = (rope[0][j], rope[1][j])
                 carry = carry.select(j) if carry is not None else None
                 choice = choice[j] if choice is not None else None
+                stop.keep(j)
         return self._assemble(done, B, steps, carry_template=self._template(carry, done))
 
     def _stopped(self, rows, h, prev, b, logp, carry, choice, opts) -> _Stopped:
@@ -533,13 +544,37 @@ class _CallOptions(NamedTuple):
 
 class _StopRule:
     """When a running row stops: at a threshold of the cumulative halting probability, at a step
-    sampled from the halting distribution, or at a given step."""
+    sampled from the halting distribution, at a given step, or (``stable``) once its predicted
+    answer has not changed for ``patience`` steps."""
 
     def __init__(self, mode: str | None, steps: torch.Tensor | None, threshold: float,
-                 generator: torch.Generator | None):
+                 generator: torch.Generator | None, patience: int = 2):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.mode, self.steps, self.threshold, self.generator = mode, steps, threshold, generator
+        self.patience = patience
+        self.pred: torch.Tensor | None = None  # stable: the running rows' last predictions [R, W]
+        self.same: torch.Tensor | None = None  # stable: steps in a row each running row's prediction held
+
+    @property
+    def stable(self) -> bool:
+        return self.mode == "stable"
+
+    def observe(self, pred: torch.Tensor, valid: torch.Tensor | None) -> None:
+        """Stable rule: this step's predictions [R, W] of the running rows (``valid`` [R, W]: which count)."""
+        if self.pred is None:
+            self.same = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+        else:
+            changed = pred != self.pred
+            if valid is not None:
+                changed = changed & valid
+            self.same = torch.where(changed.any(dim=1), torch.zeros_like(self.same), self.same + 1)
+        self.pred = pred
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """The running rows after some stopped (indices into the current running rows)."""
+        if self.pred is not None:
+            self.pred, self.same = self.pred[rows], self.same[rows]
 
     def decide(self, lam: torch.Tensor, log_survive: torch.Tensor, rows: torch.Tensor, k: int,
                last: bool) -> torch.Tensor:
@@ -547,10 +582,21 @@ class _StopRule:
             return torch.ones_like(lam, dtype=torch.bool)
         if self.steps is not None:
             return self.steps.to(rows.device)[rows] == k + 1
+        if self.stable:
+            return self.same >= self.patience
         if self.mode == "threshold":  # cumulative probability after this step: 1 - prod_{j<=k} (1 - lambda_j)
             return 1.0 - log_survive.exp() * (1.0 - lam) >= self.threshold
         u = torch.rand(lam.shape, generator=self.generator, device=lam.device)
         return u < lam
+
+
+def _readout_valid(b: Batch) -> torch.Tensor | None:
+    """[B, W] which read-out positions are real (a view's ``out_valid``; the real tokens otherwise)."""
+    if b.outputs is not None:
+        return b.out_valid
+    if not b.causal and b.answer_len:
+        return b.mask[:, -b.answer_len:]
+    return b.mask
 
 
 def _max_change(h: torch.Tensor, prev: torch.Tensor, b: Batch) -> torch.Tensor:

@@ -67,6 +67,19 @@ def test_halting_of_a_stage2_checkpoint_needs_no_note(ckpts, tmp_path):
     assert "unknown" in evaluate.halting_note({"extra": {"rl": {}}})  # an RL checkpoint records no phase
 
 
+def test_the_stable_rule_halts_without_a_trained_head(ckpts, tmp_path):
+    """--halt-rule stable: rows stop when their answer settles; no note about an untrained head."""
+    m = run(tmp_path, checkpoint=str(ckpts / "r3m.pt"), k=(1, 6), halt=True, halt_rule="stable", halt_patience=1)
+    h = m["halting"]["sudoku"]
+    assert h["rule"] == "stable" and h["patience"] == 1 and h["fixed_k"] == 6
+    assert 2.0 <= h["avg_steps"] <= 6.0  # an answer is seen twice before it counts as settled
+    assert m["notes"] == [] and "| accuracy (halting (stable, patience 1), K<=6) |" in m["results_table"]
+    with pytest.raises(ValueError, match="--halt-rule must be one of learned, stable"):
+        Config(checkpoint=str(ckpts / "r3m.pt"), halt_rule="fixed")
+    with pytest.raises(ValueError, match="--halt-patience must be >= 1, got 0"):
+        Config(checkpoint=str(ckpts / "r3m.pt"), halt_patience=0)
+
+
 def test_a_missing_evaluation_set_is_skipped_with_a_note(ckpts, tmp_path, monkeypatch):
     """The README's command (--sets norvig_top95) runs without the external sets, as every script does."""
     monkeypatch.setenv("R3M_EVAL_DIR", str(tmp_path / "no_sets_here"))

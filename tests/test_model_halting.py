@@ -144,3 +144,40 @@ def test_the_change_the_halting_head_reads_ignores_the_causal_payload():
     h, prev = torch.zeros(2, 9, 4), torch.zeros(2, 9, 4)
     h[:, 7:] = 5.0  # only payload positions move
     assert _max_change(h, prev, b).tolist() == [0.0, 0.0]
+
+
+def stable_steps(step_logits: torch.Tensor, patience: int) -> torch.Tensor:
+    """By hand: per row, the first step (1-based) whose argmax answer has held for ``patience`` steps."""
+    pred = step_logits.argmax(-1)  # [K, B, W]
+    K, B = pred.shape[:2]
+    steps = torch.full((B,), K)
+    for row in range(B):
+        same = 0
+        for k in range(1, K):
+            same = same + 1 if torch.equal(pred[k, row], pred[k - 1, row]) else 0
+            if same >= patience:
+                steps[row] = k + 1
+                break
+    return steps
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_stable_rule_stops_when_the_answer_settles(patience):
+    """halt="stable": a row stops once its predicted answer held for ``patience`` steps, with the
+    outputs of that step, and a halted row runs no more blocks; the rule needs no trained head."""
+    torch.manual_seed(0)
+    model = R3M(R3MConfig(d_model=32, n_heads=2, mem_slots=4, semantic_slots=0, K=12)).eval()
+    ids = torch.randint(9, 100, (32, 6), generator=torch.Generator().manual_seed(4))
+    fill = {"mode": "fill", "answer_len": 4}
+    with torch.no_grad():
+        full = model(ids, **fill)
+        out = model(ids, halt="stable", halt_patience=patience, **fill)
+    want = stable_steps(full.step_logits, patience)
+    assert torch.equal(out.steps, want) and len(set(want.tolist())) > 1  # rows settle at different steps
+    assert int(want.min()) >= patience + 1  # a prediction must be seen patience + 1 times
+    for row in range(ids.shape[0]):
+        torch.testing.assert_close(out.logits[row], full.step_logits[want[row] - 1, row], atol=1e-5, rtol=0)
+    assert torch.equal(out.halt_logp, torch.zeros(ids.shape[0]))  # deterministic: not part of a sampled action
+    assert torch.equal(out.blocks, model.cfg.prelude_layers + want * model.cfg.core_layers)
+    with pytest.raises(ValueError, match="halt_patience"):
+        model(ids, halt="stable", halt_patience=0, **fill)

@@ -56,7 +56,7 @@ from r3m.learn.evaluation import (
 )
 from r3m.learn.io import ViewIO
 from r3m.learn.plots import plot_accuracy_vs_k
-from r3m.learn.policy import Policy
+from r3m.learn.policy import HALT_RULES, Policy
 from r3m.learn.reporting import Logger, eval_table, log, mean, pct, setup_logging, write_metrics
 from r3m.learn.run import jsonable, resolve_device
 from r3m_agent.checkpoint import model_from_checkpoint, read_checkpoint
@@ -79,7 +79,12 @@ class Config:
     k: tuple[int, ...] = (1, 2, 4, 8)
     """Refinement steps to evaluate R3M at (ignored for a dense model)."""
     halt: bool = False
-    """Also evaluate with learned halting, capped at the largest --k (R3M only)."""
+    """Also evaluate with per-row halting (--halt-rule), capped at the largest --k (R3M only)."""
+    halt_rule: str = "learned"
+    """How --halt stops a row: ``learned`` (the halting head stage 2 trains) or ``stable`` (no
+    trained head: once the predicted answer has held for --halt-patience steps)."""
+    halt_patience: int = 2
+    """The stable rule: consecutive steps the predicted answer must hold before a row stops."""
     tools: bool = False
     """Let the policy call tools (the env runs them through the tool registry)."""
     sets: tuple[str, ...] = ()
@@ -111,7 +116,9 @@ class Config:
             raise ValueError("--checkpoint is required")
         if not self.k or min(self.k) < 1:
             raise ValueError(f"--k needs one or more values >= 1, got {self.k}")
-        cli.check_at_least(self, n=0, set_limit=0, batch_size=1)
+        cli.check_at_least(self, n=0, set_limit=0, batch_size=1, halt_patience=1)
+        if self.halt_rule not in HALT_RULES:
+            raise ValueError(f"--halt-rule must be one of {', '.join(HALT_RULES)}, got {self.halt_rule!r}")
         unknown = [s for s in self.sets if s not in envs.list_eval_sets()]
         if unknown:
             raise ValueError(f"--sets {' '.join(unknown)}: not registered; registered: "
@@ -244,7 +251,7 @@ def file_target(cfg: Config, fmt: str, paths: tuple[str, ...], specs: dict[str, 
 def play(cfg: Config, model: torch.nn.Module, target: Target, K: int | None,
          halt: bool = False) -> FamilyEval:
     spec = target.spec
-    policy = Policy(model, spec, K=K, halt=halt)
+    policy = Policy(model, spec, K=K, halt=halt, halt_rule=cfg.halt_rule, patience=cfg.halt_patience)
     if target.instances is not None:
         return evaluate_instances(policy, target.env_id, target.instances, allow_tools=cfg.tools,
                                   batch_size=cfg.batch_size, env_kwargs=target.env_kwargs)
@@ -266,6 +273,8 @@ def evaluate_target(cfg: Config, model: torch.nn.Module, target: Target) -> dict
         halted = play(cfg, model, target, max(cfg.k), halt=True)
         res["halting"] = halting_summary(halted, top, max(cfg.k),
                                          lambda K: curve[K] if K in curve else play(cfg, model, target, K))
+        res["halting"].update(rule=cfg.halt_rule, **({"patience": cfg.halt_patience}
+                                                     if cfg.halt_rule == "stable" else {}))
         headline = halted
     res.update(accuracy=headline.accuracy, by_level=headline.by_level, avg_steps=headline.steps,
                writes_per_sample=headline.writes, tool_call_rate=headline.tool_call_rate,
@@ -317,7 +326,8 @@ def headline(cfg: Config, model: torch.nn.Module) -> str:
     """What the headline accuracy is: at the largest --k, with halting capped there, or the dense model's."""
     if not isinstance(model, R3M):
         return "dense"
-    return f"halting, K<={max(cfg.k)}" if cfg.halt else f"K={max(cfg.k)}"
+    rule = "" if cfg.halt_rule == "learned" else f" ({cfg.halt_rule}, patience {cfg.halt_patience})"
+    return f"halting{rule}, K<={max(cfg.k)}" if cfg.halt else f"K={max(cfg.k)}"
 
 
 def log_scalars(cfg: Config, run_dir: Path, results: dict[str, dict]) -> None:
@@ -345,7 +355,7 @@ def main(cfg: Config) -> dict:
     if not isinstance(model, R3M):
         notes.append(f"{payload['model_class']} has no refinement steps: --k is ignored"
                      + ("; --halt does not apply" if cfg.halt else ""))
-    elif cfg.halt and halting_note(payload):
+    elif cfg.halt and cfg.halt_rule == "learned" and halting_note(payload):
         notes.append(halting_note(payload))
     sets = targets(cfg, payload, notes)
     for note in notes:

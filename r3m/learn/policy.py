@@ -52,6 +52,7 @@ from r3m_agent.r3m import R3M
 from r3m_agent.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Tokenizer
 
 TOK = Tokenizer()
+HALT_RULES = ("learned", "stable")  # how a halting policy stops: the trained head, or the answer settling
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Policy:
     K: int | None = None
     halt: bool = False
     threshold: float | None = None  # greedy halting: cumulative probability to stop at (None: the model's)
+    halt_rule: str = "learned"  # "learned": the halting head; "stable": stop when the predicted answer settles
+    patience: int = 2  # the stable rule: steps the prediction must hold
     read_memory: bool = True  # False: the no-memory ablation (reads nothing, still writes)
     write_threshold: float = 0.5  # the write gate's value above which a turn is written
 
@@ -96,6 +99,8 @@ class Policy:
             raise TypeError(f"Policy needs a TaskSpec (r3m.learn.data.task_spec), got {type(self.spec).__name__}")
         if self.spec.mode != "symbols" and int(self.spec.width) < 1:
             raise ValueError(f"a character view needs a positive number of payload slots, got {self.spec.width!r}")
+        if self.halt_rule not in HALT_RULES:
+            raise ValueError(f"halt_rule must be one of {HALT_RULES}, got {self.halt_rule!r}")
         self.io = ViewIO.of(self.spec, unwrap(self.model).cfg)
         self.family = envs.make_family(self.spec.family)
         self.n_tools = len(unwrap(self.model).cfg.tool_names)
@@ -170,8 +175,11 @@ class Policy:
         return F.log_softmax(logits.float().masked_fill(~ok[: logits.shape[-1]], float("-inf")), dim=-1)
 
     def _halt_logp(self, out) -> torch.Tensor:
-        """log p_halt(s), part of the action only when the policy halts."""
-        return out.halt_logp.float() if self.halt and self.recurrent else torch.zeros_like(out.steps, dtype=torch.float)
+        """log p_halt(s), part of the action only when the policy halts by its learned head (the stable
+        rule is deterministic)."""
+        if self.halt and self.recurrent and self.halt_rule == "learned":
+            return out.halt_logp.float()
+        return torch.zeros_like(out.steps, dtype=torch.float)
 
     def _halting(self, carry, rows: int, sample, generator) -> dict:
         """The model's arguments when acting: every row K steps, or halting at a threshold (greedy)
@@ -180,6 +188,8 @@ class Policy:
             return {}
         if not self.halt:
             return self._kw(carry, torch.full((rows,), self.max_steps, device=self.device))
+        if self.halt_rule == "stable":  # deterministic whether acting greedily or sampling
+            return self._kw(carry, None, halt="stable", halt_patience=self.patience)
         return self._kw(carry, None, halt="sample" if sample else "threshold", generator=generator,
                         halt_threshold=self.threshold)
 
