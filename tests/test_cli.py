@@ -176,7 +176,7 @@ ALL_SCRIPTS = {**SCRIPTS, "distill": None, "consolidate": None}
 SPECIAL = {"preset": "cpu-small", "lm_preset": "cpu-small", "env": "listops-v0", "advantage": "grpo", "families": ("listops",),
            "stage": "1", "levels": (2,), "eval_levels": (2, 3), "envs": ("listops-v0",), "sets": ("norvig_top95",),
            "plugin": ("r3m.envs",), "eval_ks": (1, 2), "init": "init.pt", "checkpoint": "model.pt", "write_thresholds": (0.5, 0.7),
-           "babi": ("stories.txt",)}
+           "babi": ("stories.txt",), "halt_rule": "stable", "source": "harvest"}
 
 
 GENERIC = {"consolidate": {"families"}}  # options whose generic variant is the valid one for this script

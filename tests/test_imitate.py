@@ -52,6 +52,17 @@ def test_stage_1_2_writes_metrics_plots_and_checkpoints(tmp_path):
                                                       "write_spam", "nan", "grad_spikes", "loss_blowup"}
 
 
+def test_stage1_with_the_stable_rule_reports_halting_without_stage2(tmp_path):
+    """--halt-rule stable needs no trained head: a stage-1 run measures halting against fixed K."""
+    saved = run(tmp_path, "s", stage="1", baseline=False, halt_rule="stable", halt_patience=1, eval_ks=(1, 4))
+    h = saved["halting"]["arithmetic"]
+    assert h["rule"] == "stable" and h["patience"] == 1 and h["fixed_k"] == 4
+    assert 2.0 <= h["avg_steps"] <= 4.0 and "stage2" not in saved["fit"]
+    assert (tmp_path / "s" / "halting_steps.png").exists()
+    with pytest.raises(ValueError, match="--halt-rule must be one of learned, stable"):
+        imitate.Config(halt_rule="never")
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     full = run(tmp_path, "full")
     assert run(tmp_path, "cut", stop_after=7) == {"interrupted": True, "run_dir": str(tmp_path / "cut")}

@@ -121,3 +121,26 @@ def test_streamed_loss_is_per_episode_so_noop_turns_do_not_dilute_the_answer():
         alone = [imitation_loss(model, spec, [ep], **kw).loss for ep in episodes]
     torch.testing.assert_close(whole, torch.stack(alone).mean(), rtol=1e-4, atol=1e-5)
     assert whole > 2.0  # a sum over many turns of an untrained model, not a per-turn mean (~log V)
+
+
+def test_a_time_budget_ends_the_phase_and_the_learning_rate_decays_to_it(tmp_path, monkeypatch):
+    """FitSpec.time_budget: the phase ends (done, checkpointed) once its training time reaches the
+    budget, before its steps, with the cosine schedule at its floor by then."""
+    from r3m.learn import loop
+
+    clock = iter(range(0, 10_000, 10))  # every time.time() call: 10 s later
+    monkeypatch.setattr(loop.time, "time", lambda: float(next(clock)))
+    model = tiny()
+    run = Run(tmp_path, torch.device("cpu"), tensorboard=False, progress=False)
+    lrs = []
+    opt = make_optimizer(model, 1e-2, 0.0)
+
+    def loss_fn(step):
+        lrs.append(opt.param_groups[0]["lr"])
+        return loss_with_nan_at(model, set())(step)
+
+    state = fit(run, "p", model, opt, FitSpec(1000, 1e-2, warmup=1, time_budget=100.0), loss_fn)
+    assert state.done and 1 < state.step < 1000 and (tmp_path / "ckpt" / "p.pt").exists()
+    assert lrs[-1] < 0.2e-2 < lrs[1]  # decayed with the time spent, not with the (unreached) steps
+    assert loop.lr_at(10, 1000, 1.0, 1, time_frac=1.0) == pytest.approx(0.1)
+    assert loop.lr_at(10, 1000, 1.0, 1) > 0.99

@@ -63,7 +63,7 @@ from r3m.learn.evaluation import (
 from r3m.learn.loop import Interrupted, train_phase
 from r3m.learn.losses import LossOut
 from r3m.learn.plots import plot_accuracy_vs_k, plot_accuracy_vs_writes, plot_halting_steps
-from r3m.learn.policy import Policy
+from r3m.learn.policy import HALT_RULES, Policy
 from r3m.learn.reporting import imitation_table, log, mean, setup_logging, write_metrics
 from r3m.learn.run import Run, autocast, barrier, jsonable, seed_everything, start_run
 from r3m_agent import PRESETS, R3M, DenseTransformer, dense_compute_like, dense_config_like
@@ -148,6 +148,12 @@ class Config:
     the risk of stopping before the answer is found)."""
     halt_threshold: float = 0.5
     """Stage 2: cumulative halting probability at which inference stops."""
+    halt_rule: str = "learned"
+    """How halting stops a row at evaluation: ``learned`` (the halting head stage 2 trains, at
+    --halt-threshold) or ``stable`` (no trained head: once its predicted answer has held for
+    --halt-patience steps). With ``stable`` and no stage 2, the halting evaluation runs after stage 1."""
+    halt_patience: int = 2
+    """The stable rule: consecutive steps the predicted answer must hold before a row stops."""
     halt_k: int = 0
     """Stage 2: refinement steps the halting distribution spans in training (0: 2 x --k-train, room
     for the longest trained instances); at evaluation halting may run up to the largest --eval-ks."""
@@ -190,6 +196,11 @@ class Config:
     """Optimiser steps of each dense baseline, on the first of R3M's batches (0: --steps). A
     compute-matched baseline backpropagates through every layer and R3M through --grad-steps steps,
     so equal steps are not equal time; the run records each phase's seconds beside its accuracy."""
+    minutes: float = 0.0
+    """Wall-clock budget of each training phase in minutes (0: none): stage 1 and each dense baseline
+    end at their steps or when their training time reaches this, whichever comes first, and the
+    learning rate decays over whichever is nearer (a fixed-time comparison, e.g. the GPU script's
+    9 minutes; set --steps above what the budget allows). Evaluation is not counted."""
     lm_steps: int = 1500
     """Stage-0 optimiser steps."""
     lm_preset: str = "cpu-tiny"
@@ -225,7 +236,7 @@ class Config:
             raise ValueError("stage 2 continues a stage-1 model: run --stage 1,2 (or --resume a stage-1 run)")
         if self.preset not in PRESETS or self.lm_preset not in PRESETS:
             raise ValueError(f"unknown preset; choose from {sorted(PRESETS)}")
-        cli.check_at_least(self, k_train=1, grad_steps=1, segments=1, baseline_steps=0)
+        cli.check_at_least(self, k_train=1, grad_steps=1, segments=1, baseline_steps=0, minutes=0)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.segments > 1 and self.stream:
@@ -238,7 +249,9 @@ class Config:
             raise ValueError(f"--mem-slots must be >= 0 (0: the preset's), got {self.mem_slots}")
         if not 0.0 <= self.curriculum < 1.0:
             raise ValueError(f"--curriculum is a share of the stage-1 steps in [0, 1), got {self.curriculum}")
-        cli.check_at_least(self, batch_size=1, eval_n=1, halt_k=0)
+        cli.check_at_least(self, batch_size=1, eval_n=1, halt_k=0, halt_patience=1)
+        if self.halt_rule not in HALT_RULES:
+            raise ValueError(f"--halt-rule must be one of {', '.join(HALT_RULES)}, got {self.halt_rule!r}")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ValueError(f"--eval-ks needs one or more values >= 1, got {' '.join(map(str, self.eval_ks)) or 'none'}")
         check_families(self.families, self.levels)
@@ -515,14 +528,21 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
                           imitation(cfg, steps=cfg.halt_steps, curriculum=0.0, k_train=halt_k(cfg)), cfg.seed,
                           lambda_p=cfg.lambda_p, beta=cfg.beta)
     _record_fit(metrics, "stage2", state)
-    if not run.main:
-        return
+    if run.main:
+        evaluate_halting(cfg, run, specs, model, metrics, "stage2", cfg.steps + cfg.halt_steps)
+
+
+def evaluate_halting(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics: dict, phase: str,
+                     step: int) -> None:
+    """Per-row halting (``--halt-rule``) against the same model at a fixed K on the same test
+    instances: accuracy, steps spent (by level) and wall time, also on a mix of sizes."""
     halting, steps_by_level = {}, {}
     k_max = max(max(cfg.eval_ks), halt_k(cfg))  # halting may run as long as any fixed K evaluated
     with torch.no_grad():
         for spec in specs:
             def play(K: int, halt: bool = False, spec: TaskSpec = spec, levels=None):
-                policy = Policy(model, spec, K=K, halt=halt, threshold=cfg.halt_threshold)
+                policy = Policy(model, spec, K=K, halt=halt, threshold=cfg.halt_threshold, halt_rule=cfg.halt_rule,
+                                patience=cfg.halt_patience)
                 return evaluate_family(policy, spec.family, n_per_level=cfg.eval_n,
                                        levels=levels or spec_eval_levels(cfg, spec), env_kwargs=spec.env)
 
@@ -534,12 +554,13 @@ def run_stage2(cfg: Config, run: Run, specs: list[TaskSpec], model: R3M, metrics
             summary = halting_summary(halted, fixed, k_max, play, levels=spec.levels)
             summary.update(wall_halt_s=t1 - t0, wall_fixed_s=t2 - t1, speedup=(t2 - t1) / max(t1 - t0, 1e-9))
             summary.update(halting_on_mix(cfg, spec, halted, lambda K, lv, p=play: p(K, levels=lv)))
+            summary.update(rule=cfg.halt_rule, **({"patience": cfg.halt_patience} if cfg.halt_rule == "stable" else {}))
             halting[spec.family] = summary
             steps_by_level[spec.family] = {lv: [e.steps for e in halted.episodes if e.difficulty == lv]
                                            for lv in halted.by_level}
     metrics["halting"] = halting
     metrics["_halt_steps"] = steps_by_level
-    _log_eval(run, "stage2", metrics, cfg.steps + cfg.halt_steps)
+    _log_eval(run, phase, metrics, step)
 
 
 def run_stage0(cfg: Config, run: Run, metrics: dict) -> None:
@@ -660,6 +681,8 @@ def main(cfg: Config) -> dict:
                 run_baselines(cfg, run, specs, model.cfg, metrics)
             if 2 in cfg.stages:
                 run_stage2(cfg, run, specs, model, metrics)
+            elif cfg.halt_rule == "stable" and run.main:  # a rule that needs no trained head
+                evaluate_halting(cfg, run, specs, model, metrics, "stage1", cfg.steps)
             barrier()
     except Interrupted as exc:
         log.info(str(exc))

@@ -53,11 +53,12 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warmup then cosine decay to 10% of ``base``."""
+def lr_at(step: int, total: int, base: float, warmup: int, time_frac: float = 0.0) -> float:
+    """Linear warmup then cosine decay to 10% of ``base``, over the steps or, when further along
+    (a phase with a time budget), over ``time_frac`` of the budget spent."""
     if step < warmup:
         return base * (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    frac = min(1.0, max((step - warmup) / max(1, total - warmup), time_frac))
     return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
@@ -83,6 +84,7 @@ class FitSpec:
     samples_per_step: int = 1
     max_bad_steps: int = 20  # consecutive NaN/inf steps (each skipped) before the phase gives up
     ema: float = 0.0  # decay of the moving average of the weights the phase ends with (0: none)
+    time_budget: float = 0.0  # seconds of training after which the phase ends early (0: none; the LR decays to it)
 
 
 class WeightAverage:
@@ -140,12 +142,16 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
     bar = progress_bar(run, spec.steps, state.step, phase)
     model.train()
     t0, last_t, last_step = time.time(), time.time(), state.step
+
+    def spent() -> float:  # the share of the time budget used, this process and any earlier part of the phase
+        return (state.seconds + time.time() - t0) / spec.time_budget if spec.time_budget else 0.0
+
     try:
-        while state.step < spec.steps:
+        while state.step < spec.steps and not (spec.time_budget and out_of_time(spent())):
             if run.stop_after and run.steps_taken >= run.stop_after:
                 _save(path, target, optimizer, state, extra)
                 raise Interrupted(f"{phase}: stopped after {run.steps_taken} steps (stop_after)")
-            lr = lr_at(state.step, spec.steps, spec.lr, spec.warmup)
+            lr = lr_at(state.step, spec.steps, spec.lr, spec.warmup, spent())
             for group in optimizer.param_groups:
                 group["lr"] = lr
             out = loss_fn(state.step)
@@ -195,6 +201,16 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
         bar.close()
         logger.close()
     return state
+
+
+def out_of_time(spent: float) -> bool:
+    """Whether a phase's time budget is used up, agreed by every process (a lone stop would hang the
+    others' all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return spent >= 1.0
+    over = torch.tensor(float(spent >= 1.0), device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(over, op=dist.ReduceOp.MAX)
+    return bool(over.item() > 0)
 
 
 def progress_bar(run: Run, total: int, initial: int, desc: str) -> tqdm:

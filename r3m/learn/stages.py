@@ -44,6 +44,7 @@ class Imitation:
     ckpt_every: int = 200
     log_every: int = 25
     max_bad_steps: int = 20
+    minutes: float = 0.0  # wall-clock budget of the phase's training (0: none): it ends at steps or here
 
     @classmethod
     def of(cls, cfg, **overrides) -> "Imitation":
@@ -53,7 +54,8 @@ class Imitation:
 
     def fit_spec(self, run: Run) -> FitSpec:
         return FitSpec(self.steps, self.lr, min(self.warmup, max(1, self.steps // 5)), self.grad_clip,
-                       self.ckpt_every, self.log_every, self.batch_size * run.world, self.max_bad_steps, self.ema)
+                       self.ckpt_every, self.log_every, self.batch_size * run.world, self.max_bad_steps, self.ema,
+                       60.0 * self.minutes)
 
 
 def _demos(specs: Sequence[TaskSpec], model: torch.nn.Module, s: Imitation, seed: int, run: Run,
