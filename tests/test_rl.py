@@ -11,7 +11,7 @@ import torch
 
 from r3m import envs
 from r3m import tools
-from r3m.envs.base import Instance, TaskFamily
+from r3m.envs.base import Instance, TaskFamily, split_of
 from r3m.learn.evaluation import shaped_reward, tool_metrics
 from r3m.learn.distill import distill_examples
 from r3m.learn.losses import action_tokens, clipped_objective
@@ -243,7 +243,8 @@ def test_distill_examples_keep_verified_tool_answers_only():
            _episode("n:6", [], "6", True),  # no call
            _episode("n:8", [("<call>calculator 8</call>", "8")], "9", False)]  # not verified
     ex = distill_examples(eps)
-    assert [(e.context, e.tool, e.payload, targets) for e, targets in ex] == [("n:12", 0, "12", None)]
+    assert [(t.example.context, t.example.tool, t.example.payload, t.positions, t.instance) for t in ex] == [
+        ("n:12", 0, "12", None, None)]
 
 
 def test_distillation_teaches_the_tool_answers_to_the_policy_itself(tmp_path):
@@ -266,6 +267,52 @@ def test_distillation_teaches_the_tool_answers_to_the_policy_itself(tmp_path):
     policy.model.eval()
     assert before == 0.0 and answered() == 1.0
     assert (tmp_path / "ckpt" / "distill.pt").exists()
+
+
+def test_fresh_targets_are_tool_labelled_verified_train_instances():
+    """ToolLabelled: every step fresh train instances, answered by the tool, each answer verified;
+    a pure function of (seed, step)."""
+    from r3m.learn.data import task_spec
+    from r3m.learn.distill import ToolLabelled
+
+    spec = task_spec("arithmetic", (1, 2))
+    src = ToolLabelled(spec, (1, 2), seed=0, batch=6)
+    a, b = src.get(0), src.get(1)
+    assert len(a) == 6 and [t.example.context for t in a] == [t.example.context for t in ToolLabelled(
+        spec, (1, 2), seed=0, batch=6).get(0)]
+    assert {t.example.context for t in a}.isdisjoint({t.example.context for t in b})  # fresh each step
+    family = envs.make_family("arithmetic")
+    for t in a + b:
+        assert t.example.tool == 0 and split_of(t.instance.key) == "train" and t.example.difficulty in (1, 2)
+        assert family.verify(t.instance, t.example.payload).correct and t.example.payload == t.instance.answer
+    with pytest.raises(ValueError, match="no tool"):
+        ToolLabelled(task_spec("prefix", (1,)), (1,), 0, 4)
+
+
+def test_choice_targets_follow_the_models_own_verified_answers():
+    """"answer" only where the policy's own tool-free answer verifies; "call" elsewhere; rows whose
+    instance is unknown keep "answer"."""
+    from types import SimpleNamespace
+
+    from r3m.learn import distill
+    from r3m.learn.data import Example
+
+    family = envs.make_family(TOY)
+    instances = [family.instance("train", i, 1) for i in range(4)]
+    targets = [distill.Target(Example(TOY, 1, inst.prompt, 0, inst.answer), None, inst) for inst in instances]
+    targets.append(distill.Target(Example(TOY, 1, "n:7", 0, "7"), None, None))
+    answers = [instances[0].answer, "x", instances[2].answer, "y", "z"]  # the policy's own (tool-free) answers
+
+    class Stub:
+        model = tiny_model()
+
+        def act(self, observations, allow_tools):
+            assert not allow_tools and list(observations) == [t.example.context for t in targets[:4]]
+            return SimpleNamespace(actions=answers[:4])
+
+    want, verdicts = distill.choice_targets(Stub(), targets)
+    call = 1 + TINY.tool_names.index("calculator")
+    assert want.tolist() == [0, call, 0, call, 0] and verdicts == [True, False, True, False]
 
 
 def test_curriculum_moves_weight_to_levels_with_mixed_success():

@@ -3,9 +3,11 @@
     python train/distill.py --checkpoint runs/rl-arithmetic-v0-X/ckpt/rl.pt --env arithmetic-v0
     python train/distill.py --checkpoint runs/x/ckpt/rl.pt --env arithmetic-v0 --distill-levels 1 2
 
-The policy plays train instances of the levels where it calls a tool (or ``--distill-levels``), and
-every verified answer that came from a tool becomes a tool-free target for its prompt; the same
-policy trains on them beside expert episodes of its other levels (``r3m.learn.distill``). Before
+On the levels where the policy calls a tool (or ``--distill-levels``), fresh train instances are
+labelled by the tool each step (``--source harvest``: the policy's own verified tool answers on
+``--n`` instances), each a tool-free target for its prompt; the same policy learns their answers,
+and "answer without the tool" only where its own tool-free answer verifies, beside expert
+episodes of its other levels (``r3m.learn.distill``). Before
 and after, it is measured on the test split with and without tools on the same instances:
 tool-free accuracy on the distilled levels, success with tools on every level, calls, and tool use
 against measured need. ``train/rl_verify.py`` runs the same step between its two RL phases.
@@ -30,7 +32,7 @@ from r3m import envs
 from r3m.learn import cli
 from r3m.learn.cli import check_device
 from r3m.learn.data import TaskSpec
-from r3m.learn.distill import Distillation, levels_to_distill, run_distillation
+from r3m.learn.distill import SOURCES, Distillation, levels_to_distill, run_distillation
 from r3m.learn.evaluation import tool_snapshot
 from r3m.learn.policy import Policy
 from r3m.learn.reporting import log, pct, setup_logging, write_metrics
@@ -53,8 +55,11 @@ class Config:
     """Levels to distil (empty: those where the policy calls on at least half the test instances)."""
     k: int = 0
     """Refinement steps K of the policy (0: the checkpoint's K)."""
+    source: str = "fresh"
+    """Targets: fresh train instances each step, labelled by the family's tool and kept where the
+    answer verifies (fresh), or the policy's own verified tool answers on --n train instances (harvest)."""
     n: int = 512
-    """Train instances the policy plays with tools to harvest targets."""
+    """With --source harvest: train instances the policy plays with tools for targets."""
     steps: int = 300
     """Optimiser steps."""
     lr: float = 1e-3
@@ -101,6 +106,8 @@ class Config:
         if any(lv not in levels for lv in (*self.levels, *self.distill_levels)):
             raise ValueError(f"--levels/--distill-levels: {self.family} has levels {levels}")
         cli.check_at_least(self, n=1, steps=1, batch=1)
+        if self.source not in SOURCES:
+            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         check_device(self.device)
 
     @property
@@ -135,7 +142,8 @@ def main(cfg: Config) -> dict:
     before = measure()
     chosen = levels_to_distill(before, cfg.distill_levels)
     log.info(f"distilling levels {list(chosen)} of {cfg.family} into {cfg.checkpoint}")
-    settings = Distillation(cfg.n, cfg.steps, cfg.lr, cfg.batch, cfg.replay_coef, cfg.replay_batch, cfg.call_budget)
+    settings = Distillation(cfg.n, cfg.steps, cfg.lr, cfg.batch, cfg.replay_coef, cfg.replay_batch, cfg.call_budget,
+                            cfg.source)
     numbers, after = run_distillation(run, policy, spec, cfg.env, chosen, levels, before, settings, cfg.seed, measure,
                                       cfg.tool_fraction)
     metrics = {"env": cfg.env, "family": cfg.family, "config": jsonable(cfg), "device": str(run.device),

@@ -216,8 +216,12 @@ class Config:
     distill_levels: tuple[int, ...] = ()
     """Levels to distil (empty: the easiest level where the policy calls on at least half the test
     instances; the other levels are replayed with their tool use)."""
+    distill_source: Literal["fresh", "harvest"] = "fresh"
+    """Distillation targets: fresh train instances each step, labelled by the family's tool and kept
+    where the answer verifies (fresh), or the policy's own verified tool answers on --distill-n
+    train instances (harvest)."""
     distill_n: int = 512
-    """Train instances the policy plays with tools to harvest distillation targets."""
+    """With --distill-source harvest: train instances the policy plays with tools for targets."""
     distill_steps: int = 300
     """Optimiser steps of the distillation phase."""
     distill_lr: float = 1e-3
@@ -275,7 +279,7 @@ class Config:
     @property
     def distillation(self) -> Distillation:
         return Distillation(self.distill_n, self.distill_steps, self.distill_lr, self.warm_batch,
-                            self.distill_replay_coef, max(4, self.replay_batch), self.call_budget)
+                            self.distill_replay_coef, max(4, self.replay_batch), self.call_budget, self.distill_source)
 
 
 # -- set-up ---------------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
 """Distillation of verified tool results back into the policy (Stage 3).
 
-The policy plays train instances of the levels where it calls a tool; every verified answer that
-came from a tool becomes a tool-free target for its prompt (choice "answer", payload the verified
-answer), and the same policy trains on them, so where it learns to answer it also learns to stop
-calling. Beside them it replays expert episodes (tool calls and direct answers) of the other
-levels, so tool use where the tool is still needed stays as it was.
+The tool labels any prompt, so the targets come from as many instances as the skill needs: by
+default (``source="fresh"``) every step draws fresh train instances of the distilled levels, the
+family's tool is called on each (the expert's call) and its result, turned into the answer
+(``TaskFamily.answer_from_tool``), is kept where the verifier accepts it; ``source="harvest"``
+uses the policy's own verified tool answers on ``n`` train instances instead. Each target is a
+tool-free example in the family's view: the prompt, and the verified answer as the payload.
+
+The payload is taught on every target, but the tool head's target is "answer" only where the
+model's own tool-free answer (greedy, this step's weights) already verifies; elsewhere it stays
+"call the tool", so the policy stops calling exactly where it has learned to answer, and a skill
+half-learned never trades a verified tool result for a wrong answer. Beside the targets it replays
+expert episodes (tool calls and direct answers) of the other levels, so tool use where the tool
+is still needed stays as it was.
 
 A family may declare that only part of an answer can be taught (``TaskFamily.distill_targets``:
 Sudoku's forced cells, the only digit their row, column and box givens allow, since a tiny model
-cannot learn to solve whole grids in CPU-minutes); the loss is then on those positions only and
-leaves the choice alone (a partial grid is not an answer, so the policy keeps calling the solver),
-and ``target_accuracy`` measures those positions.
+cannot learn to solve whole grids in CPU-minutes); the payload loss is then on those positions
+only, and ``target_accuracy`` measures them.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
+import gymnasium as gym
 import torch
 
 from r3m import envs, tools
+from r3m.envs import Instance
+from r3m.envs.text_env import TextTaskEnv
 from r3m.learn.data import IGNORE, DemoSource, Example, TaskSpec, collate_causal, collate_fill
 from r3m.learn.io import ViewIO
 from r3m.learn.evaluation import answer_text, episode_calls, partial_targets, replay_instance
@@ -45,6 +55,81 @@ class Distillation:
     replay_coef: float = 1.0  # weight of the replayed expert episodes (tool use on the other levels)
     replay_batch: int = 8  # expert episodes per replay batch
     call_budget: int = 4
+    source: str = "fresh"  # "fresh": tool-labelled fresh instances each step; "harvest": the policy's own, n of them
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"distillation source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+
+
+SOURCES = ("fresh", "harvest")
+
+
+class Target(NamedTuple):
+    """A tool-free distillation target: the example (prompt, choice "answer", the verified answer),
+    the answer positions to supervise (None: all) and the instance (to check the model's own answer)."""
+
+    example: Example
+    positions: dict[int, str] | None
+    instance: Instance | None = None
+
+
+class ToolLabelled:
+    """Fresh train instances of ``levels`` each step, labelled by the family's tool (a pure function
+    of (seed, step), like ``DemoSource``): the expert's call is run, its result turned into the
+    answer, and the instance kept only when that answer verifies. ``dropped`` counts the others
+    (a failed call, an answer the verifier rejects)."""
+
+    def __init__(self, spec: TaskSpec, levels: Sequence[int], seed: int, batch: int, stream: str = "distill_fresh"):
+        if not levels:
+            raise ValueError("ToolLabelled needs at least one level")
+        self.env = TextTaskEnv(spec.family, **spec.env, **spec.train_env)
+        if not self.env.family.tool:
+            raise ValueError(f"{spec.family} has no tool to label instances with")
+        self.levels, self.seed, self.batch, self.stream = tuple(levels), seed, batch, stream
+        self.partial = partial_targets(spec.family)
+        self.dropped = 0
+
+    def label(self, index: int, level: int) -> Target | None:
+        obs, info = self.env.reset(options={"index": index, "difficulty": level, "split": "train"})
+        instance = self.env.instance
+        prompt, reward, done = obs, 0.0, False
+        try:
+            actions = self.env.expert_actions(True)
+        except RuntimeError:  # the tool failed on this instance
+            return None
+        for action in actions:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            done = terminated or truncated
+        if not (done and reward == 1.0) or tools.is_call(actions[-1]):
+            return None
+        positions = self.env.family.distill_targets(instance) if self.partial else None
+        return Target(Example(info["family"], info["difficulty"], prompt, 0, actions[-1]), positions, instance)
+
+    def get(self, step: int) -> list[Target]:
+        rng = stream_rng(self.seed, self.stream, step)
+        out = []
+        while len(out) < self.batch:
+            target = self.label(int(rng.integers(2**62)), int(rng.choice(self.levels)))
+            if target is None:
+                self.dropped += 1
+                if self.dropped > 10 * self.batch * (step + 1):
+                    raise RuntimeError(f"{self.env.family.name}: the tool labels almost no instance of levels "
+                                       f"{list(self.levels)} ({self.dropped} dropped)")
+                continue
+            out.append(target)
+        return out
+
+
+def own_answer_verifies(policy: Policy, targets: Sequence[Target]) -> list[bool]:
+    """Whether the policy's greedy tool-free answer to each target's prompt verifies (its instance)."""
+    family = envs.make_family(targets[0].example.family)
+    was_training = policy.model.training
+    policy.model.eval()
+    with torch.no_grad():
+        actions = policy.act([t.example.context for t in targets], allow_tools=False).actions
+    policy.model.train(was_training)
+    return [family.verify(t.instance, a).correct for t, a in zip(targets, actions)]
 
 
 def harvest(policy: Policy, env_id: str, levels: Sequence[int], n: int, seed: int, call_budget: int,
@@ -65,14 +150,15 @@ def harvest(policy: Policy, env_id: str, levels: Sequence[int], n: int, seed: in
 
 
 def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
-                     split: str = "train") -> list[tuple[Example, dict[int, str] | None]]:
+                     split: str = "train") -> list[Target]:
     """Verified episodes whose answer came from a tool, as tool-free targets, each with the answer
     positions to supervise (None: all; see ``TaskFamily.distill_targets``).
 
     "Came from a tool": correct, answered after at least one well-formed call that returned a
     result. The example is the prompt alone (the first observation), tool = answer, payload = the
     verified answer; duplicates (G samples of one instance) are kept once. ``env_id`` (the env the
-    episodes were played in, on ``split``) is needed only for families with partial targets.
+    episodes were played in, on ``split``) gives each target its instance back, to check the
+    model's own answers on (without it, a target's choice stays "answer").
     """
     out, seen = [], set()
     for ep in episodes:
@@ -84,17 +170,19 @@ def distill_examples(episodes: Sequence[Episode], env_id: str | None = None,
         if prompt in seen:
             continue
         seen.add(prompt)
-        targets = None
-        if partial_targets(ep.family) and env_id:
-            targets = envs.make_family(ep.family).distill_targets(replay_instance(env_id, ep, split))
-        out.append((Example(ep.family, ep.difficulty, prompt, 0, answer_text(ep)), targets))
+        instance = replay_instance(env_id, ep, split) if env_id else None
+        positions = None
+        if partial_targets(ep.family) and instance is not None:
+            positions = envs.make_family(ep.family).distill_targets(instance)
+        out.append(Target(Example(ep.family, ep.difficulty, prompt, 0, answer_text(ep)), positions, instance))
     return out
 
 
-def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str] | None]], io: ViewIO):
+def distill_batch(spec: TaskSpec, chosen: Sequence[Target | tuple[Example, dict[int, str] | None]], io: ViewIO):
     """Collated distillation examples; partial targets supervise only their answer positions (a
     symbol view's outputs are in answer order, one per answer character where it declares partial
     targets)."""
+    chosen = [(c[0], c[1]) for c in chosen]
     examples = [e for e, _ in chosen]
     if spec.mode == "causal":
         return collate_causal(examples, spec.width)
@@ -113,28 +201,52 @@ def distill_batch(spec: TaskSpec, chosen: Sequence[tuple[Example, dict[int, str]
     return batch
 
 
-def distill(run: Run, phase: str, policy: Policy, spec: TaskSpec, examples: Sequence[tuple[Example, dict | None]],
+def choice_targets(policy: Policy, chosen: Sequence[Target]) -> tuple[torch.Tensor, list[bool]]:
+    """The tool head's target per row: "answer" (0) where the model's own tool-free answer verifies
+    (or where the instance is unknown), else the family's tool; with the verdicts of the checked rows."""
+    family = envs.make_family(chosen[0].example.family)
+    call = 1 + policy.model.cfg.tool_names.index(family.tool) if family.tool in policy.model.cfg.tool_names else 0
+    known = [i for i, t in enumerate(chosen) if t.instance is not None]
+    verdicts = own_answer_verifies(policy, [chosen[i] for i in known]) if known and call else []
+    want = torch.zeros(len(chosen), dtype=torch.long)
+    for i, ok in zip(known, verdicts):
+        want[i] = 0 if ok else call
+    return want, verdicts
+
+
+def distill(run: Run, phase: str, policy: Policy, spec: TaskSpec, source: "Sequence[Target] | ToolLabelled",
             replay_levels: Sequence[int], settings: Distillation, seed: int, tool_fraction: float = 0.5) -> FitState:
-    """Train ``policy.model`` itself on ``examples`` (one turn each, empty memory) beside expert
-    episodes of ``replay_levels`` (tool use kept where it is still needed)."""
+    """Train ``policy.model`` itself on distillation targets (one turn each, empty memory): each
+    step a batch from ``source`` (a ``ToolLabelled`` stream of fresh instances, or a fixed list),
+    the payload taught on every row and the choice by ``choice_targets``; beside it expert episodes
+    of ``replay_levels`` (tool use kept where it is still needed). Logs the share of rows whose own
+    answer verified (``tools/distill_own_answer_verified``: where the choice target is "answer")."""
     model = policy.model
     replay = None
     if replay_levels and settings.replay_coef > 0:
         replay = DemoSource([dataclasses.replace(spec, levels=tuple(replay_levels))], model.cfg.tool_names, seed,
                             stream="distill_replay", tool_fraction=tool_fraction, episodes=settings.replay_batch,
                             both=True)
-    # a partial target (Sudoku's forced cells) is not an answer, so it does not teach "answer now"
-    tool_weight = 0.0 if any(targets is not None for _, targets in examples) else 1.0
+    fixed = not isinstance(source, ToolLabelled)
+    if fixed:
+        source = [t if isinstance(t, Target) else Target(*t) for t in source]
 
     def loss_fn(step: int) -> LossOut:
-        rng = stream_rng(seed, "distill_batches", step)
-        chosen = [examples[i] for i in rng.integers(0, len(examples), size=settings.batch)]
+        if fixed:
+            rng = stream_rng(seed, "distill_batches", step)
+            chosen = [source[i] for i in rng.integers(0, len(source), size=settings.batch)]
+        else:
+            chosen = source.get(step)
+        want, verdicts = choice_targets(policy, chosen)
         out = imitation_loss(model, spec, distill_batch(spec, chosen, policy.io), K=policy.K, grad_steps=None,
-                             tool_weight=tool_weight)
+                             choice_targets=want)
+        scalars = {"tools/distill_answer_target_share": float((want == 0).float().mean())}
+        if verdicts:
+            scalars["tools/distill_own_answer_verified"] = sum(verdicts) / len(verdicts)
         if replay is not None:
             replayed = imitation_loss(model, spec, replay.get(step)[1], K=policy.K, grad_steps=None)
             out = out._replace(loss=out.loss + settings.replay_coef * replayed.loss)
-        return out
+        return out._replace(scalars={**(out.scalars or {}), **scalars})
 
     steps = settings.steps
     fit_spec = FitSpec(steps, settings.lr, warmup=max(1, steps // 10), ckpt_every=max(1, steps // 2), log_every=25,
@@ -163,18 +275,24 @@ def run_distillation(run: Run, policy: Policy, spec: TaskSpec, env_id: str, leve
     nothing was distilled)."""
     if not levels:
         return {"levels": [], "examples": 0, "note": "no level to distil"}, None
-    examples = _harvested(run, policy, env_id, levels, settings, seed)
-    if not examples:  # the policy solved nothing through a tool there: nothing to distil
-        return {"levels": list(levels), "examples": 0,
-                "note": "no verified tool answers in the harvest; distillation skipped"}, None
+    if settings.source == "fresh":
+        source = ToolLabelled(spec, levels, seed, settings.batch)
+        n_examples = settings.steps * settings.batch
+    else:
+        source = _harvested(run, policy, env_id, levels, settings, seed)
+        n_examples = len(source)
+        if not source:  # the policy solved nothing through a tool there: nothing to distil
+            return {"levels": list(levels), "examples": 0,
+                    "note": "no verified tool answers in the harvest; distillation skipped"}, None
     others = [lv for lv in trained if lv not in levels]
-    distill(run, "distill", policy, spec, examples, others, settings, seed, tool_fraction)
+    state = distill(run, "distill", policy, spec, source, others, settings, seed, tool_fraction)
     after = measure()
 
     def on(snap: dict, key: str) -> float:
         return float(sum(snap["tools"]["by_level"][_key(snap, lv)][key] for lv in levels) / len(levels))
 
-    numbers = {"levels": list(levels), "examples": len(examples),
+    numbers = {"levels": list(levels), "source": settings.source, "examples": n_examples, "steps": state.step,
+               "seconds": state.seconds,
                "before": on(before, "tool_free_accuracy"), "after": on(after, "tool_free_accuracy"),
                "with_tools_before": before["with_tools_by_level"], "with_tools_after": after["with_tools_by_level"],
                "calls_before": on(before, "call_rate"), "calls_after": on(after, "call_rate"),
@@ -189,14 +307,22 @@ def _key(snap: dict, level: int):
 
 
 def _harvested(run: Run, policy: Policy, env_id: str, levels: Sequence[int], settings: Distillation,
-               seed: int) -> list[tuple[Example, dict[int, str] | None]]:
-    """The harvest, played once (a resumed run distils the same targets)."""
+               seed: int) -> list[Target]:
+    """The harvest, played once (a resumed run distils the same targets; their instances are
+    replayed from the episodes' seeds)."""
     path = run.dir / "distill_examples.json"
     if path.exists():
-        return [(Example(*e), {int(k): v for k, v in t.items()} if t is not None else None)
-                for e, t in json.loads(path.read_text())]
-    examples = distill_examples(harvest(policy, env_id, levels, settings.n, seed, settings.call_budget), env_id)
+        env = gym.make(env_id, disable_env_checker=True)
+        out = []
+        for e, t, ep_seed in json.loads(path.read_text()):
+            env.reset(seed=ep_seed, options={"split": "train", "difficulty": e[1]})
+            out.append(Target(Example(*e), {int(k): v for k, v in t.items()} if t is not None else None,
+                              env.unwrapped.instance))
+        return out
+    episodes = harvest(policy, env_id, levels, settings.n, seed, settings.call_budget)
+    targets = distill_examples(episodes, env_id)
+    seeds = {ep.turns[0].observation: ep.seed for ep in episodes if ep.turns}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([(list(e), t) for e, t in examples]))
+    tmp.write_text(json.dumps([(list(t.example), t.positions, seeds[t.example.context]) for t in targets]))
     os.replace(tmp, path)
-    return examples
+    return targets

@@ -140,7 +140,7 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
                    K: int | None, grad_steps: int | None, supervised_steps: int | None = None,
                    tool_weight: float = 1.0, write_penalty: float = 0.0, write_budget: float = 0.0,
                    write_cost: float = 0.0, drift_penalty: float = 0.0, tbptt: int | None = None,
-                   segment: "SegmentCarry | None" = None) -> LossOut:
+                   segment: "SegmentCarry | None" = None, choice_targets: torch.Tensor | None = None) -> LossOut:
     """Imitation of whole expert episodes (``imitation_turns``): the sum over an episode's turns,
     averaged over episodes (each episode's negative log-likelihood), so a streamed episode's one
     scored answer is not diluted by its many no-op turns; the memory's penalties
@@ -150,6 +150,10 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
     step that keeps a graph), plus the tool loss, plus (when ``drift_penalty`` > 0) the state's
     change in the last step. The logged token and tool losses are per-turn means; the
     ``step_losses`` logged are the first turn's.
+
+    ``choice_targets`` [B] (one turn per row): the tool head's targets instead of the examples' own
+    choice, while the payload stays supervised under the examples' choice (distillation: the answer
+    is taught on every instance, "answer now" only where the model's own answer verifies).
     """
     last = supervised_steps if supervised_steps is not None else grad_steps
     total, token_sum, tool_sum, writes, n = 0.0, 0.0, 0.0, 0.0, 0
@@ -159,7 +163,8 @@ def imitation_loss(model: torch.nn.Module, spec: TaskSpec,
         out, rows = turn.out, len(turn.tool)
         per_step = per_sample_token_loss(out.step_logits, turn.targets, turn.allowed).mean(1)  # [S]
         token = (per_step if last is None else per_step[-last:]).mean()
-        tool = F.cross_entropy(out.tool_logits.float(), turn.tool)
+        want = turn.tool if choice_targets is None else choice_targets.to(turn.tool.device)[turn.episodes]
+        tool = F.cross_entropy(out.tool_logits.float(), want)
         loss = token + tool_weight * tool
         if drift_penalty and out.drift is not None:
             loss = loss + drift_penalty * out.drift.mean()

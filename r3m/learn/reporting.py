@@ -281,10 +281,22 @@ def rl_table(metrics: Mapping[str, Any]) -> str:
     if d.get("note"):
         lines.append(f"\ndistillation (levels {d['levels']}): {d['note']}")
     elif d.get("levels"):
-        lines.append(f"\ndistillation (levels {d['levels']}, {d['examples']} verified tool answers): tool-free accuracy "
+        what = ("fresh tool-labelled instances" if d.get("source", "harvest") == "fresh"
+                else "of the policy's verified tool answers")
+        lines.append(f"\ndistillation (levels {d['levels']}, {d['examples']} {what}): tool-free accuracy "
                      f"{pct(d['before'])} -> {pct(d['after'])}, call rate {pct(d['calls_before'])} -> "
                      f"{pct(d['calls_after'])}")
+    if metrics.get("tool_free_by_level"):
+        lines.append("at the end, by level: " + "; ".join(
+            f"L{lv}: tool-free {pct(metrics['tool_free_by_level'][lv])}, with tools "
+            f"{pct(_level(metrics['success_by_level']['with_tools'], lv))}, calls {pct(metrics['calls_by_level'][lv])}"
+            for lv in metrics["tool_free_by_level"]))
     return "\n".join(lines)
+
+
+def _level(by_level: Mapping, level):
+    """A per-level value whether the level key is an int or (after JSON) a string."""
+    return by_level.get(level, by_level.get(str(level))) if by_level else None
 
 
 def eval_table(results: Mapping[str, Mapping[str, Any]], headline: str = "") -> str:

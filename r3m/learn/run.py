@@ -86,6 +86,7 @@ STREAMS: dict[str, int] = {
     "replay_reservoir": 15,  # consolidation: which slot of the replay buffer a new episode replaces
     "replay_batches": 16,    # consolidation: episodes replayed from the buffer (key: task, step)
     "guard": 17,             # rl_verify: the fixed train-split instances of the guard's greedy evaluation
+    "distill_fresh": 18,     # distillation: the fresh train instances the tool labels (key: step)
 }
 
 
