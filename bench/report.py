@@ -41,6 +41,11 @@ COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("Arithmetic without tools by imitation, through the place-value view",
      (" ".join(["python", "train/imitate.py", *next(j for j in PLAN if j.name == "imitate-arithmetic-cpu").args]),),
      "imitate-arithmetic-cpu"),
+    ("Sudoku without tools on CPU (levels 1-2, the cells view), halting by the stable rule, dense baselines",
+     (" ".join(["python", "train/imitate.py", *next(j for j in PLAN if j.name == "imitate-sudoku-cpu").args]),),
+     "imitate-sudoku-cpu"),
+    ("Sudoku without tools on one GPU: 9 training minutes per model (R3M, both dense baselines), the test "
+     "split and the external sets", ("python scripts/gpu_sudoku.py",), None),
     ("Stages 1-2 on chosen families", ("python train/imitate.py --families listops arithmetic --levels 1 2 3",), None),
     ("Stage 3: policy gradients from the verifier, with tools (RL, distillation, RL)",
      ("python train/rl_verify.py --env arithmetic-v0",), "rl-arithmetic-seed0-cpu"),
@@ -52,7 +57,8 @@ COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("Stage 4: consolidation by replay into the semantic memory, forgetting across task mixes",
      ("python train/consolidate.py",), None),
     ("Evaluate a checkpoint (envs, external sets, K, halting, tools)",
-     ("python train/evaluate.py --checkpoint runs/x/ckpt/stage2.pt --sets norvig_top95 --tools true",), None),
+     ("python train/evaluate.py --checkpoint runs/x/ckpt/stage2.pt --sets norvig_top95 --tools true",
+      "python train/evaluate.py --checkpoint runs/x/ckpt/stage1.pt --halt true --halt-rule stable"), None),
     ("MaskablePPO baseline on `sudoku-grid-v0`", ("python train/sb3_baseline.py",), None),
     ("A user's families and tools, from their module",
      ("python train/imitate.py --plugin my_tasks --families reverse_word",), None),
@@ -110,6 +116,10 @@ def imitate_section(job: Job) -> list[str]:
     curve = m.get("accuracy_vs_k", {})
     base = m.get("baseline") or {}
     out += _view_line(m)
+    fit = m.get("fit") or {}
+    if len(fit) > 1:  # the wall time above includes evaluation; each model's training on its own
+        out += ["Training time: " + ", ".join(f"{name.replace('_', ' ')} {f['steps']} steps in {f['seconds'] / 60:.1f} min"
+                                              for name, f in fit.items() if "seconds" in f) + ".", ""]
     if curve:
         ks = sorted({int(k) for c in curve.values() for k in c})
         n_lrs = len(next(iter(base.values()))["lrs"]) if base else 0
@@ -154,7 +164,10 @@ def imitate_section(job: Job) -> list[str]:
                        + f" ({values}) -> **{'passed' if e['passed'] else 'not passed'}**.")
         out.append("")
     if m.get("halting"):
-        out += ["Adaptive halting (stage 2), per row, against the same model at fixed K on the same test instances: "
+        rules = {h.get("rule", "learned"): h.get("patience") for h in m["halting"].values()}
+        how = ("by the stable rule (no trained head: a row stops once its predicted answer has held for "
+               f"{next(iter(rules.values()))} steps)" if list(rules) == ["stable"] else "by the halting head stage 2 trains")
+        out += [f"Adaptive halting, per row, {how}, against the same model at fixed K on the same test instances: "
                 "on the trained levels, and on a mix of the trained levels and strings twice as long, where a fixed "
                 "K large enough for the longest wastes steps on the others (the best fixed K is the most accurate "
                 "of those spending at least as many steps as halting):", "",
@@ -206,6 +219,37 @@ def seeds_section(jobs: list[Job]) -> list[str]:
     return out
 
 
+def _mean(xs: list) -> float | None:
+    return None if not xs or any(x is None for x in xs) else sum(xs) / len(xs)
+
+
+def ablation_section(jobs: list[Job]) -> list[str]:
+    """Each Sudoku training ingredient switched off in turn, at one short budget, beside all of them on."""
+    out = ["### Sudoku: each training ingredient off in turn", "",
+           "The run above at a short budget (the command of each row adds its change to the first row's), "
+           "exact accuracy without tools on the test split of levels 1-2 (their mean) by refinement steps K, "
+           "and on level 3 at K=32 (trained only in the hard-levels row):", "", f"```\n{' '.join(jobs[0].command)}\n```", "",
+           "| ingredient | change | commit | K=1 | K=8 | K=16 | K=32 | level 3, K=32 | minutes |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for job in jobs:
+        m = load(job.out / "metrics.json")
+        change = " ".join(a for a in job.args[len(jobs[0].args):]) or "(all on)"
+        name = job.name.removeprefix("sudoku-ablation-").removesuffix("-cpu")
+        if m is None:
+            out.append(f"| {name} | `{change}` | - | missing | | | | | |")
+            continue
+        by_k = (m.get("accuracy_vs_k_by_level") or {}).get("sudoku") or {}
+        cells = [pct(_mean([_get(_get(by_k, k), lv) for lv in (1, 2)])) for k in (1, 8, 16, 32)]
+        secs = sum(v.get("seconds", 0) for v in m.get("fit", {}).values())
+        out.append(f"| {name} | `{change}` | `{m['provenance']['commit'][:7]}` | " + " | ".join(cells)
+                   + f" | {pct(_get(_get(by_k, 32), 3))} | {secs / 60:.1f} |")
+    mach = next((load(j.out / "metrics.json") for j in jobs if (j.out / "metrics.json").exists()), None)
+    if mach:
+        out += ["", f"Machine: {origin(mach).split(', torch')[0][len('Commit `xxxxxxx`, '):]}; "
+                f"{mach['config']['eval_n']} test puzzles per level per cell."]
+    return out + [""]
+
+
 def memory_section(job: Job) -> list[str]:
     m = load(job.out / "metrics.json")
     out = head(job, m)
@@ -253,9 +297,22 @@ def rl_section(job: Job) -> list[str]:
     if d.get("note"):
         out.append(f"Distillation (levels {d['levels']}): {d['note']}.")
     elif d.get("levels"):
-        out.append(f"Distillation (levels {d['levels']}, {d['examples']} verified tool answers): tool-free accuracy "
+        what = ("fresh tool-labelled instances" if d.get("source", "harvest") == "fresh"
+                else "of the policy's verified tool answers")
+        out.append(f"Distillation (levels {d['levels']}, {d['examples']} {what}): tool-free accuracy "
                    f"{pct(d['before'])} -> {pct(d['after'])}, call rate {pct(d['calls_before'])} -> "
                    f"{pct(d['calls_after'])}.")
+    if m.get("tool_free_by_level"):
+        by = m.get("success_by_level", {}).get("with_tools", {})
+        out.append("At the end, by level: " + "; ".join(
+            f"L{lv}: tool-free {pct(a)}, with tools {pct(_get(by, lv))}, calls {pct(_get(m['calls_by_level'], lv))}"
+            for lv, a in m["tool_free_by_level"].items()) + ".")
+    if "rollbacks" in m:
+        need = (f"tool precision {pct(m.get('tool_precision'))}, recall {pct(m.get('tool_recall'))}, unneeded calls "
+                f"{pct(m.get('unneeded_call_rate'))} on levels {m.get('tool_metrics_levels')}"
+                if m.get("tool_metrics_levels") else f"need-based tool metrics: {m.get('tool_metrics_note')}")
+        out.append(f"Guard rollbacks {m['rollbacks']}, zero-variance groups {m['zero_variance_groups']}, void turns "
+                   f"{m['void_turns']}; {need}.")
     bl = m.get("baselines") or {}
     if bl:
         sets = list(bl.get("r3m_with_tools", {}))
@@ -356,11 +413,14 @@ def render() -> str:
              "`python bench/reproduce.py` reruns what is missing or stale and `python bench/report.py` "
              "rebuilds this section.", ""]
     seeds = [j for j in PLAN if j.kind == "seeds"]
+    ablations = [j for j in PLAN if j.kind == "sudoku-ablation"]
     for job in PLAN:
         if job.kind in ("imitate", "stage0"):
             parts += imitate_section(job) if job.kind == "imitate" else stage0_section(job)
         elif job.kind == "seeds" and job is seeds[0]:
             parts += seeds_section(seeds)
+        elif job.kind == "sudoku-ablation" and job is ablations[0]:
+            parts += ablation_section(ablations)
         elif job.kind == "memory":
             parts += memory_section(job)
         elif job.kind == "rl":

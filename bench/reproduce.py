@@ -64,12 +64,14 @@ ARITHMETIC = ("--families", "arithmetic", "--levels", "1", "2", "--preset", "cpu
 # baselines on R3M's first 800 batches (a compute-matched one backpropagates through all its 17 layers)
 SUDOKU = ("--families", "sudoku", "--levels", "1", "2", "--preset", "cpu-small", "--threads", "2", "--stage", "1",
           "--segments", "2", "--ema", "0.999", "--curriculum", "0", "--tool-fraction", "0")
-SUDOKU_RUN = (*SUDOKU, "--steps", "1600", "--baseline-steps", "800")
+# halting at evaluation by the stable rule (a row stops when its answer has held for 2 steps), against K=64
+SUDOKU_RUN = (*SUDOKU, "--steps", "1600", "--baseline-steps", "800", "--halt-rule", "stable")
 # each training ingredient off in turn, at a short budget (300 steps, about 3 minutes each)
 SUDOKU_SHORT = (*SUDOKU, "--steps", "300", "--baseline", "false", "--eval-n", "50", "--eval-ks", "1", "8", "16", "32")
 SUDOKU_ABLATIONS = {"all": (), "peers-off": ("--view", "cells-all"), "segments-off": ("--segments", "1"),
                     "ema-off": ("--ema", "0"), "augment-off": ("--augment", "false"),
-                    "hard-levels": ("--levels", "1", "2", "4")}
+                    "hard-levels": ("--levels", "1", "2", "4", "--eval-levels", "1", "2", "3", "4"),
+                    "chars-view": ("--char-view",)}
 
 
 def _sudoku_ablation_jobs() -> list[Job]:
