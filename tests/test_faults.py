@@ -59,6 +59,7 @@ def _strip(metrics: dict) -> dict:
         phase.pop("seconds", None)
     for h in m.get("history", []):
         h.pop("rl/seconds", None)
+    (m.get("distill") or {}).pop("seconds", None)
     return m
 
 

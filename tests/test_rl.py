@@ -289,6 +289,48 @@ def test_fresh_targets_are_tool_labelled_verified_train_instances():
         ToolLabelled(task_spec("prefix", (1,)), (1,), 0, 4)
 
 
+def test_mastery_curriculum_opens_levels_as_the_own_answers_verify():
+    """Levels open easiest first, the next once every open level's own answers verify at the
+    mastery rate; draws favour what is left to learn; closed levels are reported for replay."""
+    from r3m.learn.data import task_spec
+    from r3m.learn.distill import ToolLabelled
+
+    src = ToolLabelled(task_spec("arithmetic", (1, 2, 3)), (3, 1, 2), seed=0, batch=4, mastery=0.8, rate=0.5)
+    assert src.open_levels == (1,) and src.closed_levels == (2, 3)
+    assert {t.example.difficulty for t in src.get(0)} == {1}
+    src.observe(0, [1, 1], [True, True])  # moving average 0.5: not yet
+    assert src.open_levels == (1,)
+    src.observe(1, [1, 1], [True, True])  # 0.75
+    src.observe(2, [1], [True])  # 0.875 >= 0.8: level 2 opens
+    assert src.open_levels == (1, 2) and src.opened_at == {1: 0, 2: 3}
+    w = src.weights()
+    assert w[1] > w[0] > 0  # level 2, not learned yet, is drawn more than the mastered level 1
+    src.observe(3, [1, 2], [True, False])  # level 2 not mastered: level 3 stays closed
+    assert src.closed_levels == (3,)
+    assert ToolLabelled(task_spec("arithmetic", (1, 2)), (1, 2), 0, 4).open_levels == (1, 2)  # mastery 0: all open
+    with pytest.raises(ValueError, match="mastery"):
+        ToolLabelled(task_spec("arithmetic", (1,)), (1,), 0, 4, mastery=1.5)
+
+
+def test_rl_replay_answers_the_mastered_levels_directly():
+    """After distillation the replay beside the policy gradient answers the mastered levels directly
+    (replaying their calls would teach the calls back) and keeps both ways elsewhere."""
+    from r3m.learn.data import task_spec
+
+    spec = task_spec("arithmetic", (1, 2, 3, 4))
+    cfg = rl_verify.Config(env="arithmetic-v0", replay_batch=4)
+    replay = rl_verify.Replay(cfg, spec, TINY.tool_names, 0, answer_levels=(1, 2))
+    _, episodes = replay.get(0)
+    direct = [ep for ep in episodes if ep[0].difficulty in (1, 2)]
+    calling = [ep for ep in episodes if ep[0].difficulty in (3, 4)]
+    assert direct and all(len(ep) == 1 and ep[0].tool == 0 for ep in direct)
+    assert any(ep[0].tool != 0 for ep in calling) and any(ep[0].tool == 0 for ep in calling)  # both ways
+    plain = rl_verify.Replay(cfg, spec, TINY.tool_names, 0)
+    assert plain.answer == () and {ep[0].difficulty for ep in plain.get(0)[1]} <= {1, 2, 3, 4}
+    distilled = {"levels": [1, 2], "curriculum": {"own_answer_rate": {"1": 0.99, "2": 0.5, "3": 0.95}}}
+    assert rl_verify.mastered(cfg, distilled) == (1,)  # 3 was not distilled, 2 not mastered
+
+
 def test_choice_targets_follow_the_models_own_verified_answers():
     """"answer" only where the policy's own tool-free answer verifies; "call" elsewhere; rows whose
     instance is unknown keep "answer"."""
@@ -420,10 +462,10 @@ def test_distill_script_measures_before_and_after(tmp_path):
 
 
 
-def test_default_distillation_takes_the_easiest_calling_level_and_replays_the_rest():
+def test_default_distillation_takes_the_calling_levels_and_replays_the_rest():
     from r3m.learn.distill import levels_to_distill
 
     snap = {"tools": {"by_level": {"1": {"call_rate": 0.2}, "2": {"call_rate": 0.9}, "3": {"call_rate": 1.0}}}}
-    assert levels_to_distill(snap) == (2,)
+    assert levels_to_distill(snap) == (2, 3)
     assert levels_to_distill(snap, (1, 3)) == (1, 3)
     assert levels_to_distill({"tools": {"by_level": {"1": {"call_rate": 0.1}}}}) == ()

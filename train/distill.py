@@ -60,6 +60,11 @@ class Config:
     answer verifies (fresh), or the policy's own verified tool answers on --n train instances (harvest)."""
     n: int = 512
     """With --source harvest: train instances the policy plays with tools for targets."""
+    mastery: float = 0.9
+    """With --source fresh: the distilled levels open one at a time, easiest first, the next once the
+    model's own tool-free answers verify on this share of every open level (0: all at once)."""
+    minutes: float = 0.0
+    """Wall-clock budget in minutes (0: none; --steps ends it)."""
     steps: int = 300
     """Optimiser steps."""
     lr: float = 1e-3
@@ -106,6 +111,8 @@ class Config:
         if any(lv not in levels for lv in (*self.levels, *self.distill_levels)):
             raise ValueError(f"--levels/--distill-levels: {self.family} has levels {levels}")
         cli.check_at_least(self, n=1, steps=1, batch=1)
+        if not 0.0 <= self.mastery <= 1.0 or self.minutes < 0:
+            raise ValueError(f"--mastery must be in [0, 1] and --minutes >= 0, got {self.mastery}, {self.minutes}")
         if self.source not in SOURCES:
             raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         check_device(self.device)
@@ -143,7 +150,7 @@ def main(cfg: Config) -> dict:
     chosen = levels_to_distill(before, cfg.distill_levels)
     log.info(f"distilling levels {list(chosen)} of {cfg.family} into {cfg.checkpoint}")
     settings = Distillation(cfg.n, cfg.steps, cfg.lr, cfg.batch, cfg.replay_coef, cfg.replay_batch, cfg.call_budget,
-                            cfg.source)
+                            cfg.source, cfg.mastery, cfg.minutes)
     numbers, after = run_distillation(run, policy, spec, cfg.env, chosen, levels, before, settings, cfg.seed, measure,
                                       cfg.tool_fraction)
     metrics = {"env": cfg.env, "family": cfg.family, "config": jsonable(cfg), "device": str(run.device),

@@ -214,16 +214,21 @@ class Config:
     distill: bool | None = None
     """Distillation phase: on, off, or none = where it applies (families with a tool)."""
     distill_levels: tuple[int, ...] = ()
-    """Levels to distil (empty: the easiest level where the policy calls on at least half the test
-    instances; the other levels are replayed with their tool use)."""
+    """Levels to distil (empty: every level where the policy calls on at least half the test
+    instances; the levels where it answers directly are replayed)."""
     distill_source: Literal["fresh", "harvest"] = "fresh"
     """Distillation targets: fresh train instances each step, labelled by the family's tool and kept
     where the answer verifies (fresh), or the policy's own verified tool answers on --distill-n
     train instances (harvest)."""
     distill_n: int = 512
     """With --distill-source harvest: train instances the policy plays with tools for targets."""
-    distill_steps: int = 300
-    """Optimiser steps of the distillation phase."""
+    distill_steps: int = 4000
+    """Optimiser steps of the distillation phase (at most; --distill-minutes may end it first)."""
+    distill_minutes: float = 6.0
+    """Wall-clock budget of the distillation phase in minutes (0: none; the learning rate decays over it)."""
+    distill_mastery: float = 0.9
+    """With --distill-source fresh: the distilled levels open one at a time, easiest first, the next
+    once the model's own tool-free answers verify on this share of every open level (0: all at once)."""
     distill_lr: float = 1e-3
     """Distillation learning rate (warmup then cosine)."""
     distill_replay_coef: float = 1.0
@@ -259,7 +264,9 @@ class Config:
         if not 0.0 <= self.warm_curriculum < 1.0:
             raise ValueError(f"--warm-curriculum is a share of the warm-start steps in [0, 1), got {self.warm_curriculum}")
         cli.check_at_least(self, warm_halt_steps=1, group_size=2, groups=1, iterations=0, iterations_after=0, epochs=1,
-                           kl_clamp=0, guard_every=0, guard_drop=0, guard_n=0)
+                           kl_clamp=0, guard_every=0, guard_drop=0, guard_n=0, distill_minutes=0)
+        if not 0.0 <= self.distill_mastery <= 1.0:
+            raise ValueError(f"--distill-mastery must be in [0, 1], got {self.distill_mastery}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if self.k < 0 or (self.k == 0 and not self.init):
@@ -279,7 +286,8 @@ class Config:
     @property
     def distillation(self) -> Distillation:
         return Distillation(self.distill_n, self.distill_steps, self.distill_lr, self.warm_batch,
-                            self.distill_replay_coef, max(4, self.replay_batch), self.call_budget, self.distill_source)
+                            self.distill_replay_coef, max(4, self.replay_batch), self.call_budget, self.distill_source,
+                            self.distill_mastery, self.distill_minutes)
 
 
 # -- set-up ---------------------------------------------------------------------------------------
@@ -372,7 +380,7 @@ def gather_groups(episodes: list[Episode], mine: list[int], groups: int, G: int)
 
 
 def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, vec, curriculum: Curriculum,
-                 replay: DemoSource, levels: tuple[int, ...], run: Run, state: dict) -> dict:
+                 replay: "Replay", levels: tuple[int, ...], run: Run, state: dict) -> dict:
     episodes, group_levels = rollout(cfg, it, policy, vec, curriculum, levels, run)
     G = cfg.group_size
     rewards = torch.tensor([reward_of(cfg, policy, e) for e in episodes]).view(-1, G)
@@ -438,7 +446,7 @@ def pg_loss(cfg: Config, policy: Policy, mb: "EpisodeBatch", run: Run) -> tuple[
     return loss, stats
 
 
-def update(cfg: Config, it: int, policy: Policy, optimizer, batch: "EpisodeBatch", replay: DemoSource, run: Run,
+def update(cfg: Config, it: int, policy: Policy, optimizer, batch: "EpisodeBatch", replay: "Replay", run: Run,
            state: dict) -> dict:
     model = policy.model
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "update", it))
@@ -477,9 +485,37 @@ def update(cfg: Config, it: int, policy: Policy, optimizer, batch: "EpisodeBatch
 
 
 # -- an RL phase ------------------------------------------------------------------------------------
+class Replay:
+    """The expert episodes replayed beside the policy gradient: each instance answered both ways
+    (``DemoSource(both=...)``) on the levels where the policy may still call, and answered directly
+    on ``answer_levels`` (those distillation taught it to answer: replaying their calls would teach
+    the calls back), in proportion to the levels' number."""
+
+    def __init__(self, cfg: Config, spec: TaskSpec, tool_names: Sequence[str], rank: int,
+                 answer_levels: Sequence[int] = ()):
+        self.answer = tuple(lv for lv in spec.levels if lv in answer_levels)
+        self.calling = tuple(lv for lv in spec.levels if lv not in self.answer)
+        n_answer = round(cfg.replay_batch * len(self.answer) / len(spec.levels)) if self.answer else 0
+        self.spec = spec
+        self.both = (DemoSource([dataclasses.replace(spec, levels=self.calling)], tool_names, cfg.seed, stream="replay",
+                                tool_fraction=cfg.tool_fraction, episodes=max(1, cfg.replay_batch - n_answer),
+                                rank=rank, both=cfg.both_demos) if self.calling else None)
+        self.direct = (DemoSource([dataclasses.replace(spec, levels=self.answer)], tool_names, cfg.seed,
+                                  stream="replay_answer", tool_fraction=0.0, episodes=max(1, n_answer), rank=rank)
+                       if self.answer else None)
+
+    def get(self, step: int) -> tuple[TaskSpec, list]:
+        episodes = []
+        for source in (self.both, self.direct):
+            if source is not None:
+                episodes += source.get(step)[1]
+        return self.spec, episodes
+
+
 def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy, ref: Policy,
-             spec: TaskSpec) -> dict:
-    """Run (or resume) one RL phase of ``iterations``; returns its state (history, curriculum, env steps)."""
+             spec: TaskSpec, answer_levels: Sequence[int] = ()) -> dict:
+    """Run (or resume) one RL phase of ``iterations``; returns its state (history, curriculum, env
+    steps). ``answer_levels``: levels whose replay answers directly (``Replay``)."""
     model = policy.model
     optimizer = make_optimizer(model, cfg.lr, 0.0)
     levels = train_levels(cfg)
@@ -493,8 +529,7 @@ def train_rl(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy,
             return state
         log.info(f"{phase}: resuming at iteration {state['iteration']} from {path}")
     curriculum = Curriculum(**state["curriculum"])
-    replay = DemoSource([spec], model.cfg.tool_names, cfg.seed, stream="replay", tool_fraction=cfg.tool_fraction,
-                        episodes=cfg.replay_batch, rank=run.rank, both=cfg.both_demos)
+    replay = Replay(cfg, spec, model.cfg.tool_names, run.rank, answer_levels)
     my_groups = len(range(run.rank, cfg.groups, run.world))
     vec = make_vec(cfg.env, my_groups * cfg.group_size, call_budget=cfg.call_budget,
                    partial_credit=cfg.partial_credit)
@@ -771,7 +806,7 @@ def main(cfg: Config) -> dict:
             if after is not None:
                 phases["after_distill"] = after
             if after is not None and cfg.iterations_after:
-                states.append(rl_phase(cfg, run, "rl2", cfg.iterations_after, policy, spec))
+                states.append(rl_phase(cfg, run, "rl2", cfg.iterations_after, policy, spec, mastered(cfg, numbers)))
     except Interrupted as exc:
         log.info(str(exc))
         return {"interrupted": True, "run_dir": str(run.dir)}
@@ -787,7 +822,8 @@ def main(cfg: Config) -> dict:
     return finish(cfg, run, metrics)
 
 
-def rl_phase(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy, spec: TaskSpec) -> dict:
+def rl_phase(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy, spec: TaskSpec,
+             answer_levels: Sequence[int] = ()) -> dict:
     """An RL phase with a KL to the policy it starts from (saved as ``<phase>_reference``)."""
     ref_path = run.ckpt(f"{phase}_reference")
     if ref_path.exists():
@@ -796,9 +832,16 @@ def rl_phase(cfg: Config, run: Run, phase: str, iterations: int, policy: Policy,
         save_checkpoint(ref_path, policy.model, extra={"specs": [spec.as_dict()]})
     barrier()
     ref = dataclasses.replace(policy, model=copy.deepcopy(policy.model).eval().requires_grad_(False))
-    state = train_rl(cfg, run, phase, iterations, policy, ref, spec)
+    state = train_rl(cfg, run, phase, iterations, policy, ref, spec, answer_levels)
     policy.model.eval()
     return state
+
+
+def mastered(cfg: Config, distilled: dict) -> tuple[int, ...]:
+    """The distilled levels whose own tool-free answers verified on at least --distill-mastery of the
+    distillation's last targets (the replay answers them directly from then on)."""
+    rates = (distilled.get("curriculum") or {}).get("own_answer_rate") or {}
+    return tuple(int(lv) for lv, r in rates.items() if int(lv) in distilled.get("levels", ()) and r >= cfg.distill_mastery)
 
 
 def _atomic_json(path: Path, value) -> None:

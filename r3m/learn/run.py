@@ -87,6 +87,8 @@ STREAMS: dict[str, int] = {
     "replay_batches": 16,    # consolidation: episodes replayed from the buffer (key: task, step)
     "guard": 17,             # rl_verify: the fixed train-split instances of the guard's greedy evaluation
     "distill_fresh": 18,     # distillation: the fresh train instances the tool labels (key: step)
+    "distill_replay_calls": 19,  # distillation: call demonstrations of the levels not yet opened (key: step)
+    "replay_answer": 20,     # rl_verify after distillation: direct answers replayed on the mastered levels (key: update)
 }
 
 
