@@ -168,9 +168,9 @@ def imitate_section(job: Job) -> list[str]:
         how = ("by the stable rule (no trained head: a row stops once its predicted answer has held for "
                f"{next(iter(rules.values()))} steps)" if list(rules) == ["stable"] else "by the halting head stage 2 trains")
         out += [f"Adaptive halting, per row, {how}, against the same model at fixed K on the same test instances: "
-                "on the trained levels, and on a mix of the trained levels and strings twice as long, where a fixed "
-                "K large enough for the longest wastes steps on the others (the best fixed K is the most accurate "
-                "of those spending at least as many steps as halting):", "",
+                "on the trained levels, and on a mix of the trained levels and, where the family has one, the size twice "
+                "the largest trained, where a fixed K large enough for the largest wastes steps on the others (the "
+                "best fixed K is the most accurate of those spending at least as many steps as halting):", "",
                 "| family | halting accuracy | fixed-K accuracy | avg steps (of K) | block applications vs fixed K | "
                 "wall-time speedup | steps by level | mix: halting | mix: avg steps | mix: best fixed K | "
                 "Spearman(steps, level), mix |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -228,7 +228,7 @@ def ablation_section(jobs: list[Job]) -> list[str]:
     out = ["### Sudoku: each training ingredient off in turn", "",
            "The run above at a short budget (the command of each row adds its change to the first row's), "
            "exact accuracy without tools on the test split of levels 1-2 (their mean) by refinement steps K, "
-           "and on level 3 at K=32 (trained only in the hard-levels row):", "", f"```\n{' '.join(jobs[0].command)}\n```", "",
+           "and on level 3 at K=32 (trained in no row; the hard-levels row trains level 4 beside 1-2):", "", f"```\n{' '.join(jobs[0].command)}\n```", "",
            "| ingredient | change | commit | K=1 | K=8 | K=16 | K=32 | level 3, K=32 | minutes |",
            "|---|---|---|---|---|---|---|---|---|"]
     for job in jobs:
