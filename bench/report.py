@@ -64,6 +64,9 @@ COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
      ("python train/imitate.py --plugin my_tasks --families reverse_word",), None),
     ("Benchmarks", ("python bench/bench_envs.py", "bench/bench_sudoku.py", "bench/bench_dsl.py",
                     "bench/bench_model.py", "bench/train_throughput.py", "bench/memory_read_path.py"), None),
+    ("The training step on one GPU at K = 1, 8, 16: samples/s, FLOPs, share of the bf16 peak (TRM's anchor: "
+     "5,784 samples/s on an H200)", ("python bench/train_throughput.py --device cuda --preset gpu-sudoku --batch 768 "
+                                     "--compile --out bench/results/train_throughput_cuda.json",), None),
     ("Rerun every result below that is missing or stale, then rebuild the section", ("python bench/reproduce.py",),
      None),
     ("Rebuild the results section below and this table; check them (CI-style)",
@@ -364,6 +367,8 @@ def bench_section() -> list[str]:
                        f"{r['budget_exceeded']} |")
         out.append("")
     tt = load(ROOT / "bench/results/train_throughput.json")
+    for path in ("bench/results/train_throughput.json", "bench/results/train_throughput_cuda.json"):
+        out += k_sweep_lines(load(ROOT / path), path)
     if tt:
         a, first = tt["args"], tt["args"]["views"][0]
         out += [f"Training throughput of {a['family']} by view, stage-1 step at K={a['k']} ({a['grad_steps']} steps "
@@ -427,6 +432,31 @@ def render() -> str:
             parts += rl_section(job)
     parts += bench_section()
     return "\n".join(parts).rstrip() + "\n"
+
+
+def k_sweep_lines(tt: dict | None, path: str) -> list[str]:
+    """The training step's throughput and achieved FLOP rate at each K (``train_throughput.py --ks``)."""
+    sweep = (tt or {}).get("k_sweep")
+    if not sweep:
+        return []
+    a = tt["args"]
+    peak = sweep.get("bf16_peak_tflops")
+    out = [f"Training step of {a['family']} ({sweep['view']} view, {a['preset']}, batch {a['batch']}, "
+           f"{a['grad_steps']} steps with gradients) on {tt.get('card', tt['device'])}"
+           + (f", bf16 autocast{', torch.compile' if tt.get('compile') else ''}, measured bf16 peak {peak:.0f} TFLOP/s"
+              if peak else f", fp32, {a['threads']} thread(s)")
+           + f" (`{path}`, commit `{tt['provenance']['commit'][:7]}`):", "",
+           "| K | samples/s | tokens/s | GFLOP per sample (forward + backward) | achieved TFLOP/s | of bf16 peak |",
+           "|---|---|---|---|---|---|"]
+    for K, r in sweep["by_k"].items():
+        share = f"{r['peak_fraction']:.1%}" if r.get("peak_fraction") is not None else "- (no bf16 peak on a CPU)"
+        out.append(f"| {K} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['flops_per_sample'] / 1e9:.3f} | "
+                   f"{r['tflops']:.4f} | {share} |")
+    ops = (sweep.get("profile") or {}).get("ops") or []
+    if ops:
+        out += ["", f"Where a step's time goes at K={sweep['profile']['K']} (self time): "
+                + ", ".join(f"`{o['op']}` {o['share']:.0%}" for o in ops[:6]) + "."]
+    return out + [""]
 
 
 def stage0_section(job: Job) -> list[str]:
