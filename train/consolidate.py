@@ -2,6 +2,7 @@
 
     python train/consolidate.py                                   # ~10-15 CPU-minutes, cpu-tiny
     python train/consolidate.py --families memory prefix listops instruct --steps 400 --out runs/c
+    python train/consolidate.py --checkpoint runs/rl/ckpt/rl2.pt     # from what Stages 1-3 learned
 
 R3M learns the families one after another (task A, then B, then C, then D; the memory family's
 episodes are streamed, one sentence per turn with distractors, so its facts live only in the
@@ -13,6 +14,12 @@ reservoir sampling (``r3m.learn.replay``). After each task (or on demand: after 
 from the buffer, with the episodic write budget tightened (a smaller budget, a higher price per
 write), so that what the model keeps rewriting into the episodic slots every episode can move
 into the slow, shared memory instead.
+
+``--checkpoint CKPT`` starts every arm from a Stage 1-3 checkpoint instead of a fresh model (its size,
+tools and views; each family decoded as the checkpoint's specs say where it lists the family), and the
+buffer then also holds the verified rollouts of Stage 3 (``--rl-episodes``: the ``episodes.jsonl``
+that ``train/rl_verify.py`` writes, tool calls included), offered before the tasks' episodes. The
+buffer's mix by source (imitation, stream, rl) and family is in ``metrics.json`` (``replay``).
 
 Three arms learn the same tasks from the same first-task model on the same batches:
 ``consolidation``; ``no_consolidation`` (the tasks in sequence, nothing else); ``full_replay``
@@ -56,10 +63,13 @@ from r3m.learn.loop import STAGE_GROUPS, FitSpec, FitState, Interrupted, train_p
 from r3m.learn.losses import LossOut, imitation_loss, progressive_schedule
 from r3m.learn.plots import plot_accuracy_matrix, plot_accuracy_vs_writes
 from r3m.learn.policy import Policy
-from r3m.learn.replay import ReplayBuffer
+from r3m.learn.replay import ReplayBuffer, rl_examples
 from r3m.learn.reporting import log, mean, pct, setup_logging, write_metrics
 from r3m.learn.run import Run, autocast, jsonable, seed_everything, start_run, stream_rng
 from r3m_agent import PRESETS, R3M
+from r3m_agent.checkpoint import read_checkpoint
+from r3m_agent.config import use_result_choice
+from r3m_agent.r3m import R3MConfig
 
 ARMS = ("consolidation", "no_consolidation", "full_replay")
 TARGET_RATIO, TARGET_BWT = 0.7, -0.01  # the plan's Stage-4 exit criteria
@@ -82,7 +92,13 @@ class Config:
     """Sentences without world information per story sentence in streamed memory episodes (writes
     a consolidated model can learn to skip)."""
     preset: str = "cpu-tiny"
-    """R3M size (r3m_agent.PRESETS); the semantic memory is read on every forward."""
+    """R3M size (r3m_agent.PRESETS); the semantic memory is read on every forward. With --checkpoint: unused."""
+    checkpoint: str = ""
+    """A Stage 1-3 R3M checkpoint every arm starts from (empty: a fresh model). Its model must have a
+    semantic memory, every family's tool and view; its K gives way to --k-train."""
+    rl_episodes: str = "auto"
+    """Verified RL rollouts offered to the replay buffer first (``episodes.jsonl`` of train/rl_verify.py):
+    a path, ``auto`` (the one in --checkpoint's run folder, if any) or empty (none)."""
     seed: int = 0
     """Seeds the model init, every batch, the replay buffer and its draws."""
     steps: int = 500
@@ -183,12 +199,21 @@ class Config:
                 not all(0.0 <= t <= 1.0 for t in self.write_thresholds):
             raise ValueError("--write-thresholds: values in [0, 1], the first 0.5 (the gate's own threshold, the "
                              f"unrestricted model), got {self.write_thresholds}")
+        if self.rl_episodes not in ("", "auto") and not Path(self.rl_episodes).is_file():
+            raise ValueError(f"--rl-episodes {self.rl_episodes}: no such file")
+        if self.checkpoint:
+            checkpoint_config(self)  # an unreadable or unfit checkpoint fails here, one line
         check_device(self.device)
 
 
 # -- set-up ----------------------------------------------------------------------------------
 def task_specs(cfg: Config) -> list[TaskSpec]:
-    """One spec per family, in order: the --levels it has (else its first), streamed where it streams."""
+    """One spec per family, in order: the --levels it has (else its first), streamed where it streams;
+    decoded (view, width) as --checkpoint's specs say where they list the family."""
+    saved = {}
+    if cfg.checkpoint:
+        extra = read_checkpoint(cfg.checkpoint).get("extra") or {}
+        saved = {d["family"]: TaskSpec.from_dict(d) for d in extra.get("specs", [])}
     specs = []
     for fam in cfg.families:
         family = envs.make_family(fam)
@@ -196,15 +221,59 @@ def task_specs(cfg: Config) -> list[TaskSpec]:
         env = {}
         if fam in cfg.stream:
             env = {"stream": True, **({"distractors": cfg.distractors} if family.max_distractor_rate else {})}
-        specs.append(task_spec(fam, levels, **env))
+        spec = task_spec(fam, levels, **env)
+        if fam in saved and saved[fam].view == spec.view and saved[fam].width >= spec.width:
+            spec = dataclasses.replace(spec, mode=saved[fam].mode, width=saved[fam].width)
+        specs.append(spec)
     return specs
 
 
 def model_config(cfg: Config):
     """The preset at ``k_train`` reading its semantic memory, with a tool-head class per registered tool,
-    able to read every task's view."""
+    able to read every task's view; with --checkpoint, the checkpoint's model (``checkpoint_config``)."""
+    if cfg.checkpoint:
+        return checkpoint_config(cfg)
     base = dataclasses.replace(PRESETS[cfg.preset], K=cfg.k_train, semantic=True, tool_names=tuple(tools.list_tools()))
     return with_views(base, task_specs(cfg))
+
+
+def checkpoint_config(cfg: Config) -> R3MConfig:
+    """--checkpoint's model config, reading its semantic memory at K = k_train; ValueError where the
+    model cannot do the tasks: no semantic memory, a family's tool or view symbols missing."""
+    payload = read_checkpoint(cfg.checkpoint)
+    where = f"--checkpoint {cfg.checkpoint}"
+    if payload["model_class"] != "R3M":
+        raise ValueError(f"{where} holds a {payload['model_class']}, not an R3M")
+    saved = R3MConfig.from_dict(payload["config"])
+    if not saved.semantic_slots:
+        raise ValueError(f"{where}: its model has no semantic memory (semantic_slots=0), the only part "
+                         "consolidation trains; train Stages 1-3 with a preset that has one")
+    no_tool = [f for f in cfg.families if envs.make_family(f).tool not in (None, *saved.tool_names)]
+    needed = with_views(saved, task_specs(cfg))
+    unread = sorted(set(needed.symbols) - set(saved.symbols)) + sorted(set(needed.coords) - set(saved.coords))
+    if no_tool or unread:
+        raise ValueError(f"{where} does not fit --families {' '.join(cfg.families)}: " + "; ".join(
+            ([f"no tool head for {', '.join(no_tool)} (it has {list(saved.tool_names)})"] if no_tool else []) +
+            ([f"its vocabulary lacks {len(unread)} view symbols ({', '.join(unread[:3])}, ...): train Stage 1 "
+              "on these families"] if unread else [])))
+    return dataclasses.replace(saved, semantic=True, K=cfg.k_train)
+
+
+def first_model(cfg: Config, run: Run) -> R3M:
+    """Every arm's starting model: --checkpoint's weights, or a fresh one from the seed."""
+    seed_everything(cfg.seed)
+    model = R3M(model_config(cfg))
+    if cfg.checkpoint:
+        model.load_state_dict(read_checkpoint(cfg.checkpoint)["model"])
+    return model.to(run.device)
+
+
+def rl_episodes_path(cfg: Config) -> Path | None:
+    """--rl-episodes as a file, if any (``auto``: ``episodes.jsonl`` in the checkpoint's run folder)."""
+    if cfg.rl_episodes == "auto":
+        path = Path(cfg.checkpoint).parent.parent / "episodes.jsonl" if cfg.checkpoint else None
+        return path if path is not None and path.is_file() else None
+    return Path(cfg.rl_episodes) if cfg.rl_episodes else None
 
 
 def meta_model(cfg: Config) -> R3M:
@@ -225,6 +294,11 @@ def fill_buffers(cfg: Config, run: Run, specs: list[TaskSpec]) -> list[ReplayBuf
     exactly the training episodes). Saved under ``replay/``; a resumed run reads them back."""
     buffers, buffer = [], ReplayBuffer(cfg.replay_capacity, cfg.seed)
     shape = meta_model(cfg)  # what the demonstrations need of the model: its tool names
+    rl_path = rl_episodes_path(cfg)
+    if rl_path is not None:  # Stage 3 came before these tasks (a resumed run reads its saved buffers below)
+        episodes = rl_examples(rl_path, shape.cfg.tool_names, cfg.families)
+        buffer.extend(episodes, source="rl")
+        log.info(f"replay buffer: {len(episodes)} verified RL episodes from {rl_path}")
     for i, spec in enumerate(specs):
         path = run.dir / "replay" / f"after_task{i + 1}_{spec.family}.json"
         if path.exists():
@@ -232,8 +306,9 @@ def fill_buffers(cfg: Config, run: Run, specs: list[TaskSpec]) -> list[ReplayBuf
         else:
             settings = task_settings(cfg, spec)
             source = stages._demos([spec], shape, settings, cfg.seed, run)  # the training's batches
+            kind = "stream" if spec.env.get("stream") else "imitation"
             for step in range(settings.steps):
-                buffer.extend(source.get(step)[1])
+                buffer.extend(source.get(step)[1], source=kind)
             buffer.save(path)
         log.info(f"replay buffer after {spec.family}: {buffer.summary()['size']} episodes, mix {buffer.mix()}")
         buffers.append(ReplayBuffer.load(path))
@@ -297,8 +372,7 @@ class Evaluator:
 def run_arm(cfg: Config, run: Run, arm: str, specs: list[TaskSpec], buffers: list[ReplayBuffer],
             evaluate: Evaluator, metrics: dict) -> list[list[float]]:
     """The tasks in order for one arm; returns its accuracy matrix (row i: after task i and its replay)."""
-    seed_everything(cfg.seed)
-    model = R3M(model_config(cfg)).to(run.device)
+    model = first_model(cfg, run)
     R, unswept = [], []
     for i, spec in enumerate(specs):
         phase = f"task1_{spec.family}" if i == 0 else f"{arm}_task{i + 1}_{spec.family}"  # task 1 is shared
@@ -392,6 +466,11 @@ def _target(target: str, value: float | None, why: str | None, passed: bool) -> 
     return {"target": target, "value": value, "passed": passed, "measurable": True}
 
 
+def tool_call_turns(buffer: ReplayBuffer, tool_names: tuple[str, ...]) -> int:
+    """Turns in the buffer whose action is a tool call (choice 1..n tools; not "use the result")."""
+    return sum(0 < t.tool < use_result_choice(tool_names) for item in buffer.items for t in item.turns)
+
+
 def _record_fit(metrics: dict, phase: str, state: FitState) -> None:
     metrics["fit"][phase] = {"steps": state.step, "seconds": state.seconds, "final_loss": mean(state.losses[-20:]),
                              "nan_steps": state.nan_steps}
@@ -411,7 +490,8 @@ def table(metrics: dict) -> str:
     for name, t in metrics["targets"].items():
         verdict = ("pass" if t["passed"] else "fail") if t["measurable"] else f"not measurable: {t['why']}"
         lines.append(f"target {name} {t['target']}: {fmt(t['value'])} -> {verdict}")
-    lines.append(f"replay buffer: {metrics['replay']['size']} episodes, mix {metrics['replay']['mix']}")
+    lines.append(f"replay buffer: {metrics['replay']['size']} episodes, mix {metrics['replay']['mix']}, by source "
+                 f"{metrics['replay']['sources']} ({metrics['replay']['tool_call_turns']} tool-call turns)")
     return "\n".join(lines)
 
 
@@ -444,7 +524,9 @@ def main(cfg: Config) -> dict:
     metrics["warnings"] = warnings_for(by_family, matrices, metrics["families"], metrics["chance"])
     metrics["targets"] = targets(metrics["writes_to_target"], by_family, metrics["bwt"]["consolidation"],
                                  matrices["consolidation"], metrics["families"], metrics["chance"])
-    metrics["replay"] = {**buffers[-1].summary(), "by_task": [b.summary() for b in buffers]}
+    metrics["replay"] = {**buffers[-1].summary(), "by_task": [b.summary() for b in buffers],
+                         "tool_call_turns": tool_call_turns(buffers[-1], meta_model(cfg).cfg.tool_names)}
+    metrics["start"] = cfg.checkpoint or "fresh"
     groups = meta_model(cfg).param_groups()
     metrics["params"] = {name: sum(p.numel() for p in ps) for name, ps in groups.items()}
     metrics["seconds"] = time.time() - t0

@@ -35,6 +35,9 @@ with a bounded KL to the policy the phase started from (``r3m.learn.losses.clipp
 gradients (``rollout.rescore``). Turns that gave the env nothing (a call without a result, an
 empty answer) are counted as void.
 
+Every verified (correct) rollout, tool calls included, is kept in ``episodes.jsonl`` in the run
+folder (``r3m.learn.replay.save_rl_episodes``), for Stage 4's replay buffer (``train/consolidate.py``).
+
 An RL phase cannot collapse silently: every --guard-every iterations the greedy policy plays a
 fixed set of train-split instances with tools, and when its success falls more than --guard-drop
 below the phase's best, the parameters and optimizer state of that best evaluation are restored
@@ -84,6 +87,7 @@ from r3m.learn.loop import Diverged, Interrupted, all_finite, average_gradients,
 from r3m.learn.losses import KL_ESTIMATORS, action_tokens, clipped_objective, imitation_loss, write_penalties
 from r3m.learn.plots import plot_reward_curve
 from r3m.learn.policy import Policy
+from r3m.learn.replay import rl_records, save_rl_episodes
 from r3m.learn.reporting import log, rl_table, setup_logging, write_metrics
 from r3m.learn.rollout import Episode, make_vec, rescore, run_episodes
 from r3m.learn.run import Run, barrier, jsonable, seed_everything, start_run, stream_rng, stream_seed
@@ -382,6 +386,8 @@ def gather_groups(episodes: list[Episode], mine: list[int], groups: int, G: int)
 def rl_iteration(cfg: Config, it: int, policy: Policy, ref: Policy, optimizer, vec, curriculum: Curriculum,
                  replay: "Replay", levels: tuple[int, ...], run: Run, state: dict) -> dict:
     episodes, group_levels = rollout(cfg, it, policy, vec, curriculum, levels, run)
+    if run.main:  # the verified rollouts, tool calls included, for Stage 4's replay buffer (consolidate.py)
+        save_rl_episodes(run.dir / "episodes.jsonl", rl_records(episodes, it), it)
     G = cfg.group_size
     rewards = torch.tensor([reward_of(cfg, policy, e) for e in episodes]).view(-1, G)
     adv, zero = group_advantages(rewards, cfg.advantage)
