@@ -153,3 +153,52 @@ def plot_accuracy_matrix(matrices: Mapping[str, Sequence[Sequence[float]]], task
         ax.set_xlabel("accuracy on task")
     fig.colorbar(image, ax=list(axes), shrink=0.8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_loss_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: Path, title: str = "") -> None:
+    """Training loss against the step, one line per phase (log y where every loss is positive)."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for label, (steps, losses) in curves.items():
+        ax.plot(steps, losses, label=label, lw=1.2)
+    values = [v for _, losses in curves.values() for v in losses]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    if not curves:
+        ax.text(0.5, 0.5, "no logged training steps", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimiser step (RL: iteration)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_tool_use(success: Mapping[str, Mapping[str, float]], tools: Mapping[str, float | None], path: Path) -> None:
+    """Stage 3: test success with and without tools at each measured point (``success``: point ->
+    {"with_tools", "without_tools"}), and tool precision and recall (a missing value is named, not drawn)."""
+    fig = Figure(figsize=(8.0, 3.6))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    points = list(success)
+    x = np.arange(len(points))
+    for i, key in enumerate(("with_tools", "without_tools")):
+        vals = [success[p].get(key) or 0.0 for p in points]
+        left.bar(x + (i - 0.5) * 0.38, vals, 0.38, label=key.replace("_", " "))
+    left.set_xticks(x, points, fontsize=8)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("test success")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3, axis="y")
+    names = list(tools)
+    right.bar(range(len(names)), [tools[n] or 0.0 for n in names], color="C2")
+    for i, n in enumerate(names):
+        if tools[n] is None:
+            right.text(i, 0.02, "not\nmeasurable", ha="center", fontsize=7, rotation=90)
+    right.set_xticks(range(len(names)), names, fontsize=8)
+    right.set_ylim(0, 1.05)
+    right.set_title("need-based tool use", fontsize=9)
+    right.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
