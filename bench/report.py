@@ -67,6 +67,8 @@ COMMANDS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("The training step on one GPU at K = 1, 8, 16: samples/s, FLOPs, share of the bf16 peak (TRM's anchor: "
      "5,784 samples/s on an H200)", ("python bench/train_throughput.py --device cuda --preset gpu-sudoku --batch 768 "
                                      "--compile --out bench/results/train_throughput_cuda.json",), None),
+    ("The plan, Stage 0 to Stage 4 (each from the previous stage's checkpoint), `report.md` with verdicts and figures",
+     ("python train/run_plan.py --quick",), "plan-quick-cpu"),
     ("Rerun every result below that is missing or stale, then rebuild the section", ("python bench/reproduce.py",),
      None),
     ("Rebuild the results section below and this table; check them (CI-style)",
@@ -326,6 +328,18 @@ def rl_section(job: Job) -> list[str]:
     return out + [""]
 
 
+def plan_section(job: Job) -> list[str]:
+    """The plan's table (``train/run_plan.py``), its figures and report; nothing until a result exists."""
+    m = load(job.out / "metrics.json")
+    if m is None:
+        return []
+    out = head(job, m) + [m["results_table"], ""]
+    figs = [f"[{caption}](results/{job.name}/{name})" for stage in m.get("figures", {}).values() for name, caption in stage]
+    out += ["Figures: " + "; ".join(figs) + ".", "", f"The whole report, warnings included: `results/{job.name}/report.md`.",
+            ""]
+    return out
+
+
 def _num(x) -> str:
     return "-" if x is None else f"{float(x):.3f}"
 
@@ -430,6 +444,8 @@ def render() -> str:
             parts += memory_section(job)
         elif job.kind == "rl":
             parts += rl_section(job)
+        elif job.kind == "plan":
+            parts += plan_section(job)
     parts += bench_section()
     return "\n".join(parts).rstrip() + "\n"
 

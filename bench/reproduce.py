@@ -35,7 +35,7 @@ class Job:
     script: str  # train/<module>.py
     args: tuple[str, ...]
     title: str
-    kind: str  # how report.py renders it: imitate, seeds, memory, rl, stage0
+    kind: str  # how report.py renders it: imitate, seeds, memory, rl, stage0, plan
     gpu: bool = False
 
     @property
@@ -109,6 +109,8 @@ PLAN: list[Job] = [
           f"RL with tools on {env}-v0, seed {s}", "rl") for env in ("arithmetic", "listops", "sudoku")
       for s in range(3)],
     Job("imitate-stage0-cpu", "train/imitate.py", ("--stage", "0"), "Stage 0: dense language model", "stage0"),
+    Job("plan-quick-cpu", "train/run_plan.py", ("--quick",),
+        "The plan, Stage 0 to Stage 4, at the quick budget (each stage from the previous one's checkpoint)", "plan"),
 ]
 
 
@@ -160,12 +162,13 @@ def has_cuda() -> bool:
 
 
 def prune(out: Path) -> None:
-    """Keep what a result is (``metrics.json`` and its plots); checkpoints, TensorBoard logs and
-    scalar streams stay out of the repository (the command regenerates them)."""
+    """Keep what a result is (``metrics.json``, its plots, a plan's ``plan.json`` and ``report.md``);
+    checkpoints, TensorBoard logs, scalar streams and a plan's stage folders stay out of the repository
+    (the command regenerates them)."""
     if not out.exists():
         return
     for path in out.iterdir():
-        if path.name != "metrics.json" and path.suffix != ".png":
+        if path.name not in ("metrics.json", "plan.json") and path.suffix not in (".png", ".md"):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
