@@ -52,6 +52,15 @@ def test_tiny_plan_is_killed_resumed_and_writes_a_complete_report(tmp_path, monk
     assert json.loads((root / "metrics.json").read_text())["results_table"] == plan.table(saved["stages"])
 
 
+def test_plan_options_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="two budgets"):
+        run_plan.Config(quick=True, gpu=True)
+    with pytest.raises(ValueError, match="--device cuda"):
+        run_plan.Config(gpu=True)
+    with pytest.raises(ValueError, match="not among the plan's"):
+        run_plan.Config(quick=True, rl_env="sudoku-v0")  # Stage 1 never trains sudoku's decoding
+
+
 # -- consolidation from a checkpoint ---------------------------------------------------------------
 def _checkpoint(tmp_path, cfg: consolidate.Config, **changes) -> str:
     torch.manual_seed(1)

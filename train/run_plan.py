@@ -122,6 +122,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.quick and self.gpu:
             raise ValueError("--quick and --gpu are two budgets; choose one")
+        if self.gpu and self.device == "cpu":
+            raise ValueError("--gpu is the GPU budget: pass --device cuda (or cuda:N)")
         if self.rl_env not in envs.ENV_IDS:
             raise ValueError(f"--rl-env must be a registered text env id, one of {sorted(envs.ENV_IDS)}")
         if envs.ENV_IDS[self.rl_env] not in self.budget.families:
