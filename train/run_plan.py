@@ -241,8 +241,8 @@ def figures(root: Path, results: dict[str, dict]) -> dict[str, list[tuple[str, s
     """Each stage's figures as PNGs beside ``report.md`` (copied from its run, or drawn from its logs)."""
     out: dict[str, list[tuple[str, str]]] = {}
     for stage, specs in FIGURES.items():
-        for i, (run, what, how, caption) in enumerate(specs):
-            name = f"stage{stage}_{i}_{how}.png"
+        for run, what, how, caption in specs:
+            name = f"stage{stage}_" + {"copy": str(what), "loss": "loss.png", "tools": "tool_use.png"}[how]
             if how == "copy":
                 if not (root / run / what).exists():
                     continue
