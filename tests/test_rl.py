@@ -305,8 +305,11 @@ def test_mastery_curriculum_opens_levels_as_the_own_answers_verify():
     assert src.open_levels == (1, 2) and src.opened_at == {1: 0, 2: 3}
     w = src.weights()
     assert w[1] > w[0] > 0  # level 2, not learned yet, is drawn more than the mastered level 1
+    assert src.calling_levels == (3, 2)  # the closed level and the open one not yet mastered keep their calls
     src.observe(3, [1, 2], [True, False])  # level 2 not mastered: level 3 stays closed
     assert src.closed_levels == (3,)
+    src.observe(4, [1, 1], [False, False])  # level 1 forgotten below the bar: its calls are replayed again
+    assert src.calling_levels == (3, 1, 2)
     assert ToolLabelled(task_spec("arithmetic", (1, 2)), (1, 2), 0, 4).open_levels == (1, 2)  # mastery 0: all open
     with pytest.raises(ValueError, match="mastery"):
         ToolLabelled(task_spec("arithmetic", (1,)), (1,), 0, 4, mastery=1.5)

@@ -116,6 +116,16 @@ class ToolLabelled:
     def closed_levels(self) -> tuple[int, ...]:
         return self.levels[self.open:]
 
+    @property
+    def calling_levels(self) -> tuple[int, ...]:
+        """The levels whose tool use is still needed: the closed ones and the open ones not mastered
+        yet. Their call demonstrations are replayed whole (call, result, use of the result): the
+        targets here are one tool-free turn, so without the replay nothing keeps the turn after a
+        result, and on listops-v0 the open level's with-tools success fell from 100% to 0%
+        (malformed answers after the call, measured at 0184e09) while its skill stayed at 5%."""
+        bar = self.mastery if self.mastery > 0 else 0.9
+        return self.closed_levels + tuple(lv for lv in self.open_levels if self.own[lv] < bar)
+
     def weights(self) -> np.ndarray:
         """How the open levels are drawn: in proportion to what is left to learn on each (1 minus the
         own answers' verified rate, plus a floor), so a mastered level keeps a little replay."""
@@ -273,8 +283,8 @@ def distill(run: Run, phase: str, policy: Policy, spec: TaskSpec, source: "Seque
     fixed = not isinstance(source, ToolLabelled)
     if fixed:
         source = [t if isinstance(t, Target) else Target(*t) for t in source]
-    # the levels the curriculum has not opened yet keep their tool use: their call demonstrations replayed
-    calls = None if fixed or not source.closed_levels else DemoSource(
+    # the levels that still need the tool keep their tool use: their call demonstrations replayed
+    calls = None if fixed else DemoSource(
         [spec], model.cfg.tool_names, seed, stream="distill_replay_calls", tool_fraction=1.0,
         episodes=settings.replay_batch)
 
@@ -297,8 +307,8 @@ def distill(run: Run, phase: str, policy: Policy, spec: TaskSpec, source: "Seque
         if replay is not None:
             replayed = imitation_loss(model, spec, replay.get(step)[1], K=policy.K, grad_steps=None)
             out = out._replace(loss=out.loss + settings.replay_coef * replayed.loss)
-        if calls is not None and source.closed_levels:
-            demos = calls.episodes(step, dataclasses.replace(spec, levels=source.closed_levels))
+        if calls is not None and source.calling_levels:
+            demos = calls.episodes(step, dataclasses.replace(spec, levels=source.calling_levels))
             replayed = imitation_loss(model, spec, demos, K=policy.K, grad_steps=None)
             out = out._replace(loss=out.loss + settings.replay_coef * replayed.loss)
         return out._replace(scalars={**(out.scalars or {}), **scalars})
