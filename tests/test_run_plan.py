@@ -20,7 +20,8 @@ from r3m_agent.config import use_result_choice
 
 TOY = run_plan.Budget("cpu-micro", ("memory", "arithmetic"), (1,), lm_steps=4, lm_corpus=20, steps=6, halt_steps=3,
                       k_train=2, eval_ks=(1, 8, 16), eval_n=2, rl_iterations=2, rl_iterations_after=1, rl_groups=2,
-                      distill_steps=2, distill_minutes=0.0, task_steps=3, consolidate_steps=2, consolidate_eval_n=2)
+                      distill_steps=2, distill_minutes=0.0, task_steps=3, consolidate_steps=2, consolidate_eval_n=2,
+                      log_every=1)
 
 
 def test_tiny_plan_is_killed_resumed_and_writes_a_complete_report(tmp_path, monkeypatch):
@@ -46,6 +47,8 @@ def test_tiny_plan_is_killed_resumed_and_writes_a_complete_report(tmp_path, monk
             assert (root / name).stat().st_size > 0 and f"]({name})" in report, name
     assert {s: len(f) for s, f in metrics["figures"].items()} == {s: len(f) for s, f in run_plan.FIGURES.items()}
     assert report.count("| ") > 5 and "not measurable" in report and "## Warnings" in report
+    assert {"stage1", "stage2"} <= set(plan.loss_curves(root / "imitate"))  # the loss figures have data
+    assert {"task1_memory", "consolidation_after_task1"} <= set(plan.loss_curves(root / "consolidate"))
     assert (root / "rl" / "episodes.jsonl").exists()  # Stage 3's rollouts, offered to Stage 4's buffer
     c = json.loads((root / "consolidate" / "metrics.json").read_text())
     assert c["start"].endswith("stage3.pt") and set(c["replay"]["sources"]) <= {"imitation", "stream", "rl"}

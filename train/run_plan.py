@@ -74,21 +74,22 @@ class Budget:
     task_steps: int  # Stage 4: imitation steps per task
     consolidate_steps: int
     consolidate_eval_n: int
+    log_every: int  # logged steps of the loss curves (short phases need a short interval to draw one)
 
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget("cpu-tiny", ("memory", "arithmetic"), (1, 2), lm_steps=40, lm_corpus=300, steps=120,
                     halt_steps=30, k_train=4, eval_ks=(1, 8, 16), eval_n=16, rl_iterations=3, rl_iterations_after=1,
                     rl_groups=4, distill_steps=20, distill_minutes=0.25, task_steps=40, consolidate_steps=15,
-                    consolidate_eval_n=16),
+                    consolidate_eval_n=16, log_every=5),
     "cpu": Budget("cpu-tiny", ("memory", "listops", "arithmetic"), (1, 2), lm_steps=800, lm_corpus=5000, steps=1500,
                   halt_steps=300, k_train=8, eval_ks=(1, 2, 4, 8, 16, 32), eval_n=50, rl_iterations=20,
                   rl_iterations_after=5, rl_groups=8, distill_steps=800, distill_minutes=3.0, task_steps=400,
-                  consolidate_steps=100, consolidate_eval_n=50),
+                  consolidate_steps=100, consolidate_eval_n=50, log_every=25),
     "gpu": Budget("cpu-small", ("memory", "listops", "arithmetic"), (1, 2, 3), lm_steps=1500, lm_corpus=20000,
                   steps=5000, halt_steps=600, k_train=8, eval_ks=(1, 2, 4, 8, 16, 32), eval_n=100, rl_iterations=40,
                   rl_iterations_after=10, rl_groups=16, distill_steps=4000, distill_minutes=6.0, task_steps=1000,
-                  consolidate_steps=200, consolidate_eval_n=100),
+                  consolidate_steps=200, consolidate_eval_n=100, log_every=25),
 }
 
 
@@ -144,14 +145,15 @@ def _common(cfg: Config, out: Path, resume: bool) -> dict:
 def stage0_config(cfg: Config, out: Path, resume: bool) -> imitate.Config:
     b = cfg.budget
     return imitate.Config(stage="0", lm_steps=b.lm_steps, lm_corpus=b.lm_corpus, lm_preset=b.preset, eval_n=b.eval_n,
-                          **_common(cfg, out, resume))
+                          log_every=b.log_every, **_common(cfg, out, resume))
 
 
 def imitate_config(cfg: Config, out: Path, resume: bool) -> imitate.Config:
     b = cfg.budget
     return imitate.Config(stage="1,2", families=b.families, levels=b.levels, preset=b.preset, steps=b.steps,
                           halt_steps=b.halt_steps, k_train=b.k_train, eval_ks=b.eval_ks, eval_n=b.eval_n,
-                          baseline=False, ckpt_every=max(50, b.steps // 5), **_common(cfg, out, resume))
+                          baseline=False, ckpt_every=max(50, b.steps // 5), log_every=b.log_every,
+                          **_common(cfg, out, resume))
 
 
 def rl_config(cfg: Config, out: Path, resume: bool, init: Path) -> rl_verify.Config:
@@ -167,7 +169,7 @@ def consolidate_config(cfg: Config, out: Path, resume: bool, checkpoint: Path, e
     b = cfg.budget
     return consolidate.Config(families=b.families, checkpoint=str(checkpoint), rl_episodes=str(episodes),
                               k_train=b.k_train, steps=b.task_steps, consolidate_steps=b.consolidate_steps,
-                              eval_n=b.consolidate_eval_n, ckpt_every=max(25, b.task_steps // 2),
+                              eval_n=b.consolidate_eval_n, ckpt_every=max(25, b.task_steps // 2), log_every=b.log_every,
                               **_common(cfg, out, resume))
 
 

@@ -160,7 +160,7 @@ def plot_loss_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     for label, (steps, losses) in curves.items():
-        ax.plot(steps, losses, label=label, lw=1.2)
+        ax.plot(steps, losses, "o-", label=label, lw=1.2, ms=2.5)  # a marker: a phase logged once still shows
     values = [v for _, losses in curves.values() for v in losses]
     if values and min(values) > 0:
         ax.set_yscale("log")
