@@ -144,3 +144,19 @@ def test_a_time_budget_ends_the_phase_and_the_learning_rate_decays_to_it(tmp_pat
     assert lrs[-1] < 0.2e-2 < lrs[1]  # decayed with the time spent, not with the (unreached) steps
     assert loop.lr_at(10, 1000, 1.0, 1, time_frac=1.0) == pytest.approx(0.1)
     assert loop.lr_at(10, 1000, 1.0, 1) > 0.99
+
+
+def test_a_stop_rule_ends_the_phase_done_and_checkpointed(tmp_path):
+    """FitSpec.stop_when(step): checked before each step; once true the phase ends as if its steps
+    were done (state done, checkpoint written), with no time budget needed."""
+    model = tiny()
+    run = Run(tmp_path, torch.device("cpu"), tensorboard=False, progress=False)
+    asked = []
+
+    def stop(step):
+        asked.append(step)
+        return step >= 7
+
+    state = fit(run, "p", model, make_optimizer(model, 1e-2, 0.0), FitSpec(1000, 1e-2, warmup=1, stop_when=stop),
+                loss_with_nan_at(model, set()))
+    assert state.done and state.step == 7 and asked == list(range(8)) and (tmp_path / "ckpt" / "p.pt").exists()

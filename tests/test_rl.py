@@ -311,6 +311,24 @@ def test_mastery_curriculum_opens_levels_as_the_own_answers_verify():
     src.observe(4, [1, 1], [False, False])  # level 1 forgotten below the bar: its calls are replayed again
     assert src.calling_levels == (3, 1, 2)
     assert ToolLabelled(task_spec("arithmetic", (1, 2)), (1, 2), 0, 4).open_levels == (1, 2)  # mastery 0: all open
+
+
+def test_distillation_ends_when_the_newest_level_stops_improving():
+    """The plateau rule: the phase ends once the newest open level's own-answer rate has not gained
+    ``gain`` for ``patience`` steps; a level that opens restarts the clock; patience 0 never stops;
+    the loop's side is tests/test_loop.py."""
+    from r3m.learn.data import task_spec
+    from r3m.learn.distill import Distillation, ToolLabelled
+
+    src = ToolLabelled(task_spec("arithmetic", (1, 2)), (1, 2), 0, 4, mastery=0.8, rate=1.0, patience=3, gain=0.1)
+    src.observe(0, [1], [False])
+    assert not src.stalled(2) and src.stalled(3) and src.stalled_at == 3  # no gain since step 0
+    src.observe(3, [1], [True])  # 1.0: a gain, and level 1 mastered: level 2 opens at step 4
+    assert src.open_levels == (1, 2) and not src.stalled(6) and src.stalled(7)
+    assert not ToolLabelled(task_spec("arithmetic", (1,)), (1,), 0, 4, mastery=0.8).stalled(10**6)
+    with pytest.raises(ValueError, match="patience"):
+        Distillation(patience=-1)
+
     with pytest.raises(ValueError, match="mastery"):
         ToolLabelled(task_spec("arithmetic", (1,)), (1,), 0, 4, mastery=1.5)
 
@@ -388,8 +406,10 @@ def _cfg(tmp_path, name, **kw):
 def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_path):
     from r3m.train import rl_verify
 
-    m = rl_verify.main(_cfg(tmp_path, "warm", warm_steps=3, iterations=2, iterations_after=1, baselines=True,
-                            distill_levels=(1,)))
+    cfg = _cfg(tmp_path, "warm", warm_steps=3, iterations=2, iterations_after=1, baselines=True,
+               distill_levels=(1,), distill_patience=1)
+    assert cfg.distillation.patience == 1
+    m = rl_verify.main(cfg)
     out = tmp_path / "warm"
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("reward_start", "reward_end", "success", "tool_precision", "tool_recall", "distill",
@@ -398,6 +418,7 @@ def test_user_env_trains_from_warm_start_with_distill_and_dense_baseline(tmp_pat
     assert set(saved["success"]) >= {"with_tools", "without_tools"}
     assert set(saved["distill"]) >= {"levels", "examples"}  # what it distilled, or a note why not
     assert saved["distill"]["examples"] > 0 or saved["distill"]["note"]
+    assert "stalled_at" in saved["distill"].get("curriculum", {"stalled_at": None})  # the plateau rule's verdict
     assert {"r3m_with_tools", "r3m_without_tools", "dense_2x_no_tools"} <= set(saved["baselines"])
     assert m["baseline_details"]["dense_2x_no_tools"]["params"] >= 2 * 0.99 * m["params"]
     assert all(0.0 <= v <= 1.0 for res in saved["baselines"].values() for v in res.values())

@@ -65,6 +65,9 @@ class Config:
     model's own tool-free answers verify on this share of every open level (0: all at once)."""
     minutes: float = 0.0
     """Wall-clock budget in minutes (0: none; --steps ends it)."""
+    patience: int = 300
+    """With --source fresh: end once the newest open level's own-answer rate has not risen by 3 points
+    for this many steps (0: never)."""
     steps: int = 300
     """Optimiser steps."""
     lr: float = 1e-3
@@ -111,6 +114,8 @@ class Config:
         if any(lv not in levels for lv in (*self.levels, *self.distill_levels)):
             raise ValueError(f"--levels/--distill-levels: {self.family} has levels {levels}")
         cli.check_at_least(self, n=1, steps=1, batch=1)
+        if self.patience < 0:
+            raise ValueError(f"--patience must be >= 0, got {self.patience}")
         if not 0.0 <= self.mastery <= 1.0 or self.minutes < 0:
             raise ValueError(f"--mastery must be in [0, 1] and --minutes >= 0, got {self.mastery}, {self.minutes}")
         if self.source not in SOURCES:
@@ -150,7 +155,7 @@ def main(cfg: Config) -> dict:
     chosen = levels_to_distill(before, cfg.distill_levels)
     log.info(f"distilling levels {list(chosen)} of {cfg.family} into {cfg.checkpoint}")
     settings = Distillation(cfg.n, cfg.steps, cfg.lr, cfg.batch, cfg.replay_coef, cfg.replay_batch, cfg.call_budget,
-                            cfg.source, cfg.mastery, cfg.minutes)
+                            cfg.source, cfg.mastery, cfg.minutes, cfg.patience)
     numbers, after = run_distillation(run, policy, spec, cfg.env, chosen, levels, before, settings, cfg.seed, measure,
                                       cfg.tool_fraction)
     metrics = {"env": cfg.env, "family": cfg.family, "config": jsonable(cfg), "device": str(run.device),

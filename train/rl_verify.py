@@ -228,8 +228,11 @@ class Config:
     """With --distill-source harvest: train instances the policy plays with tools for targets."""
     distill_steps: int = 4000
     """Optimiser steps of the distillation phase (at most; --distill-minutes may end it first)."""
-    distill_minutes: float = 6.0
+    distill_minutes: float = 8.0
     """Wall-clock budget of the distillation phase in minutes (0: none; the learning rate decays over it)."""
+    distill_patience: int = 300
+    """With --distill-source fresh: end the distillation once the newest open level's own-answer rate
+    has not risen by 3 points for this many steps (a skill not being learned; 0: never)."""
     distill_mastery: float = 0.9
     """With --distill-source fresh: the distilled levels open one at a time, easiest first, the next
     once the model's own tool-free answers verify on this share of every open level (0: all at once)."""
@@ -291,7 +294,7 @@ class Config:
     def distillation(self) -> Distillation:
         return Distillation(self.distill_n, self.distill_steps, self.distill_lr, self.warm_batch,
                             self.distill_replay_coef, max(4, self.replay_batch), self.call_budget, self.distill_source,
-                            self.distill_mastery, self.distill_minutes)
+                            self.distill_mastery, self.distill_minutes, self.distill_patience)
 
 
 # -- set-up ---------------------------------------------------------------------------------------

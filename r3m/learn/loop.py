@@ -85,6 +85,7 @@ class FitSpec:
     max_bad_steps: int = 20  # consecutive NaN/inf steps (each skipped) before the phase gives up
     ema: float = 0.0  # decay of the moving average of the weights the phase ends with (0: none)
     time_budget: float = 0.0  # seconds of training after which the phase ends early (0: none; the LR decays to it)
+    stop_when: Callable[[int], bool] | None = None  # ends the phase before step s when stop_when(s) (e.g. a plateau)
 
 
 class WeightAverage:
@@ -146,8 +147,14 @@ def fit(run: Run, phase: str, model: torch.nn.Module, optimizer: torch.optim.Opt
     def spent() -> float:  # the share of the time budget used, this process and any earlier part of the phase
         return (state.seconds + time.time() - t0) / spec.time_budget if spec.time_budget else 0.0
 
+    def ended(step: int) -> bool:  # the time budget spent, or the phase's own stop rule
+        if not (spec.time_budget or spec.stop_when):
+            return False
+        stop = spec.stop_when is not None and spec.stop_when(step)
+        return out_of_time(1.0 if stop else spent())
+
     try:
-        while state.step < spec.steps and not (spec.time_budget and out_of_time(spent())):
+        while state.step < spec.steps and not ended(state.step):
             if run.stop_after and run.steps_taken >= run.stop_after:
                 _save(path, target, optimizer, state, extra)
                 raise Interrupted(f"{phase}: stopped after {run.steps_taken} steps (stop_after)")
