@@ -47,6 +47,12 @@ class Job:
         return ["python", self.script, *self.args, "--out", f"results/{self.name}"]
 
 
+MEMORY_WRITE = ("--families", "memory", "--stream", "--levels", "1", "--eval-levels", "1", "--baseline", "false",
+                "--stage", "1", "--k-train", "4", "--batch-size", "8", "--steps", "800", "--eval-n", "100",
+                "--eval-ks", "1", "2", "4", "--mem-slots", "16", "--write-budget", "16", "--preset", "cpu-tiny",
+                "--threads", "2")
+
+
 def _seed_jobs() -> list[Job]:
     jobs = [Job(f"imitate-seed{s}-cpu", "train/imitate.py", ("--seed", str(s), "--stage", "1", "--baseline", "false"),
                 f"Stage 1, seed {s}", "seeds") for s in range(5)]
@@ -102,6 +108,11 @@ PLAN: list[Job] = [
          "--batch-size", "8", "--steps", "1000", "--eval-n", "50", "--eval-ks", "4", "--mem-slots", "16",
          "--write-budget", "16"),
         "Episodic memory on streamed episodes", "memory"),
+    *[Job(f"memory-write-{name}-cpu", "train/imitate.py", (*MEMORY_WRITE, *extra), title, "memory")
+      for name, extra, title in (
+          ("mean", (), "Episodic memory, streamed task-1 stories: each write keeps the sentence's mean (words view)"),
+          ("sep", ("--view", "words-sep"),
+           "The same run with each write keeping the `<sep>` state (the write's ablation, `--view words-sep`)"))],
     Job("rl-prefix-cpu", "train/rl_verify.py", PREFIX_RL, "RL on prefix-v0 at fixed K", "rl"),
     Job("rl-prefix-halt-cpu", "train/rl_verify.py", (*PREFIX_RL, "--halt"),
         "RL on prefix-v0 with the halting step in the sampled action (its compute charged in the reward)", "rl"),

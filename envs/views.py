@@ -132,7 +132,10 @@ class SymbolView(View):
     - ``feedback``: each refinement step also sees the previous step's predictions at the output
       positions (TRM's answer state);
     - ``summary``: the answer slots start from the observation's summary (the normalised mean of its
-      token embeddings, as memory networks' question embedding), for answers read from memory.
+      token embeddings, as memory networks' question embedding), for answers read from memory;
+    - ``write``: what an episodic-memory write keeps of a turn: "decision" (the decision point's
+      state) or "mean" (the mean of the turn's token states: one memory per sentence, as memory
+      networks store a story).
     """
 
     symbols: tuple[str, ...] = ()
@@ -143,6 +146,7 @@ class SymbolView(View):
     peers: bool = False
     feedback: bool = False
     summary: bool = False
+    write: str = "decision"
     slots: int = 0  # answer slots after the <sep> (outputs after the input's own output positions)
 
     # -- what a subclass implements --------------------------------------------------------------
@@ -203,7 +207,7 @@ class SymbolView(View):
     def describe(self) -> dict:
         return {**super().describe(), "out_symbols": len(self.out_symbols), "symbols": len(self.all_symbols),
                 "coords": list(self.coords), "window": list(self.window) if self.window else None, "peers": self.peers,
-                "feedback": self.feedback, "summary": self.summary, "slots": self.slots}
+                "feedback": self.feedback, "summary": self.summary, "write": self.write, "slots": self.slots}
 
 
 def views_of(family) -> Mapping[str, View]:

@@ -283,10 +283,20 @@ def decision_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
     return h[torch.arange(h.shape[0], device=h.device), batch.decision]
 
 
-def turn_state(h: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The state [B, d] that a memory write stores of the turn: the last real token (causal: it has
-    seen the whole turn) or the decision point (fill: the ``<sep>``, which attends to the whole
-    observation and never to the answer slots' mask tokens)."""
+WRITE_FROM = ("decision", "mean")
+
+
+def turn_state(h: torch.Tensor, batch: Batch, how: str = "decision") -> torch.Tensor:
+    """The state [B, d] that a memory write stores of the turn. "decision": the last real token
+    (causal: it has seen the whole turn) or the decision point (fill: the ``<sep>``, which attends
+    to the whole observation and never to the answer slots' mask tokens). "mean": the mean of the
+    observation's token states (never the payload or answer slots), as a memory network stores a
+    sentence as a bag of its words: on streamed bAbI-style stories the ``<sep>`` state carried too
+    little of the sentence to be read back (task 1 at chance after 800 steps), the mean all of it
+    (100%, the same run; ``results/memory-write-*``)."""
+    if how == "mean":
+        w = (batch.mask & ~batch.payload).to(h.dtype)
+        return (h * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
     index = batch.last if batch.causal else batch.decision
     return h[torch.arange(h.shape[0], device=h.device), index]
 

@@ -92,10 +92,11 @@ class DenseTransformer(GroupedModule):
                 decision_index: torch.Tensor | None = None, slots: torch.Tensor | None = None,
                 outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
                 coords: torch.Tensor | None = None, window: tuple[int, int] | None = None, peers: bool = False,
-                feedback: bool = False, summary: bool = False) -> ModelOutput:
+                feedback: bool = False, summary: bool = False, write_from: str = "decision") -> ModelOutput:
         """One pass of the block stack; the same layout (a task view's too), decision point and
         choice conditioning as R3M (``r3m_agent.blocks.prepare``). ``feedback`` is accepted and
-        ignored: with one pass there is no earlier prediction to feed back; ``summary`` as R3M's."""
+        ignored: with one pass there is no earlier prediction to feed back; ``summary`` as R3M's;
+        ``write_from`` is accepted and ignored (no memory)."""
         b = prepare(input_ids, attention_mask, mode, answer_len, decision_index, slots=slots, outputs=outputs,
                     out_valid=out_valid, coords=coords, window=window, peers=peers)
         rope = rotary(b.positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)

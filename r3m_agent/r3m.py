@@ -28,7 +28,7 @@ from torch import nn
 
 from r3m_agent.blocks import (
     Batch, Block, GroupedModule, ModelOutput, RMSNorm, answer_part, decision_state, embed_inputs, init_weights,
-    prepare, rotary, turn_state,
+    WRITE_FROM, prepare, rotary, turn_state,
 )
 from r3m_agent.config import ConfigBase, choice_count, coord_table_size
 from r3m_agent.memory import Carry, EpisodicMemory, SemanticMemory, empty_carry
@@ -293,7 +293,8 @@ class R3M(GroupedModule):
                 slots: torch.Tensor | None = None,
                 outputs: torch.Tensor | None = None, out_valid: torch.Tensor | None = None,
                 coords: torch.Tensor | None = None, window: tuple[int, int] | None = None, peers: bool = False,
-                feedback: bool = False, summary: bool = False, state: RefineState | None = None) -> ModelOutput:
+                feedback: bool = False, summary: bool = False, write_from: str = "decision",
+                state: RefineState | None = None) -> ModelOutput:
         """Refine for up to K steps (default cfg.K). See ``ModelOutput`` for the fields.
 
         Halting, per row: ``halt=None`` runs every row K steps (the training forward: every step's
@@ -314,6 +315,8 @@ class R3M(GroupedModule):
         ``r3m.learn.io`` builds them); coords [B, T, C] are ids into the coordinate table.
         feedback: each step sees the previous step's predictions at ``outputs`` (cfg.feedback).
         summary: the answer slots' inputs get the observation's summary (``blocks.embed_inputs``).
+        write_from: what a memory write keeps of the turn (``blocks.turn_state``): "decision" (the
+        decision point's state) or "mean" (the mean of the observation's token states).
         state: continue a refinement from ``RefineState`` (h_0 = its hidden; with feedback, its logits
         are the first step's fed-back predictions) instead of from the input.
         grad_steps: only the last ``grad_steps`` steps keep the autograd graph (None: all).
@@ -330,6 +333,8 @@ class R3M(GroupedModule):
             raise ValueError(f"halt must be None or one of {HALT_MODES}, got {halt!r}")
         if halt_steps is not None and (halt is not None or int(halt_steps.min()) < 1 or int(halt_steps.max()) > K):
             raise ValueError(f"halt_steps must be in 1..K={K} and excludes halt=, got {halt_steps.tolist()}")
+        if write_from not in WRITE_FROM:
+            raise ValueError(f"write_from must be one of {WRITE_FROM}, got {write_from!r}")
         if halt == "stable" and halt_patience < 1:
             raise ValueError(f"halt_patience must be >= 1, got {halt_patience}")
         threshold = self.cfg.halt_threshold if halt_threshold is None else halt_threshold
@@ -351,7 +356,7 @@ class R3M(GroupedModule):
         x = self.input_norm(x)
         carry = self._carry_in(carry, x)
         gate = self.cfg.write_gate if write_gate is None else write_gate
-        opts = _CallOptions(read_memory, write_threshold, feedback and b.outputs is not None, gate)
+        opts = _CallOptions(read_memory, write_threshold, feedback and b.outputs is not None, gate, write_from)
         h0, fed0 = self._start(x, state, opts)
         if halt is None and halt_steps is None:
             return self._refine_all(x, b, rope, carry, K, grad_steps, opts, use_semantic, choice, h0, fed0)
@@ -419,7 +424,7 @@ class R3M(GroupedModule):
         """The memory after this call: one gated write of the turn's state."""
         if carry is None:
             return None, torch.zeros(h.shape[0], device=h.device), None
-        return self.memory.write(carry, turn_state(h, b), opts.write_threshold, gate=opts.write_gate)
+        return self.memory.write(carry, turn_state(h, b, opts.write_from), opts.write_threshold, gate=opts.write_gate)
 
     def _refine_all(self, x, b, rope, carry, K, grad_steps, opts, use_semantic, choice, h, fed0) -> ModelOutput:
         """Every row K steps, every step's readout kept (training and fixed-K evaluation)."""
@@ -540,6 +545,7 @@ class _CallOptions(NamedTuple):
     write_threshold: float
     feedback: bool = False  # feed each step's predictions at the read-out positions to the next
     write_gate: bool = False  # the learned write gate decides; False: every turn is written (FIFO)
+    write_from: str = "decision"  # what a write keeps of the turn (blocks.turn_state)
 
 
 class _StopRule:

@@ -264,3 +264,39 @@ def test_with_gold_facts_written_the_read_and_the_answer_learn_task_one():
     with torch.no_grad():
         logits, target = answer("test", range(200))
     assert (logits.argmax(-1) == target).float().mean() >= 0.9
+
+
+def test_a_write_keeps_the_mean_of_the_observation_where_the_view_asks():
+    """turn_state "mean": the mean of the observation's token states, never the answer slots or the
+    padding; "decision": the <sep> state. The memory family's words view asks for the mean (its
+    ablation, words-sep, for the <sep>), and the model refuses an unknown mode."""
+    import pytest
+    from r3m import envs
+    from r3m.learn.data import task_spec
+    from r3m.learn.io import ViewIO, with_views
+    from r3m_agent.blocks import prepare, turn_state
+
+    ids_ = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
+    b = prepare(ids_, ids_ != 0, "fill", 2, None, False)
+    h = torch.randn(2, b.ids.shape[1], 3)
+    obs = b.mask & ~b.payload
+    assert obs[1].sum() < obs[0].sum() and not (obs & b.payload).any()
+    torch.testing.assert_close(turn_state(h, b, "mean")[1], h[1][obs[1]].mean(0))
+    torch.testing.assert_close(turn_state(h, b), h[torch.arange(2), b.decision])
+    h2 = h.clone()
+    h2[b.payload] = 1e6  # the answer slots change: the mean does not
+    torch.testing.assert_close(turn_state(h2, b, "mean"), turn_state(h, b, "mean"))
+
+    family = envs.make_family("memory")
+    assert family.views()["words"].write == "mean" and family.views()["words-sep"].write == "decision"
+    for view, want in (("words", "mean"), ("words-sep", "decision")):
+        spec = task_spec("memory", (1,), view=view)
+        model = R3M(with_views(R3MConfig(d_model=16, n_heads=2, mem_slots=M, semantic_slots=0, K=2), [spec]))
+        io = ViewIO.of(spec, model.cfg)
+        assert io.model_kwargs()["write_from"] == want
+        lay = io.batch(["Mary went to the kitchen."])
+        carry = model.initial_carry(1)
+        out = model(lay.ids, lay.mask, mode="fill", carry=carry, **lay.forward_kwargs(), **io.model_kwargs())
+        assert out.writes.tolist() == [1.0]
+    with pytest.raises(ValueError, match="write_from"):
+        model(lay.ids, lay.mask, mode="fill", **lay.forward_kwargs(), **{**io.model_kwargs(), "write_from": "last"})

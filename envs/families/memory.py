@@ -231,6 +231,7 @@ class WordsView(SymbolView):
     coords = (LINE_AGES,)
     slots = 1
     summary = True  # the answer slot starts from the question's words (bench/memory_read_path.py)
+    write = "mean"  # a write keeps the sentence's words, not the <sep> state (r3m_agent.blocks.turn_state)
 
     def tokens(self, prompt: str) -> list[Token]:
         lines = prompt.split("\n")
@@ -248,6 +249,14 @@ class WordsView(SymbolView):
 
     def decode(self, observation: str, outputs) -> str:
         return outputs[0] if outputs else ""
+
+
+class WordsSepView(WordsView):
+    """The words view with each write keeping the decision point's (``<sep>``) state instead of the
+    sentence's mean: the write's ablation (``--view words-sep``)."""
+
+    name = "words-sep"
+    write = "decision"
 
 
 class MemoryFamily(TaskFamily):
@@ -278,7 +287,7 @@ class MemoryFamily(TaskFamily):
         return verify(instance.data["expected"], answer)
 
     def views(self):
-        return {"words": WordsView(), "chars": CharView("fill")}
+        return {"words": WordsView(), "words-sep": WordsSepView(), "chars": CharView("fill")}
 
     def file_formats(self):
         """bAbI's text files (``train/evaluate.py --babi FILE``), read by ``load_babi``; each

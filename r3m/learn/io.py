@@ -111,10 +111,12 @@ class ViewIO:
 
     # -- what a forward pass needs ----------------------------------------------------------------
     def model_kwargs(self) -> dict:
-        """The view's attention band or peers, feedback and slot summary, for ``model(...)``."""
+        """The view's attention band or peers, feedback, slot summary and what a memory write keeps,
+        for ``model(...)``."""
         if not isinstance(self.view, SymbolView):
             return {}
-        return {"window": self.view.window, "peers": self.view.peers, "feedback": self.view.feedback, "summary": self.view.summary}
+        return {"window": self.view.window, "peers": self.view.peers, "feedback": self.view.feedback,
+                "summary": self.view.summary, "write_from": self.view.write}
 
     def batch(self, observations: Sequence[str]) -> ViewBatch:
         """Fill-mode layout of ``observations`` (character fill or symbol view)."""
