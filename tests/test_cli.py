@@ -180,6 +180,9 @@ SPECIAL = {"preset": "cpu-small", "lm_preset": "cpu-small", "env": "listops-v0",
 
 
 GENERIC = {"consolidate": {"families"}}  # options whose generic variant is the valid one for this script
+# per script, a valid non-default value where the script needs its own (consolidate: a checkpoint with a semantic
+# memory that reads its families, an existing episodes file)
+BY_SCRIPT = {"consolidate": {"checkpoint": "consolidate.pt", "rl_episodes": "episodes.jsonl"}}
 ONLY_VALUE = {("sb3_baseline", "family")}  # one registered family has a numeric env: set to its one value
 
 
@@ -187,6 +190,8 @@ def _variant(script: str, name: str, default, tp):
     """A value other than ``default`` for a field of type ``tp``."""
     import typing
 
+    if name in BY_SCRIPT.get(script, {}):
+        return BY_SCRIPT[script][name]
     if name in SPECIAL and SPECIAL[name] != default and name not in GENERIC.get(script, ()):
         return SPECIAL[name]
     if name == "device":
@@ -227,6 +232,11 @@ def test_every_option_is_set_once_by_a_test_and_reaches_the_config(name, tmp_pat
     for path in ("init.pt", "model.pt"):
         save_checkpoint(tmp_path / path, model, extra={"specs": specs})
     (tmp_path / "stories.txt").write_text("1 Mary moved to the bathroom.\n2 Where is Mary? \tbathroom\t1\n")
+    if name == "consolidate":
+        from r3m.train import consolidate
+
+        save_checkpoint(tmp_path / "consolidate.pt", consolidate.meta_model(consolidate.Config()))
+        (tmp_path / "episodes.jsonl").write_text("")
     base = ["--checkpoint", "model.pt"] if name in ("evaluate", "distill") else []
     cls = importlib.import_module(f"r3m.train.{name}").Config
     hints = typing.get_type_hints(cls)

@@ -193,7 +193,11 @@ def test_zero_variance_groups_and_void_turns_are_counted(tmp_path, monkeypatch):
     monkeypatch.setattr(rl_verify, "update", lambda cfg, it, policy, opt, batch, *a: kept.append(batch) or {})
     cfg = _cfg(tmp_path, "z", init=_init_ckpt(tmp_path), groups=4, group_size=2, curriculum=False)
     policy = Policy(tiny_model(), SPEC, K=2)
-    stats = rl_verify.rl_iteration(cfg, 0, policy, policy, None, None, None, None, (1, 2), None, {})
+    import types
+
+    run = types.SimpleNamespace(main=True, dir=tmp_path)  # the little of a Run the iteration reads
+    stats = rl_verify.rl_iteration(cfg, 0, policy, policy, None, None, None, None, (1, 2), run, {})
+    assert (tmp_path / "episodes.jsonl").exists()  # the verified rollouts, for Stage 4's buffer
     assert stats["rl/zero_variance_groups"] == 2 and stats["rl/zero_variance_share"] == 0.5
     assert stats["rl/void_turns"] == 3 and stats["rl/void_turn_share"] == pytest.approx(3 / 10)
     assert kept[0].episodes == groups[1] + groups[3]  # the groups with variance are learned from

@@ -31,7 +31,7 @@ def tiny(specs, **kw) -> R3M:
 
 def test_the_views_that_the_suite_declares():
     assert {(f, n) for f, n in SYMBOL_VIEWS} == {("prefix", "bits"), ("arithmetic", "places"), ("sudoku", "cells"), ("sudoku", "cells-all"),
-                                                 ("memory", "words")}
+                                                 ("memory", "words"), ("memory", "words-sep")}
     for family in BUILTIN:  # the first declared view is the default; every family keeps its character view
         fam = envs.make_family(family)
         assert isinstance(views_of(fam)["chars"], CharView)
